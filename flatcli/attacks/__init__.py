@@ -1,0 +1,1 @@
+"""Input-space attacks: threat models, the shared ascent loop, PGD, APGD, presets."""

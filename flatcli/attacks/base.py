@@ -1,0 +1,54 @@
+"""What every input-space attack returns, and how random starts travel with the examples.
+
+Random starts are drawn once for the whole evaluation set from the work unit's generator
+(`draw_starts`), then sliced per batch, so results do not depend on batch size, shard or resume
+point (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AttackOutcome:
+    """Per-example result of one attack on a batch.
+
+    loss:    float [B], the largest cross-entropy found in the ball (a lower bound of the robust
+             loss); NaN where the attack does not estimate it (targeted DLR, AutoAttack).
+    correct: bool [B], True where no point tried was misclassified.
+    """
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+
+
+class Attack(Protocol):
+    name: str
+    steps: int
+    restarts: int
+    estimates_loss: bool
+
+    def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> Any:
+        """Random starts for every example of `x` [N, ...] (tensor [R, N, ...], list or None)."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts: Any) -> AttackOutcome:
+        """Attack the batch (`starts` already sliced to it and on x's device)."""
+
+
+def slice_starts(starts: Any, index: slice | torch.Tensor, device: torch.device) -> Any:
+    """The starts of examples `index` (dim 1 of each tensor), moved to `device`."""
+    if starts is None:
+        return None
+    if isinstance(starts, (list, tuple)):
+        return [slice_starts(s, index, device) for s in starts]
+    return starts[:, index].to(device, non_blocking=True)
+
+
+def ce_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per example in fp32 (nats) [B]."""
+    return nn.functional.cross_entropy(logits.float(), y, reduction="none")

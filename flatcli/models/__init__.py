@@ -1,0 +1,89 @@
+"""Architecture registry: name -> factory, every model wrapped with its input normalization.
+
+A registered factory builds the bare network `net(num_classes, in_channels, **kwargs)`; `build`
+wraps it as `Classifier(normalize, net)` so that every model takes inputs in [0, 1] and owns its
+mean/std buffers. Parameter names inside `net` follow the common public codebases so that their
+state dicts load into `model.net` unchanged (see `flatcli.checkpoints`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flatcli.errors import UsageError
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, with mean/std as buffers (saved, never perturbed)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """A network with its input normalization: logits = net(normalize(x)), x in [0, 1]."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {}
+
+
+def register(name: str, description: str):
+    """Decorator: register `factory(num_classes, in_channels, **kwargs) -> nn.Module` as `name`."""
+
+    def wrap(factory):
+        ARCHITECTURES[name] = ArchSpec(name, factory, description)
+        return factory
+
+    return wrap
+
+
+def build(
+    arch: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **kwargs,
+) -> Classifier:
+    """A fresh `Classifier` of architecture `arch`; mean/std default to the identity."""
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    net = ARCHITECTURES[arch].factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    mean = [0.0] * in_channels if mean is None else mean
+    std = [1.0] * in_channels if std is None else std
+    return Classifier(net, mean, std)
+
+
+# Families register themselves on import; keep this list the table of contents.
+from flatcli.models import small  # noqa: E402,F401
+
+for _family in ("preact_resnet", "resnet", "wide_resnet"):
+    try:
+        __import__(f"flatcli.models.{_family}")
+    except ModuleNotFoundError as _err:  # a family not written yet
+        if _err.name != f"flatcli.models.{_family}":
+            raise

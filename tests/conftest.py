@@ -1,0 +1,58 @@
+"""Shared fixtures: seeded, CPU-only, tiny models on the bundled digits data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flatcli import data, models
+from flatcli.attacks.pgd import PGD
+
+torch.set_num_threads(2)
+
+
+def quick_adversarial_training(arch: str = "small-cnn", epochs: int = 6, eps: float = 0.1, seed: int = 0,
+                               **arch_kwargs) -> torch.nn.Module:
+    """A few epochs of PGD-3 adversarial training on digits (test fixture, not `flatcli train`)."""
+    torch.manual_seed(seed)
+    x, y = data.load_split("digits", "train")
+    model = models.build(arch, 10, 1, **arch_kwargs)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    attack = PGD("pgd3", "linf", eps, steps=3, step_size=eps / 2)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), 128):
+            idx = perm[i : i + 128]
+            xb, yb = x[idx], y[idx]
+            model.eval()
+            starts = attack.draw_starts(xb, gen)
+            delta = _adversarial_delta(model, xb, yb, attack, starts)
+            model.train()
+            loss = torch.nn.functional.cross_entropy(model(xb + delta), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _adversarial_delta(model, x, y, attack, starts):
+    from flatcli.attacks.ascent import Variable, ascend
+
+    def objective(delta):
+        logits = model(x + delta)
+        return torch.nn.functional.cross_entropy(logits, y, reduction="none"), logits
+
+    (delta,) = ascend(objective, [Variable(starts[0], attack.threat, x, attack.step_size)], attack.steps)
+    return delta
+
+
+@pytest.fixture(scope="session")
+def trained_digits_model() -> torch.nn.Module:
+    """small-cnn after 6 epochs of PGD-3 AT (eps 0.1) on digits; eval mode. Do not modify it."""
+    return quick_adversarial_training()
+
+
+@pytest.fixture(scope="session")
+def digits_test() -> tuple[torch.Tensor, torch.Tensor]:
+    return data.load_split("digits", "test")
