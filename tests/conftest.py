@@ -11,8 +11,9 @@ from flatcli.attacks.pgd import PGD
 torch.set_num_threads(2)
 
 
-def quick_adversarial_training(arch: str = "small-cnn", epochs: int = 6, eps: float = 0.1, seed: int = 0,
-                               **arch_kwargs) -> torch.nn.Module:
+def quick_adversarial_training(
+    arch: str = "small-cnn", epochs: int = 6, eps: float = 0.1, seed: int = 0, **arch_kwargs
+) -> torch.nn.Module:
     """A few epochs of PGD-3 adversarial training on digits (test fixture, not `flatcli train`)."""
     torch.manual_seed(seed)
     x, y = data.load_split("digits", "train")
@@ -43,7 +44,9 @@ def _adversarial_delta(model, x, y, attack, starts):
         logits = model(x + delta)
         return torch.nn.functional.cross_entropy(logits, y, reduction="none"), logits
 
-    (delta,) = ascend(objective, [Variable(starts[0], attack.threat, x, attack.step_size)], attack.steps)
+    (delta,) = ascend(
+        objective, [Variable(starts[0], attack.threat, x, attack.step_size)], attack.steps
+    )
     return delta
 
 

@@ -51,6 +51,6 @@ def ascend(
         with torch.no_grad():
             values = [
                 var.threat.project(var.threat.step(v.detach(), g, var.step_size), var.anchor)
-                for var, v, g in zip(variables, values, grads)
+                for var, v, g in zip(variables, values, grads, strict=True)
             ]
     return [v.detach() for v in values]

@@ -36,7 +36,9 @@ class Attack(Protocol):
     def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> Any:
         """Random starts for every example of `x` [N, ...] (tensor [R, N, ...], list or None)."""
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts: Any) -> AttackOutcome:
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts: Any
+    ) -> AttackOutcome:
         """Attack the batch (`starts` already sliced to it and on x's device)."""
 
 

@@ -53,7 +53,7 @@ class PGD:
             torch.maximum(best, loss, out=best)
             wrong.logical_or_(logits.argmax(1) != yr)
 
-        ascend(objective, [Variable(delta0, self.threat, xr, self.step_size)], self.steps, keep_worst)
-        return AttackOutcome(
-            loss=best.view(r, b).amax(0), correct=~wrong.view(r, b).any(0)
+        ascend(
+            objective, [Variable(delta0, self.threat, xr, self.step_size)], self.steps, keep_worst
         )
+        return AttackOutcome(loss=best.view(r, b).amax(0), correct=~wrong.view(r, b).any(0))

@@ -22,7 +22,9 @@ def tiny(num_classes: int = 10, in_channels: int = 1, width: int = 4) -> nn.Modu
 class SmallCNN(nn.Module):
     """3 conv layers (BN, ReLU) and 2 linear layers: PAPER.md's digits model."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 128):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 128
+    ):
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -49,5 +51,7 @@ class SmallCNN(nn.Module):
 
 
 @register("small-cnn", "3 conv (32/64/128, BN) + 2 linear layers; digits and MNIST")
-def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 128) -> nn.Module:
+def small_cnn(
+    num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 128
+) -> nn.Module:
     return SmallCNN(num_classes, in_channels, width, hidden)

@@ -1,0 +1,93 @@
+"""Attack presets named as the literature does; the registry drives CLI choices and help.
+
+This module imports no torch at import time, so the CLI can list presets in `--help` cheaply.
+Step sizes are stored relative to eps so a preset means the same thing at every eps: PAPER.md's
+PGD uses step 0.007 at eps 0.0314 (ratio 0.2229...), reproduced exactly at that eps.
+`pgd{S}` and `pgd{S}x{R}` name PGD with S steps and R restarts for any S, R (e.g. `pgd50x5`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from flatcli.errors import UsageError
+
+PAPER_STEP_RATIO = 0.007 / 0.0314  # PAPER.md: step 0.007 at eps 0.0314
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    kind: str  # "pgd" | "apgd-ce" | "apgd-t" | "aa-lite" | "aa-standard"
+    steps: int = 100
+    restarts: int = 1
+    step_ratio: float = PAPER_STEP_RATIO
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "pgd20x10",
+            "PGD-20, 10 restarts, step 0.2229*eps: PAPER.md's robust loss",
+            "pgd",
+            20,
+            10,
+        ),
+        Preset("pgd7", "PGD-7, step 0.2229*eps: PAPER.md's training attack", "pgd", 7, 1),
+        Preset("pgd10", "PGD-10, step eps/4: robust_overfitting's evaluation", "pgd", 10, 1, 0.25),
+        Preset("apgd-ce", "APGD with cross-entropy, 100 iterations", "apgd-ce"),
+        Preset(
+            "apgd-t", "targeted APGD with the DLR loss, top-9 classes, 100 iterations", "apgd-t"
+        ),
+        Preset("aa-lite", "APGD-CE then APGD-T on the examples still robust", "aa-lite"),
+        Preset(
+            "aa-standard",
+            "the official AutoAttack 'standard' (needs flatcli[autoattack])",
+            "aa-standard",
+        ),
+    ]
+}
+_PGD_PATTERN = re.compile(r"^pgd(\d+)(?:x(\d+))?$")
+
+
+def preset(name: str) -> Preset:
+    """The preset called `name`, including the generic `pgd{S}[x{R}]` family."""
+    if name in PRESETS:
+        return PRESETS[name]
+    match = _PGD_PATTERN.match(name)
+    if match:
+        steps, restarts = int(match.group(1)), int(match.group(2) or 1)
+        if steps < 1 or restarts < 1:
+            raise UsageError(f"attack {name!r}: steps and restarts must be >= 1")
+        return Preset(name, f"PGD-{steps}, {restarts} restart(s)", "pgd", steps, restarts)
+    raise UsageError(f"unknown attack {name!r}; choose from {', '.join(PRESETS)} or pgd<S>x<R>")
+
+
+def build_attack(name: str, norm: str, eps: float, step_size: float | None = None, seed: int = 0):
+    """An attack object (the `flatcli.attacks.base.Attack` protocol) for preset `name`.
+
+    `step_size` (absolute) overrides a PGD preset's relative step.
+    """
+    p = preset(name)
+    if p.kind == "pgd":
+        from flatcli.attacks.pgd import PGD
+
+        step = step_size if step_size is not None else p.step_ratio * eps
+        return PGD(name, norm, eps, p.steps, step, p.restarts)
+    from flatcli.attacks import apgd
+
+    if p.kind == "apgd-ce":
+        return apgd.APGDCE(name, norm, eps, p.steps, p.restarts)
+    if p.kind == "apgd-t":
+        return apgd.APGDT(name, norm, eps, p.steps, p.restarts)
+    if p.kind == "aa-lite":
+        return apgd.Ensemble(
+            name,
+            (apgd.APGDCE("apgd-ce", norm, eps, p.steps), apgd.APGDT("apgd-t", norm, eps, p.steps)),
+        )
+    from flatcli.attacks.official import official_autoattack
+
+    return official_autoattack(name, norm, eps, seed)

@@ -1,0 +1,63 @@
+"""The `flatcli` command line: root app, the subcommands, --version, and the error handler.
+
+This package is the only one that imports typer/rich, prints, or exits. The core is imported
+inside each command, so `flatcli --help` answers without importing torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from flatcli import __version__
+from flatcli.cli import attack as _attack
+from flatcli.cli.options import debug_enabled
+from flatcli.cli.output import error
+from flatcli.errors import FlatcliError
+
+app = typer.Typer(
+    name="flatcli",
+    help="Robust overfitting and flatness of the robust loss (Stutz, Hein & Schiele, ICCV 2021).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool):
+    if value:
+        print(f"flatcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+):
+    """Robust overfitting and flatness of the robust loss, per checkpoint, as Parquet tables."""
+
+
+app.command("attack", no_args_is_help=True)(_attack.attack)
+
+EXIT_INTERNAL = 3
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit 0 done, 1 some checkpoints failed, 2 bad usage/input, 130 interrupted,
+    3 internal error (a bug: traceback with FLATCLI_DEBUG=1)."""
+    # Typer itself prints usage errors (exit 2) and maps Ctrl-C to exit 130.
+    try:
+        app(args=argv)
+    except FlatcliError as err:
+        error(str(err))
+        sys.exit(err.exit_code)
+    except Exception as err:
+        if debug_enabled():
+            raise
+        error(f"internal error: {type(err).__name__}: {err} (set FLATCLI_DEBUG=1 for a traceback)")
+        sys.exit(EXIT_INTERNAL)

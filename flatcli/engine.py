@@ -1,0 +1,97 @@
+"""The robust-loss engine: per-example clean and robust loss and correctness of a model.
+
+Every command asks the same question (DESIGN.md): what is the robust loss of this model on these
+examples? `robust_losses` answers it in batches on the model's device. Random starts are drawn for
+the whole set from the work unit's generator before batching, and the model is in eval mode, so the
+answer does not depend on the batch size; on CUDA out-of-memory the batch is halved and retried.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flatcli import runtime
+from flatcli.attacks.base import AttackOutcome, ce_per_example, slice_starts
+
+
+@dataclass
+class ExampleLosses:
+    """Per-example results on N examples: clean loss/correctness and one outcome per attack."""
+
+    clean_loss: torch.Tensor  # float [N], nats
+    clean_correct: torch.Tensor  # bool [N]
+    robust: dict[str, AttackOutcome]  # attack name -> outcome with [N] tensors
+
+    def worst(self) -> AttackOutcome:
+        """Per-example worst case over all attacks: broken by any; largest loss among estimates."""
+        outcomes = list(self.robust.values())
+        correct = torch.stack([o.correct for o in outcomes]).all(0)
+        losses = torch.stack([o.loss for o in outcomes])
+        loss = losses.masked_fill(losses.isnan(), -math.inf).amax(0)
+        loss[loss == -math.inf] = math.nan  # no attack estimated this example's loss
+        return AttackOutcome(loss=loss, correct=correct)
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def robust_losses(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence,
+    seed_keys: tuple = (0,),
+    batch_size: int = 512,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> ExampleLosses:
+    """Clean and robust per-example results of `model` (eval mode, on its device) on (x, y).
+
+    x: float [N, C, H, W] in [0, 1] (any device; moved batch by batch), y: int64 [N].
+    Each attack draws its random starts for all N examples from its own generator
+    `runtime.generator(*seed_keys, attack.name)`, so adding an attack does not change the others.
+    `on_batch(done, total)` reports progress in examples.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    starts = {a.name: a.draw_starts(x, runtime.generator(*seed_keys, a.name)) for a in attacks}
+    n = len(y)
+    clean_loss = torch.empty(n)
+    clean_correct = torch.empty(n, dtype=torch.bool)
+    robust = {
+        a.name: AttackOutcome(torch.empty(n), torch.empty(n, dtype=torch.bool)) for a in attacks
+    }
+    begin = 0
+    while begin < n:
+        end = min(n, begin + batch_size)
+        index = slice(begin, end)
+        try:
+            xb = x[index].to(device, non_blocking=True)
+            yb = y[index].to(device, non_blocking=True)
+            with torch.inference_mode():
+                logits = model(xb)
+            batch_clean = (ce_per_example(logits, yb), logits.argmax(1) == yb)
+            batch_robust = {
+                a.name: a(model, xb, yb, slice_starts(starts[a.name], index, device))
+                for a in attacks
+            }
+        except RuntimeError as err:
+            if not _is_oom(err) or batch_size == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch_size //= 2  # same draws per example, so the result does not change
+            continue
+        clean_loss[index], clean_correct[index] = (t.cpu() for t in batch_clean)
+        for name, outcome in batch_robust.items():
+            robust[name].loss[index] = outcome.loss.cpu()
+            robust[name].correct[index] = outcome.correct.cpu()
+        begin = end
+        if on_batch is not None:
+            on_batch(begin, n)
+    return ExampleLosses(clean_loss, clean_correct, robust)

@@ -1,0 +1,153 @@
+"""What every evaluation command shares: resolving a config, the examples, the key columns of a
+row, and the `attack` measure (one checkpoint -> its attack-table rows).
+
+Flatness and landscapes compose the same pieces with `flatcli.weights`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+
+from flatcli import checkpoints, data, engine, runtime, tables
+from flatcli.attacks.presets import build_attack
+from flatcli.config import AttackConfig, config_hash
+from flatcli.errors import CheckpointError, UsageError
+
+
+def check_eps(eps: float, norm: str, dataset: str) -> float:
+    """eps must be a finite radius inside the [0, 1] box: <= 1 for L-inf, <= sqrt(dim) for L2."""
+    spec = data.get_spec(dataset)
+    limit = 1.0 if norm == "linf" else math.sqrt(spec.in_channels * spec.image_size**2)
+    if not math.isfinite(eps) or eps < 0 or eps > limit:
+        raise UsageError(
+            f"--eps {eps:g} is outside [0, {limit:g}] for {norm} on {dataset} ([0, 1] images)"
+        )
+    return eps
+
+
+def resolve_dataset(refs: Sequence, explicit: str | None) -> str:
+    """--dataset if given; else the one dataset named by the checkpoints' flatcli metadata."""
+    if explicit:
+        data.get_spec(explicit)
+        return explicit
+    named = {(checkpoints.read_sidecar(r.path) or {}).get("dataset") for r in refs}
+    named.discard(None)
+    if len(named) == 1:
+        return named.pop()
+    if len(named) > 1:
+        raise UsageError(
+            f"checkpoints come from several datasets ({', '.join(sorted(named))}); pass --dataset"
+        )
+    raise UsageError("--dataset is needed: these checkpoints carry no flatcli metadata naming one")
+
+
+def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:
+    """Fill the dataset's defaults (dataset, eps, n_examples) and validate everything cheaply."""
+    dataset = resolve_dataset(refs, config.dataset)
+    spec = data.get_spec(dataset)
+    eps = check_eps(spec.eps if config.eps is None else config.eps, config.norm, dataset)
+    n = config.n_examples or data.default_n_examples(dataset, config.split, config.data_dir)
+    data.load_split(dataset, config.split, n, config.data_dir)  # fails early on missing data
+    if config.step_size is not None and not (
+        config.step_size > 0 and math.isfinite(config.step_size)
+    ):
+        raise UsageError(f"--step-size must be positive, got {config.step_size:g}")
+    if config.normalize is not None:
+        checkpoints.parse_normalize(config.normalize)
+    resolved = dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
+    for name in resolved.attacks:  # unknown names and a missing AutoAttack fail before work
+        build_attack(name, resolved.norm, eps, resolved.step_size, resolved.seed)
+    return resolved
+
+
+def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
+    """The key and provenance columns of every row (tables.COMMON), but the sweep's timing."""
+    return {
+        "run": ref.run,
+        "checkpoint": str(ref.path),
+        "epoch": ref.epoch,
+        "dataset": config.dataset,
+        "arch": info.arch,
+        "split": config.split,
+        "n_examples": config.n_examples,
+        "eps": config.eps,
+        "norm": config.norm,
+        "seed": config.seed,
+        "config_hash": chash,
+        "schema_version": tables.SCHEMA_VERSION,
+        **runtime.provenance(device),
+    }
+
+
+def load_for_eval(ref, config, device: torch.device):
+    """The checkpoint's model (eval mode, frozen weights, on device) and its info."""
+    model, info = checkpoints.load_model(
+        ref.path,
+        arch=config.arch,
+        normalize=config.normalize,
+        dataset=config.dataset,
+        device=device,
+    )
+    if info.dataset not in (None, config.dataset):
+        raise CheckpointError(f"{ref.path}: trained on {info.dataset}, not {config.dataset}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, info
+
+
+def nonfinite_note(model) -> str | None:
+    """'non-finite weights' when any parameter or buffer holds NaN/inf (the row is marked)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    bad = any(not torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+    return "non-finite weights" if bad else None
+
+
+def attack_measure(config: AttackConfig, device: torch.device, on_batch=None):
+    """`measure(ref) -> rows` for the attack table: one row per attack (+ `worst` of several)."""
+    chash = config_hash(config)
+    x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
+    x, y = x.to(device), y.to(device)
+    attacks = [
+        build_attack(a, config.norm, config.eps, config.step_size, config.seed)
+        for a in config.attacks
+    ]
+
+    def measure(ref) -> list[dict]:
+        model, info = load_for_eval(ref, config, device)
+        note = nonfinite_note(model)
+        result = engine.robust_losses(
+            model, x, y, attacks, (config.seed, ref.run, ref.epoch), config.batch_size, on_batch
+        )
+        base = key_columns(ref, info, config, chash, device)
+        clean = {
+            "clean_err": 1.0 - result.clean_correct.float().mean().item(),
+            "clean_loss": result.clean_loss.mean().item(),
+        }
+        outcomes = [
+            (a.name, a.steps, a.restarts, getattr(a, "step_size", None), result.robust[a.name])
+            for a in attacks
+        ]
+        if len(attacks) > 1:
+            outcomes.append(("worst", None, None, None, result.worst()))
+        return [
+            {
+                **base,
+                **clean,
+                "attack": name,
+                "steps": steps,
+                "restarts": restarts,
+                "step_size": step,
+                "robust_err": 1.0 - o.correct.float().mean().item(),
+                "robust_loss": o.loss.mean().item(),
+                "note": note,
+            }
+            for name, steps, restarts, step, o in outcomes
+        ]
+
+    return measure

@@ -1,0 +1,164 @@
+"""WideResNet (Zagoruyko & Komodakis, 2016) in the layout of the TRADES / MART / AWP codebases.
+
+Parameter and buffer names match those codebases, so their checkpoints load into `Classifier.net`:
+
+    conv1, block{1,2,3}.layer.{i}.bn1/conv1/bn2/conv2, block{1,2,3}.layer.0.convShortcut
+    (1x1 conv, where the block changes width), bn1, fc
+
+TRADES' `wideresnet.py` also builds a `sub_block1` (a copy of `block1`) that `forward` never
+uses; its checkpoints contain those tensors, so `sub_block1=True` adds the same unused module for
+loading them. Its parameters take no part in the output and get no gradient.
+
+Depth is 6n + 4 with n blocks per group; WRN-28-10 has ~36.5M parameters, WRN-34-10 ~46.2M.
+The original pools with `avg_pool2d(out, 8)` (8x8 maps for 32x32 inputs); a global average pool
+is the same there and also accepts other input sizes. Initialization follows the original:
+convolutions N(0, 2 / (k * k * out_channels)), BN weight 1 and bias 0, linear bias 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flatcli.errors import UsageError
+from flatcli.models import register
+
+
+class BasicBlock(nn.Module):
+    """Pre-activation block; where the width changes, the shortcut sees the pre-activated input."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, dropout: float = 0.0):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
+        self.dropout = dropout
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut = (
+            None
+            if self.equal_in_out
+            else nn.Conv2d(in_planes, out_planes, 1, stride=stride, padding=0, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu1(self.bn1(x))
+        out = self.relu2(self.bn2(self.conv1(pre)))
+        if self.dropout > 0:
+            out = F.dropout(out, p=self.dropout, training=self.training)
+        out = self.conv2(out)
+        shortcut = x if self.convShortcut is None else self.convShortcut(pre)
+        return shortcut + out
+
+
+class NetworkBlock(nn.Module):
+    def __init__(
+        self, nb_layers: int, in_planes: int, out_planes: int, stride: int, dropout: float = 0.0
+    ):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[
+                BasicBlock(
+                    in_planes if i == 0 else out_planes,
+                    out_planes,
+                    stride if i == 0 else 1,
+                    dropout,
+                )
+                for i in range(nb_layers)
+            ]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    def __init__(
+        self,
+        depth: int = 34,
+        num_classes: int = 10,
+        widen_factor: int = 10,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+        sub_block1: bool = False,
+    ):
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6 != 0:
+            raise UsageError(
+                f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34); got {depth}"
+            )
+        if widen_factor < 1:
+            raise UsageError(f"WideResNet widen_factor must be >= 1; got {widen_factor}")
+        if not 0.0 <= dropout < 1.0:
+            raise UsageError(f"dropout must be in [0, 1); got {dropout}")
+        n = (depth - 4) // 6
+        channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(in_channels, channels[0], 3, stride=1, padding=1, bias=False)
+        self.block1 = NetworkBlock(n, channels[0], channels[1], 1, dropout)
+        if sub_block1:
+            self.sub_block1 = NetworkBlock(n, channels[0], channels[1], 1, dropout)
+        self.block2 = NetworkBlock(n, channels[1], channels[2], 2, dropout)
+        self.block3 = NetworkBlock(n, channels[2], channels[3], 2, dropout)
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(channels[3], num_classes)
+        self.n_channels = channels[3]
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)
+        out = self.block1(out)
+        out = self.block2(out)
+        out = self.block3(out)
+        out = self.relu(self.bn1(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+@register(
+    "wide-resnet",
+    "WideResNet (TRADES/MART/AWP names); kwargs: depth=34, widen_factor=10, dropout=0, "
+    "sub_block1=False",
+)
+def wide_resnet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    depth: int = 34,
+    widen_factor: int = 10,
+    dropout: float = 0.0,
+    sub_block1: bool = False,
+) -> nn.Module:
+    return WideResNet(depth, num_classes, widen_factor, dropout, in_channels, sub_block1)
+
+
+@register(
+    "wrn-28-10",
+    "WideResNet-28-10 (TRADES/MART/AWP names), ~36.5M parameters; kwargs: dropout=0, "
+    "sub_block1=False",
+)
+def wrn_28_10(
+    num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, sub_block1: bool = False
+) -> nn.Module:
+    return WideResNet(28, num_classes, 10, dropout, in_channels, sub_block1)
+
+
+@register(
+    "wrn-34-10",
+    "WideResNet-34-10 (TRADES/MART/AWP names), ~46.2M parameters; kwargs: dropout=0, "
+    "sub_block1=False",
+)
+def wrn_34_10(
+    num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, sub_block1: bool = False
+) -> nn.Module:
+    return WideResNet(34, num_classes, 10, dropout, in_channels, sub_block1)

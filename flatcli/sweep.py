@@ -1,0 +1,150 @@
+"""One measure over many checkpoints: shard, skip what is done, compute, write, report failures.
+
+Every evaluation command (attack, flatness, landscape) is `run(refs, measure, ...)` with its own
+`measure(ref) -> rows`. A failing checkpoint (`CheckpointError`, or any error while measuring it)
+is reported through `on_event` and skipped; the others still run. Rows are written per checkpoint,
+atomically, so a killed sweep loses at most the checkpoint in hand and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from flatcli import runtime, tables
+from flatcli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Work unit i of n (0-based): this process takes refs[i::n]."""
+
+    index: int = 0
+    count: int = 1
+
+    def take(self, items: Sequence) -> list:
+        return list(items[self.index :: self.count])
+
+
+def parse_shard(value: str | None, environ=os.environ) -> Shard:
+    """`i/n` (0 <= i < n), `auto` (from SLURM_ARRAY_TASK_ID/COUNT/MIN), or None -> the whole."""
+    if value is None or value == "":
+        return Shard()
+    if value == "auto":
+        if "SLURM_ARRAY_TASK_ID" not in environ or "SLURM_ARRAY_TASK_COUNT" not in environ:
+            raise UsageError("--shard auto needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT")
+        task = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        return _checked_shard(task, int(environ["SLURM_ARRAY_TASK_COUNT"]), value)
+    try:
+        i, n = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {value!r}: expected i/n (e.g. 0/4) or auto") from None
+    return _checked_shard(i, n, value)
+
+
+def _checked_shard(i: int, n: int, text: str) -> Shard:
+    if n < 1 or not 0 <= i < n:
+        raise UsageError(f"--shard {text}: need 0 <= i < n (shards are numbered 0..n-1)")
+    return Shard(i, n)
+
+
+@dataclass
+class SweepEvent:
+    """What the sweep reports as it goes: kind is start | done | skipped | failed | warning."""
+
+    kind: str
+    ref: object
+    index: int
+    total: int
+    message: str = ""
+    rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SweepSummary:
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list[tuple[object, str]] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything is done or skipped, 1 when some checkpoint failed (DESIGN.md)."""
+        return 1 if self.failed else 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    todo: list
+    skipped: list
+
+
+def plan(
+    refs: Sequence, table: str, out, config_hash: str, shard: Shard = Shard(), force: bool = False
+) -> Plan:
+    """This shard's refs, split into those to compute and those already written."""
+    mine = shard.take(refs)
+    if force:
+        return Plan(mine, [])
+    done = [r for r in mine if tables.is_done(out, table, r.key, config_hash)]
+    return Plan([r for r in mine if r not in done], done)
+
+
+def run(
+    refs: Sequence,
+    measure: Callable[[object], list[dict]],
+    table: str,
+    out,
+    config_hash: str,
+    shard: Shard = Shard(),
+    force: bool = False,
+    on_event: Callable[[SweepEvent], None] | None = None,
+    debug: bool = False,
+) -> SweepSummary:
+    """Compute `measure(ref)` for this shard's refs not yet written, writing each atomically.
+
+    `measure` returns complete rows except `wall_time_s` and `created_at`, which are added here.
+    A row with a `note` is reported as a warning (e.g. non-finite weights) but still written.
+    """
+    emit = on_event or (lambda event: None)
+    work = plan(refs, table, out, config_hash, shard, force)
+    todo, skipped = work.todo, work.skipped
+    summary = SweepSummary(skipped=list(skipped))  # rows: the skipped ones' too, as written
+    total = len(todo) + len(skipped)
+    for i, ref in enumerate(skipped):
+        summary.rows.extend(tables.read_part(out, table, ref.key, config_hash))
+        emit(SweepEvent("skipped", ref, i, total, "already done"))
+    for i, ref in enumerate(todo, start=len(skipped)):
+        emit(SweepEvent("start", ref, i, total))
+        started = time.perf_counter()
+        try:
+            rows = measure(ref)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # one bad checkpoint must not stop the sweep
+            if debug:
+                raise
+            message = _one_line(err)
+            summary.failed.append((ref, message))
+            emit(SweepEvent("failed", ref, i, total, message))
+            continue
+        wall = time.perf_counter() - started
+        stamp = runtime.now_iso()
+        rows = [{**row, "wall_time_s": wall, "created_at": stamp} for row in rows]
+        tables.write_part(out, table, ref.key, config_hash, rows)
+        summary.done.append(ref)
+        summary.rows.extend(rows)
+        notes = sorted({r["note"] for r in rows if r.get("note")})
+        if notes:
+            emit(SweepEvent("warning", ref, i, total, "; ".join(notes), rows))
+        emit(SweepEvent("done", ref, i, total, f"{wall:.1f}s", rows))
+    return summary
+
+
+def _one_line(err: Exception) -> str:
+    from flatcli.errors import FlatcliError
+
+    text = str(err) if isinstance(err, FlatcliError) else f"{type(err).__name__}: {err}"
+    return " ".join(text.split()) or type(err).__name__

@@ -1,0 +1,131 @@
+"""Table schemas (one explicit pyarrow schema per table), atomic part writes, done keys, reading.
+
+Every table is a directory of part files, one per work unit:
+`OUT/<table>/<key>__<hash8>.parquet`, where `key` names the checkpoint (`<run>__e<epoch:04d>`)
+and `hash8` the configuration. Temp files start with `.` and are renamed with `os.replace`, so a
+reader (pyarrow ignores dot-files) never sees a half-written part and a killed writer leaves none.
+The explicit schema is applied on every write: `pd.read_parquet("OUT/<table>")` then returns the
+whole table whatever mix of runs, shards and reruns wrote it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+# Key and provenance columns shared by every table (DESIGN.md), in order.
+COMMON = [
+    pa.field("run", pa.string()),
+    pa.field("checkpoint", pa.string()),
+    pa.field("epoch", pa.int64()),
+    pa.field("dataset", pa.string()),
+    pa.field("arch", pa.string()),
+    pa.field("split", pa.string()),
+    pa.field("n_examples", pa.int64()),
+    pa.field("eps", pa.float64()),
+    pa.field("norm", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("config_hash", pa.string()),
+    pa.field("schema_version", pa.int64()),
+    pa.field("flatcli_version", pa.string()),
+    pa.field("torch_version", pa.string()),
+    pa.field("device", pa.string()),
+    pa.field("dtype", pa.string()),
+    pa.field("wall_time_s", pa.float64()),
+    pa.field("created_at", pa.string()),
+]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "attack": pa.schema(
+        COMMON
+        + [
+            pa.field("attack", pa.string()),
+            pa.field("steps", pa.int64()),
+            pa.field("restarts", pa.int64()),
+            pa.field("step_size", pa.float64()),
+            pa.field("clean_err", pa.float64()),
+            pa.field("clean_loss", pa.float64()),
+            pa.field("robust_err", pa.float64()),
+            pa.field("robust_loss", pa.float64()),  # nats; null when the attack gives no loss
+            pa.field("note", pa.string()),  # e.g. "non-finite weights"; null when all is well
+        ]
+    ),
+}
+
+
+def schema(table: str) -> pa.Schema:
+    return SCHEMAS[table]
+
+
+def columns(table: str) -> list[str]:
+    return schema(table).names
+
+
+def part_path(out: str | os.PathLike, table: str, key: str, config_hash: str) -> Path:
+    """Where the rows of one work unit live."""
+    return Path(out) / table / f"{key}__{config_hash[:8]}.parquet"
+
+
+def is_done(out: str | os.PathLike, table: str, key: str, config_hash: str) -> bool:
+    return part_path(out, table, key, config_hash).is_file()
+
+
+def _clean(value):
+    """Non-finite floats become null (JSON/Parquet friendly, and honest: not a number)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_arrow(rows: list[dict], table: str) -> pa.Table:
+    """Rows (dicts) -> an Arrow table with exactly the table's schema (missing keys -> null)."""
+    sch = schema(table)
+    unknown = set().union(*(r.keys() for r in rows)) - set(sch.names) if rows else set()
+    if unknown:
+        raise ValueError(f"{table}: columns not in the schema: {sorted(unknown)}")
+    data = {name: [_clean(r.get(name)) for r in rows] for name in sch.names}
+    return pa.Table.from_pydict(data, schema=sch)
+
+
+def write_part(
+    out: str | os.PathLike, table: str, key: str, config_hash: str, rows: list[dict]
+) -> Path:
+    """Write one work unit's rows atomically (temp dot-file in the same directory + os.replace)."""
+    path = part_path(out, table, key, config_hash)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrow = to_arrow(rows, table)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(arrow, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_part(out: str | os.PathLike, table: str, key: str, config_hash: str) -> list[dict]:
+    """The rows one work unit wrote (as dicts with the schema's columns)."""
+    return pq.read_table(part_path(out, table, key, config_hash), schema=schema(table)).to_pylist()
+
+
+def read_table(out: str | os.PathLike, table: str):
+    """The whole table under `OUT/<table>` as a pandas DataFrame (empty with the schema if none)."""
+    directory = Path(out) / table
+    if table not in SCHEMAS:
+        raise ValueError(f"unknown table {table!r}; known: {', '.join(SCHEMAS)}")
+    parts = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+    if not parts:
+        return schema(table).empty_table().to_pandas()
+    tables = [pq.read_table(p, schema=schema(table)) for p in parts]
+    return pa.concat_tables(tables).to_pandas()

@@ -1,0 +1,99 @@
+"""Threat models, the ascent loop and PGD: closed-form cases and a torchattacks cross-check."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from flatcli.attacks.pgd import PGD
+from flatcli.attacks.presets import PRESETS, build_attack, preset
+from flatcli.attacks.threat import L2Ball, LinfBall
+from flatcli.errors import UsageError
+
+
+def test_linf_projection_respects_ball_and_box():
+    x = torch.rand(16, 1, 4, 4)
+    delta = torch.randn_like(x)
+    p = LinfBall(0.1).project(delta, x)
+    assert p.abs().max() <= 0.1 + 1e-7
+    assert (x + p).min() >= 0 and (x + p).max() <= 1
+
+
+def test_l2_projection_and_random_start_stay_in_ball():
+    x = torch.full((32, 3, 4, 4), 0.5)
+    ball = L2Ball(0.3)
+    p = ball.project(torch.randn_like(x), x)
+    assert p.flatten(1).norm(dim=1).max() <= 0.3 + 1e-6
+    s = ball.random_start(x, torch.Generator().manual_seed(0))
+    norms = s.flatten(1).norm(dim=1)
+    assert norms.max() <= 0.3 + 1e-6 and norms.min() > 0
+
+
+def _binary_linear(d: int = 12) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, 2))
+    x = torch.full((8, 1, 1, d), 0.5)  # box [0,1] cannot bind for eps < 0.5
+    y = torch.randint(0, 2, (8,))
+    return model.eval(), x, y
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_reaches_closed_form_worst_case_of_a_linear_model(norm):
+    """For logits z = Wx + b with two classes, max CE over the ball lowers the margin by
+    eps * ||w_y - w_other||_1 (L-inf) or eps * ||w_y - w_other||_2 (L2)."""
+    model, x, y = _binary_linear()
+    eps = 0.1
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    diff = w[y] - w[1 - y]  # [B, d]
+    margin = (diff * x.flatten(1)).sum(1) + b[y] - b[1 - y]
+    dual = diff.abs().sum(1) if norm == "linf" else diff.norm(dim=1)
+    expected = nn.functional.softplus(-(margin - eps * dual))
+    attack = PGD("pgd", norm, eps, steps=50, step_size=eps / 4, restarts=2)
+    out = attack(model, x, y, attack.draw_starts(x, torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(out.loss, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_pgd_restarts_take_the_worst_per_example(trained_digits_model, digits_test):
+    x, y = digits_test[0][:100], digits_test[1][:100]
+    one = PGD("p1", "linf", 0.1, 10, 0.025, restarts=1)
+    many = PGD("p4", "linf", 0.1, 10, 0.025, restarts=4)
+    g = lambda: torch.Generator().manual_seed(3)
+    out1 = one(trained_digits_model, x, y, one.draw_starts(x, g()))
+    out4 = many(trained_digits_model, x, y, many.draw_starts(x, g()))  # restart 0 = out1's start
+    assert torch.all(out4.loss >= out1.loss - 1e-6)
+    assert torch.all(out4.correct <= out1.correct)
+
+
+@pytest.mark.reference
+def test_pgd_is_at_least_as_strong_as_torchattacks(trained_digits_model, digits_test):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = digits_test
+    eps, alpha, steps = 0.1, 0.025, 20
+    torch.manual_seed(0)
+    adv = torchattacks.PGD(
+        trained_digits_model, eps=eps, alpha=alpha, steps=steps, random_start=True
+    )(x, y)
+    with torch.no_grad():
+        theirs = (trained_digits_model(adv).argmax(1) != y).float().mean().item()
+    ours_attack = PGD("pgd20", "linf", eps, steps, alpha)
+    ours = ours_attack(
+        trained_digits_model, x, y, ours_attack.draw_starts(x, torch.Generator().manual_seed(0))
+    )
+    ours_err = 1 - ours.correct.float().mean().item()
+    assert theirs > 0.05  # the comparison means something
+    assert ours_err >= theirs - 0.01
+
+
+def test_presets_and_generic_pgd_names():
+    assert preset("pgd20x10").steps == 20 and preset("pgd20x10").restarts == 10
+    p = preset("pgd50x3")
+    assert (p.kind, p.steps, p.restarts) == ("pgd", 50, 3)
+    a = build_attack("pgd20x10", "linf", 0.0314)
+    assert math.isclose(a.step_size, 0.007)  # PAPER.md's step at its eps
+    assert build_attack("pgd7", "linf", 0.1, step_size=0.01).step_size == 0.01
+    with pytest.raises(UsageError):
+        preset("fgsm-nope")
+    assert {"pgd20x10", "pgd7", "pgd10", "apgd-ce", "apgd-t", "aa-lite", "aa-standard"} <= set(
+        PRESETS
+    )

@@ -1,0 +1,67 @@
+"""The robust-loss engine: batch-size invariance, out-of-memory shrinking, worst case."""
+
+import math
+
+import torch
+from torch import nn
+
+from flatcli import engine
+from flatcli.attacks.base import AttackOutcome
+from flatcli.attacks.pgd import PGD
+
+
+def _attack():
+    return PGD("pgd5x2", "linf", 0.1, steps=5, step_size=0.03, restarts=2)
+
+
+def test_results_do_not_depend_on_batch_size(trained_digits_model, digits_test):
+    x, y = digits_test[0][:64], digits_test[1][:64]
+    a = engine.robust_losses(trained_digits_model, x, y, [_attack()], (0, "run", 1), batch_size=64)
+    b = engine.robust_losses(trained_digits_model, x, y, [_attack()], (0, "run", 1), batch_size=7)
+    torch.testing.assert_close(a.clean_loss, b.clean_loss)
+    torch.testing.assert_close(
+        a.robust["pgd5x2"].loss, b.robust["pgd5x2"].loss, atol=1e-5, rtol=1e-5
+    )
+    assert torch.equal(a.robust["pgd5x2"].correct, b.robust["pgd5x2"].correct)
+    assert torch.all(a.robust["pgd5x2"].loss >= a.clean_loss - 1e-6)
+
+
+class _OOMAbove(nn.Module):
+    """Raises an out-of-memory error for batches larger than `limit`, as CUDA would."""
+
+    def __init__(self, inner: nn.Module, limit: int):
+        super().__init__()
+        self.inner, self.limit, self.sizes = inner, limit, []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result(
+    trained_digits_model, digits_test
+):
+    x, y = digits_test[0][:40], digits_test[1][:40]
+    ref = engine.robust_losses(trained_digits_model, x, y, [_attack()], (0,), batch_size=40)
+    small = _OOMAbove(trained_digits_model, limit=24)  # PGD batches restarts: 2 x examples
+    got = engine.robust_losses(small, x, y, [_attack()], (0,), batch_size=40)
+    assert max(s for s in small.sizes if s <= 24) <= 24 and any(s > 24 for s in small.sizes)
+    torch.testing.assert_close(
+        got.robust["pgd5x2"].loss, ref.robust["pgd5x2"].loss, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_worst_over_attacks_is_per_example():
+    res = engine.ExampleLosses(
+        torch.zeros(3),
+        torch.ones(3, dtype=torch.bool),
+        {
+            "a": AttackOutcome(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([True, False, True])),
+            "b": AttackOutcome(torch.full((3,), math.nan), torch.tensor([True, True, False])),
+        },
+    )
+    w = res.worst()
+    assert w.correct.tolist() == [True, False, False]
+    assert w.loss.tolist() == [1.0, 2.0, 3.0]
