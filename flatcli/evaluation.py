@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from flatcli import checkpoints, data, engine, runtime, tables
+from flatcli import checkpoints, data, engine, models, runtime, tables
 from flatcli.attacks.presets import build_attack
 from flatcli.config import AttackConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
@@ -58,6 +58,10 @@ def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:
         raise UsageError(f"--step-size must be positive, got {config.step_size:g}")
     if config.normalize is not None:
         checkpoints.parse_normalize(config.normalize)
+    if config.arch is not None and config.arch not in models.ARCHITECTURES:
+        raise UsageError(
+            f"unknown --arch {config.arch!r}; choose one of {', '.join(models.ARCHITECTURES)}"
+        )
     resolved = dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
     for name in resolved.attacks:  # unknown names and a missing AutoAttack fail before work
         build_attack(name, resolved.norm, eps, resolved.step_size, resolved.seed)

@@ -60,7 +60,7 @@ def attack(
         eps=None if eps is None else o.parse_eps(eps),
         norm=norm.value,
         attacks=tuple(o.csv_list(attacks)),
-        step_size=None if step_size is None else o.parse_eps(step_size),
+        step_size=None if step_size is None else o.parse_eps(step_size, "--step-size"),
         seed=seed,
         arch=arch,
         normalize=normalize,

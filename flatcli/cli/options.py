@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from flatcli.attacks.presets import PRESETS
+from flatcli.errors import UsageError
 
 
 class Format(str, Enum):
@@ -34,18 +35,17 @@ class Split(str, Enum):
     heldout = "heldout"
 
 
-def parse_eps(text: str) -> float:
-    """`8/255`, `0.0314` or `1e-2` -> float; anything else is a usage error."""
-    text = text.strip()
+def parse_eps(text: str, option: str = "--eps") -> float:
+    """`8/255`, `0.0314` or `1e-2` -> float; anything else is a usage error (one line)."""
     try:
         if "/" in text:
             num, den = text.split("/")
-            if float(den) == 0:
-                raise typer.BadParameter(f"{text!r} divides by zero")
             return float(Fraction(num.strip()) / Fraction(den.strip()))
         return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise typer.BadParameter(f"{text!r} is not a number or fraction like 8/255") from None
+    except ZeroDivisionError:
+        raise UsageError(f"{option} {text}: division by zero") from None
+    except ValueError:
+        raise UsageError(f"{option} {text!r} is not a number or a fraction like 8/255") from None
 
 
 def csv_list(text: str) -> list[str]:

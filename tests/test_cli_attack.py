@@ -1,0 +1,224 @@
+"""`flatcli attack` end to end, and every bad input the issue lists: one line, non-zero exit."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from flatcli import models
+from flatcli.checkpoints import save_checkpoint
+from flatcli.cli import main
+
+FAST = ["--attacks", "pgd3x2", "--n-examples", "32", "-q"]
+
+
+def _save(path: Path, epoch: int, seed: int = 0, scale: float = 1.0) -> Path:
+    torch.manual_seed(seed)
+    model = models.build("tiny", 10, 1)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.mul_(scale)
+    return save_checkpoint(
+        path / f"epoch_{epoch:04d}.safetensors", model, "tiny", {}, "digits", epoch
+    )
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    for e in (1, 2, 3):
+        _save(tmp_path / "runs" / "at", e, seed=e)
+    return tmp_path / "runs"
+
+
+def flatcli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_attack_writes_table_prints_rows_and_resumes(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = flatcli(capsys, "attack", run_dir, "--out", out, *FAST, "-f", "json")
+    assert code == 0
+    rows = json.loads(stdout)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and {r["attack"] for r in rows} == {"pgd3x2"}
+    df = pd.read_parquet(out / "attack")
+    assert len(df) == 3 and (df.robust_err >= df.clean_err).all()
+    assert (df.eps == 0.1).all() and (df.n_examples == 32).all() and (df.dataset == "digits").all()
+    first = df.sort_values("epoch").robust_loss.tolist()
+    # a rerun skips everything, prints the same rows, and writes nothing new
+    code, stdout, err = flatcli(capsys, "attack", run_dir, "--out", out, *FAST[:-1], "-f", "jsonl")
+    assert code == 0 and "skipped" in err and len(stdout.splitlines()) == 3
+    assert len(list((out / "attack").iterdir())) == 3
+    # --force recomputes the same numbers (seeded per checkpoint)
+    code, _, _ = flatcli(capsys, "attack", run_dir, "--out", out, *FAST, "--force")
+    again = pd.read_parquet(out / "attack").sort_values("epoch").robust_loss.tolist()
+    assert code == 0 and again == pytest.approx(first, abs=1e-6)
+
+
+def test_several_attacks_add_a_worst_row_and_eps_fraction_is_exact(run_dir, tmp_path, capsys):
+    code, stdout, _ = flatcli(
+        capsys,
+        "attack",
+        run_dir / "at" / "epoch_0001.safetensors",
+        "--out",
+        tmp_path / "o",
+        "--attacks",
+        "pgd2,pgd3x2",
+        "--eps",
+        "8/255",
+        "--n-examples",
+        "16",
+        "-q",
+        "-f",
+        "csv",
+    )
+    assert code == 0
+    df = pd.read_csv(__import__("io").StringIO(stdout))
+    assert list(df.attack) == ["pgd2", "pgd3x2", "worst"]
+    assert df.eps.iloc[0] == 8 / 255
+    worst = df.set_index("attack")
+    assert worst.loc["worst", "robust_err"] >= worst.loc[["pgd2", "pgd3x2"], "robust_err"].max()
+
+
+def test_shards_split_the_work_and_dry_run_shows_the_plan(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    for i in range(2):
+        assert flatcli(capsys, "attack", run_dir, "--out", out, *FAST, "--shard", f"{i}/2")[0] == 0
+    assert sorted(pd.read_parquet(out / "attack").epoch) == [1, 2, 3]
+    code, stdout, _ = flatcli(
+        capsys, "attack", run_dir, "--out", out, *FAST, "--dry-run", "-f", "json"
+    )
+    assert code == 0 and {r["status"] for r in json.loads(stdout)} == {"done"}
+
+
+def test_one_bad_checkpoint_among_good_ones_exit_1(run_dir, tmp_path, capsys):
+    bad = run_dir / "at" / "epoch_0002.safetensors"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    code, _, err = flatcli(capsys, "attack", run_dir, "--out", tmp_path / "o", *FAST)
+    assert code == 1
+    assert "epoch_0002" in err and "failed" in err and "Traceback" not in err
+    assert sorted(pd.read_parquet(tmp_path / "o" / "attack").epoch) == [1, 3]
+
+
+def test_nan_weights_are_reported_and_marked_and_others_go_on(run_dir, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = models.build("tiny", 10, 1)
+    with torch.no_grad():
+        model.net[0].weight[0, 0, 0, 0] = float("nan")
+    save_checkpoint(run_dir / "at" / "epoch_0004.safetensors", model, "tiny", {}, "digits", 4)
+    code, _, err = flatcli(capsys, "attack", run_dir, "--out", tmp_path / "o", *FAST)
+    df = pd.read_parquet(tmp_path / "o" / "attack").set_index("epoch")
+    assert code == 0 and "non-finite weights" in err
+    assert df.loc[4, "note"] == "non-finite weights" and pd.isna(df.loc[4, "robust_loss"])
+    assert df.loc[[1, 2, 3], "note"].isna().all() and df.loc[[1, 2, 3], "robust_loss"].notna().all()
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_MARKER",))
+
+
+def _bad_inputs(tmp: Path, run_dir: Path) -> dict[str, list]:
+    (tmp / "empty").mkdir()
+    (tmp / "junk").mkdir()
+    (tmp / "junk" / "notes.txt").write_text("hello")
+    truncated = tmp / "trunc" / "model_5.pth"
+    truncated.parent.mkdir()
+    torch.save(models.build("tiny", 10, 1).state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    evil = tmp / "evil" / "model_1.pth"
+    evil.parent.mkdir()
+    evil.write_bytes(pickle.dumps({"state_dict": _Payload()}))
+    foreign = tmp / "foreign" / "model_3.pth"
+    foreign.parent.mkdir()
+    torch.save({"state_dict": models.build("tiny", 10, 1).net.state_dict()}, foreign)
+    readonly = tmp / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    good = [run_dir]
+    return {
+        "missing path": [tmp / "nope", "--out", tmp / "o"],
+        "empty directory": [tmp / "empty", "--out", tmp / "o"],
+        "no checkpoints": [tmp / "junk", "--out", tmp / "o"],
+        "eps -1": [*good, "--out", tmp / "o", "--eps", "-1"],
+        "eps 8/0": [*good, "--out", tmp / "o", "--eps", "8/0"],
+        "eps 2": [*good, "--out", tmp / "o", "--eps", "2"],
+        "eps text": [*good, "--out", tmp / "o", "--eps", "eight"],
+        "n too large": [*good, "--out", tmp / "o", "--n-examples", "100000"],
+        "missing dataset folder": [
+            foreign,
+            "--out",
+            tmp / "o",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            tmp / "nodata",
+            "--arch",
+            "tiny",
+        ],
+        "unwritable out": [*good, "--out", readonly / "sub"],
+        "shard 3/2": [*good, "--out", tmp / "o", "--shard", "3/2"],
+        "unknown attack": [*good, "--out", tmp / "o", "--attacks", "fgsm9"],
+        "unknown arch": [
+            foreign,
+            "--out",
+            tmp / "o",
+            "--dataset",
+            "digits",
+            "--arch",
+            "resnet9000",
+        ],
+        "foreign without dataset": [foreign, "--out", tmp / "o"],
+        # single-checkpoint failures: the sweep reports them (exit 1)
+        "truncated": [truncated, "--out", tmp / "o", "--dataset", "digits", "--arch", "tiny"],
+        "code payload": [evil, "--out", tmp / "o", "--dataset", "digits", "--arch", "tiny"],
+        "wrong arch": [foreign, "--out", tmp / "o", "--dataset", "digits", "--arch", "small-cnn"],
+    }
+
+
+SWEEP_FAILURES = {"truncated", "code payload", "wrong arch"}
+
+
+def test_bad_inputs_give_one_line_and_nonzero_exit(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = _bad_inputs(tmp_path, run_dir)
+    if os.geteuid() == 0:  # root writes anywhere; use a path under a regular file instead
+        (tmp_path / "afile").write_text("")
+        cases["unwritable out"] = [run_dir, "--out", tmp_path / "afile" / "sub"]
+    for name, args in cases.items():
+        code, stdout, err = flatcli(capsys, "attack", *FAST, *args)  # the case's options win
+        lines = [line for line in err.splitlines() if line.strip()]
+        expected = 1 if name in SWEEP_FAILURES else 2
+        assert code == expected, (name, code, err)
+        assert "Traceback" not in err and stdout.strip() == "", (name, err)
+        problem = [line for line in lines if "error" in line or "failed" in line or "Error" in line]
+        assert len(problem) >= 1, (name, err)
+        if name not in SWEEP_FAILURES:
+            assert len(lines) == 1, (name, err)
+    assert not (tmp_path / "PWNED_MARKER").exists()
+    wrong = flatcli(capsys, "attack", *FAST, *cases["wrong arch"])[2]
+    assert "missing" in wrong and "unexpected" in wrong
+
+
+def test_help_does_not_import_torch_and_version_and_python_m():
+    code = "import sys; from flatcli.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\n"
+    code += "assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "attack" in done.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "flatcli", "--version"], capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.startswith("flatcli ")
+    helped = subprocess.run(
+        [sys.executable, "-m", "flatcli", "attack", "--help"], capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and "Example:" in helped.stdout
