@@ -209,8 +209,11 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(run_dir, tmp_path, capsys, mo
 
 
 def test_help_does_not_import_torch_and_version_and_python_m():
-    code = "import sys; from flatcli.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\n"
-    code += "assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys; from flatcli.cli import main\n"
+        "try:\n main(['--help'])\nexcept SystemExit: pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "attack" in done.stdout
