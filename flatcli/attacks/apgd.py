@@ -1,0 +1,331 @@
+"""APGD (Croce & Hein, ICML 2020): step-size-free PGD with momentum, and AutoAttack-style ensembles.
+
+One run of APGD on a batch (`_apgd`) follows Algorithm 1 of the paper:
+
+- first step z = P(x_0 + eta * step(grad)) with eta = 2 eps, then for k >= 1
+  z = P(x_k + eta * step(grad)), x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})),
+  alpha = 0.75 (`step` and `P = project` are the threat model's verbs, so L-inf and L2 share it);
+- checkpoints p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (fractions of
+  N steps), in the official code's integer form: the first after max(int(0.22 N), 1) steps, then
+  intervals shrinking by max(int(0.03 N), 1) down to max(int(0.06 N), 1);
+- at a checkpoint, per example, the step size halves and the iterate restarts from the best point
+  (with its gradient) if (1) the loss increased in at most rho = 0.75 of the steps since the last
+  checkpoint, or (2) the step size was not halved at the last checkpoint and the best loss has
+  not improved since.
+
+Everything is per example (rows of the batch); restarts run as extra rows of the same batch. An
+example counts as broken if the clean point or any iterate of any restart is misclassified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from flatcli.attacks.base import AttackOutcome, ce_per_example, slice_starts
+from flatcli.attacks.threat import make_threat
+from flatcli.errors import UsageError
+
+MOMENTUM = 0.75  # alpha: weight of the new step against the previous update
+RHO = 0.75  # condition 1: the loss must have increased in more than rho of the steps
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations (1-based counts of steps done) after which the step size is checked."""
+    k = max(int(0.22 * steps), 1)
+    k_min = max(int(0.06 * steps), 1)
+    k_decr = max(int(0.03 * steps), 1)
+    out, at = [], k
+    while at <= steps:
+        out.append(at)
+        k = max(k - k_decr, k_min)
+        at += k
+    return out
+
+
+def dlr_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR loss -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), per example [B]."""
+    z = logits.float()
+    top = z.topk(4, dim=1).values
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    zt = z.gather(1, target[:, None]).squeeze(1)
+    return -(zy - zt) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def _ce(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    return ce_per_example(logits, y)
+
+
+def _dlr_t(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    return dlr_targeted(logits, y, target)
+
+
+def _rowwise(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    delta0: torch.Tensor,
+    threat: Any,
+    steps: int,
+    loss_fn: LossFn,
+    target: torch.Tensor | None = None,
+    group: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run from `delta0` on the rows of `x`; returns (best loss [B], misclassified [B]).
+
+    The best loss and the misclassification flag cover the start and every iterate. With `group`
+    (row -> example id), a row stops as soon as any row of its example is misclassified (targeted
+    runs that do not estimate the loss): its best loss is then the one reached so far.
+    """
+    n = len(y)
+    out_best = torch.full((n,), -torch.inf, device=x.device)
+    out_wrong = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if n == 0:
+        return out_best, out_wrong
+    rows = torch.arange(n, device=x.device)
+
+    def evaluate(delta, x, y, target):
+        with torch.enable_grad():
+            d = delta.detach().requires_grad_(True)
+            logits = model(x + d)
+            loss = loss_fn(logits, y, target)
+            (grad,) = torch.autograd.grad(loss.sum(), d)
+        return loss.detach().float(), logits.detach().argmax(1) != y, grad.detach()
+
+    delta = threat.project(delta0.to(x.dtype), x)
+    loss, wrong, grad = evaluate(delta, x, y, target)
+    best_loss, best_delta, best_grad = loss.clone(), delta.clone(), grad.clone()
+    delta_prev = delta
+    eta = torch.full((n, *([1] * (x.dim() - 1))), 2.0 * threat.eps, dtype=x.dtype, device=x.device)
+    history = torch.empty(steps + 1, n, device=x.device)
+    history[0] = loss
+    check_at = set(checkpoints(steps))
+    last_check = 0
+    n_groups = 0 if group is None else int(group.max()) + 1
+    best_at_last_check = best_loss.clone()
+    reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
+
+    with torch.no_grad():
+        for i in range(steps):
+            alpha = 1.0 if i == 0 else MOMENTUM
+            z = threat.project(threat.step(delta, grad, eta), x)
+            moved = delta + alpha * (z - delta) + (1 - alpha) * (delta - delta_prev)
+            delta_prev, delta = delta, threat.project(moved, x)
+            loss, now_wrong, grad = evaluate(delta, x, y, target)
+            wrong |= now_wrong
+            history[i + 1] = loss
+            improved = loss > best_loss
+            best_loss = torch.where(improved, loss, best_loss)
+            m = _rowwise(improved, delta)
+            best_delta = torch.where(m, delta, best_delta)
+            best_grad = torch.where(m, grad, best_grad)
+
+            if i + 1 in check_at:
+                k = i + 1 - last_check
+                window = history[last_check : i + 2]
+                increases = (window[1:] > window[:-1]).sum(0)
+                oscillating = increases <= k * RHO
+                stalled = ~reduced_last & (best_at_last_check >= best_loss)
+                reduce = oscillating | stalled
+                m = _rowwise(reduce, delta)
+                eta = torch.where(m, eta / 2, eta)
+                delta = torch.where(m, best_delta, delta)
+                grad = torch.where(m, best_grad, grad)
+                reduced_last = reduce
+                best_at_last_check = best_loss.clone()
+                last_check = i + 1
+
+            if group is not None and wrong.any():
+                fooled = torch.zeros(n_groups, dtype=torch.bool, device=x.device)
+                fooled[group[wrong]] = True
+                done = fooled[group]
+                out_best[rows[done]] = best_loss[done]
+                out_wrong[rows[done]] = wrong[done]
+                keep = ~done
+                if not keep.any():
+                    return out_best, out_wrong
+                rows, group, x, y = rows[keep], group[keep], x[keep], y[keep]
+                target = None if target is None else target[keep]
+                delta, delta_prev, grad = delta[keep], delta_prev[keep], grad[keep]
+                best_loss, best_delta = best_loss[keep], best_delta[keep]
+                best_grad = best_grad[keep]
+                eta, history, wrong = eta[keep], history[:, keep], wrong[keep]
+                best_at_last_check = best_at_last_check[keep]
+                reduced_last = reduced_last[keep]
+
+    out_best[rows] = best_loss
+    out_wrong[rows] = wrong
+    return out_best, out_wrong
+
+
+def _check(norm: str, eps: float, steps: int, restarts: int) -> None:
+    if norm not in ("linf", "l2"):
+        raise UsageError(f"APGD supports the norms linf and l2, got {norm!r}")
+    if not eps >= 0:
+        raise UsageError(f"eps must be non-negative, got {eps}")
+    if steps < 1 or restarts < 1:
+        raise UsageError(f"steps and restarts must be at least 1, got {steps} and {restarts}")
+
+
+def _restart_rows(x: torch.Tensor, y: torch.Tensor, starts: torch.Tensor | None, restarts: int):
+    """Rows [R*B, ...] restart-major, with their starts (zeros without random starts)."""
+    xr = x.repeat(restarts, *([1] * (x.dim() - 1)))
+    yr = y.repeat(restarts)
+    delta0 = torch.zeros_like(xr) if starts is None else starts.reshape(xr.shape).to(xr)
+    return xr, yr, delta0
+
+
+@dataclass(frozen=True)
+class APGDCE:
+    """APGD on the cross-entropy loss; restarts run jointly on every example.
+
+    outcome.loss is the largest CE over the clean point and all iterates of all restarts (fp32);
+    outcome.correct is False where any of these points is misclassified.
+    """
+
+    name: str
+    norm: str
+    eps: float
+    steps: int = 100
+    restarts: int = 1
+    estimates_loss: bool = field(default=True, init=False)
+
+    def __post_init__(self):
+        _check(self.norm, self.eps, self.steps, self.restarts)
+
+    @property
+    def threat(self):
+        return make_threat(self.norm, self.eps)
+
+    def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[restarts, N, ...] random offsets in the ball."""
+        return torch.stack([self.threat.random_start(x, generator) for _ in range(self.restarts)])
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
+        r, b = self.restarts, len(y)
+        with torch.no_grad():
+            clean_logits = model(x)
+            clean_loss = ce_per_example(clean_logits, y)
+            clean_wrong = clean_logits.argmax(1) != y
+        xr, yr, delta0 = _restart_rows(x, y, starts, r)
+        best, wrong = _apgd(model, xr, yr, delta0, self.threat, self.steps, _ce)
+        return AttackOutcome(
+            loss=torch.maximum(best.view(r, b).amax(0), clean_loss),
+            correct=~(wrong.view(r, b).any(0) | clean_wrong),
+        )
+
+
+@dataclass(frozen=True)
+class APGDT:
+    """APGD on the targeted DLR loss, one run per target class (AutoAttack's apgd-t).
+
+    Targets are the 2nd, 3rd, ... `n_targets + 1`-th largest clean logits; every target gets
+    `restarts` runs from the same starts. Only examples still correct are attacked, and a run
+    drops an example as soon as it is misclassified. outcome.loss is NaN (not a CE estimate).
+    """
+
+    name: str
+    norm: str
+    eps: float
+    steps: int = 100
+    restarts: int = 1
+    n_targets: int = 9
+    estimates_loss: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        _check(self.norm, self.eps, self.steps, self.restarts)
+        if self.n_targets < 1:
+            raise UsageError(f"n_targets must be at least 1, got {self.n_targets}")
+
+    @property
+    def threat(self):
+        return make_threat(self.norm, self.eps)
+
+    def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[restarts, N, ...] random offsets in the ball, shared by all target classes."""
+        return torch.stack([self.threat.random_start(x, generator) for _ in range(self.restarts)])
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
+        r = self.restarts
+        with torch.no_grad():
+            clean_logits = model(x).float()
+        num_classes = clean_logits.shape[1]
+        if num_classes < 4:
+            raise UsageError(f"{self.name} (targeted DLR loss) needs at least 4 classes")
+        correct = clean_logits.argmax(1) == y
+        ranked = clean_logits.argsort(1, descending=True)
+        for t in range(1, min(self.n_targets, num_classes - 1) + 1):
+            idx = correct.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            sub_starts = None if starts is None else starts[:, idx]
+            xr, yr, delta0 = _restart_rows(x[idx], y[idx], sub_starts, r)
+            target = ranked[idx, t].repeat(r)
+            group = torch.arange(len(idx), device=x.device).repeat(r)
+            _, wrong = _apgd(model, xr, yr, delta0, self.threat, self.steps, _dlr_t, target, group)
+            fooled = wrong.view(r, -1).any(0)
+            correct[idx[fooled]] = False
+        return AttackOutcome(
+            loss=torch.full((len(y),), torch.nan, device=x.device), correct=correct
+        )
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Members run in order; each later member attacks only the examples still correct.
+
+    correct is the AND over members; loss is the elementwise max over the members that estimate
+    it (NaN if none does). `steps`/`restarts` are the first member's.
+    """
+
+    name: str
+    members: Sequence[Any]
+
+    def __post_init__(self):
+        if not self.members:
+            raise UsageError(f"ensemble {self.name!r} has no members")
+        object.__setattr__(self, "members", tuple(self.members))
+
+    @property
+    def steps(self) -> int:
+        return self.members[0].steps
+
+    @property
+    def restarts(self) -> int:
+        return self.members[0].restarts
+
+    @property
+    def estimates_loss(self) -> bool:
+        return any(m.estimates_loss for m in self.members)
+
+    def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> list:
+        return [m.draw_starts(x, generator) for m in self.members]
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
+        n = len(y)
+        correct = torch.ones(n, dtype=torch.bool, device=x.device)
+        loss = torch.full((n,), torch.nan, device=x.device)
+        member_starts = [None] * len(self.members) if starts is None else starts
+        for i, (member, s) in enumerate(zip(self.members, member_starts, strict=True)):
+            if i == 0:  # every example
+                idx = torch.arange(n, device=x.device)
+                out = member(model, x, y, slice_starts(s, slice(None), x.device))
+            else:  # the examples still correct
+                idx = correct.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                out = member(model, x[idx], y[idx], slice_starts(s, idx, x.device))
+            correct[idx] &= out.correct.to(x.device)
+            if member.estimates_loss:
+                loss[idx] = torch.fmax(loss[idx], out.loss.to(loss))
+        return AttackOutcome(loss=loss, correct=correct)
