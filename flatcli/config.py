@@ -56,3 +56,139 @@ def config_hash(config) -> str:
     payload = {"type": type(config).__name__, **hashed_fields(config)}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Per-dataset training defaults (`flatcli train`), the one registry of them.
+
+    `milestones` are fractions of `epochs` (PAPER.md: 60, 90, 120 of 150 epochs); `eps=None` means
+    the dataset's eps in `flatcli.data`; `heldout_every`: epochs between held-out evaluations.
+    """
+
+    epochs: int = 150
+    milestones: tuple[float, ...] = (0.4, 0.6, 0.8)
+    eps: float | None = None
+    augment: str = "crop-flip"
+    heldout_every: int = 1
+
+
+TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
+    "cifar10": TrainDefaults(),
+    "cifar100": TrainDefaults(),
+    # digits, small-cnn, measured on 2 CPU cores (flatcli/training/__init__.py): ~2 min; one
+    # decay at epoch 20, then 80 epochs at lr 0.005 in which held-out robust loss and error rise.
+    "digits": TrainDefaults(epochs=100, milestones=(0.2,), eps=0.15, augment="none"),
+}
+TRAIN_FALLBACK = TrainDefaults(augment="none")  # svhn, mnist, npz: no augmentation by default
+
+# Method- and option-specific defaults, applied only where the option is in use (else None).
+METHOD_DEFAULTS = {
+    "attack": "pgd7",  # PAPER.md: PGD-7, step 0.007 at eps 0.0314, random start
+    "random_start": True,
+    "trades_beta": 6.0,  # TRADES' own code
+    "mart_beta": 6.0,  # MART's own code
+    "awp_gamma": 0.01,  # AWP's own code
+    "awp_warmup": 0,
+    "entropy_steps": 5,  # Entropy-SGD: Langevin steps per update
+    "entropy_lr": 0.1,  # Langevin step size
+    "entropy_gamma": 0.03,  # scope (coupling to the current weights)
+    "entropy_noise": 1e-4,  # Langevin noise scale
+    "entropy_alpha": 0.75,  # running-average factor of the Langevin iterates
+    "extra_fraction": 0.5,  # share of each batch from the pseudo-labelled data
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`flatcli train`: PAPER.md's baseline (PGD-7 AT, SGD 0.05 Nesterov momentum 0.9, weight
+    decay 5e-4 as in the code, batch 128, lr x0.1 at 40/60/80 % of the epochs).
+
+    None means "the default": per dataset from `TRAIN_DEFAULTS` (epochs, eps, milestones,
+    augment, heldout_every), per method/option from `METHOD_DEFAULTS`; `flatcli.training`
+    resolves them before hashing, so a run's stored config is fully explicit.
+    """
+
+    dataset: str = "digits"
+    arch: str | None = None
+    method: str = "at"  # clean | at | trades | mart | awp
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd | entropy-sgd
+    schedule: str = "multistep"  # multistep | cyclic | cosine
+    milestones: tuple[float, ...] | None = None  # epochs (>= 1) or fractions of epochs (< 1)
+    lr_factor: float = 0.1  # multistep decay factor
+    cyclic_peak: float = 0.4  # cyclic: fraction of training at which lr peaks
+    eps: float | None = None
+    norm: str = "linf"
+    attack: str | None = None
+    step_size: float | None = None
+    random_start: bool | None = None
+    trades_beta: float | None = None
+    mart_beta: float | None = None
+    awp_gamma: float | None = None
+    awp_warmup: int | None = None
+    label_smoothing: float = 0.0
+    label_noise: float = 0.0
+    weight_clip: float | None = None
+    augment: str | None = None  # none | crop-flip | cutout | autoaugment
+    entropy_steps: int | None = None
+    entropy_lr: float | None = None
+    entropy_gamma: float | None = None
+    entropy_noise: float | None = None
+    entropy_alpha: float | None = None
+    extra_data: str | None = None  # npz with x, y (pseudo-labelled)
+    extra_fraction: float | None = None
+    train_examples: int | None = None  # first N training examples (None: all)
+    heldout_attack: str = "pgd7x5"  # PAPER.md: PGD-7, 5 restarts, on the held-out split
+    heldout_every: int | None = None
+    heldout_examples: int | None = None
+    amp: str = "none"  # none | bf16 (autocast; fp32 master weights)
+    seed: int = 0
+    world_size: int = 1  # DDP processes (set by the trainer)
+    save_every: int = _runtime(1)
+    data_dir: str | None = _runtime(None)
+    device: str = _runtime("auto")
+
+
+AVERAGE_XI = 0.5  # PAPER.md: average-case flatness, relative L2 radius
+WORST_XI = 0.00075  # PAPER.md main text and per-epoch code (its supplement tables use 0.003)
+
+
+@dataclass(frozen=True)
+class FlatnessConfig:
+    """`flatcli flatness`: PAPER.md's flatness of the robust loss.
+
+    Average case: `samples` random offsets on the per-layer relative sphere, the attack re-run on
+    each. Worst case: joint ascent over a weight offset (normalized step `weight_lr`, relative
+    to each layer's norm; 0.01 in the code, 0.001 in the text) and the input (step 0.2229 * eps,
+    or `step_size`), `iterations` steps x `restarts`, one offset per `weight_batch` examples.
+    Hessian: `iterations` Lanczos steps, `samples` Hutchinson probes. `xi=None` means the paper's
+    default per measure (AVERAGE_XI, WORST_XI); eps/n_examples None: the dataset's defaults.
+    """
+
+    dataset: str | None = None
+    split: str = "test"
+    n_examples: int | None = None
+    eps: float | None = None
+    norm: str = "linf"
+    measures: tuple[str, ...] = ("average", "worst")
+    xi: tuple[float, ...] | None = None
+    samples: int = 10
+    attack: str = "pgd20x10"
+    iterations: int = 20
+    restarts: int = 10
+    weight_lr: float = 0.01
+    weight_norm: str = "l2"  # l2: ||nu_l|| <= xi ||w_l||; linf: |nu_i| <= xi |w_i|
+    weight_batch: int = 128
+    step_size: float | None = None
+    seed: int = 0
+    arch: str | None = None
+    normalize: str | None = None
+    data_dir: str | None = _runtime(None)
+    device: str = _runtime("auto")
+    batch_size: int = _runtime(512)

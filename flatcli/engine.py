@@ -59,7 +59,8 @@ def robust_losses(
     """
     device = next(model.parameters()).device
     model.eval()
-    starts = {a.name: a.draw_starts(x, runtime.generator(*seed_keys, a.name)) for a in attacks}
+    x_cpu = x.cpu()  # draws come from CPU generators: the same on every device
+    starts = {a.name: a.draw_starts(x_cpu, runtime.generator(*seed_keys, a.name)) for a in attacks}
     n = len(y)
     clean_loss = torch.empty(n)
     clean_correct = torch.empty(n, dtype=torch.bool)

@@ -47,6 +47,15 @@ def resolve_dataset(refs: Sequence, explicit: str | None) -> str:
 
 def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:
     """Fill the dataset's defaults (dataset, eps, n_examples) and validate everything cheaply."""
+    resolved = resolve_common(config, refs)
+    for name in resolved.attacks:  # unknown names and a missing AutoAttack fail before work
+        build_attack(name, resolved.norm, resolved.eps, resolved.step_size, resolved.seed)
+    return resolved
+
+
+def resolve_common(config, refs: Sequence):
+    """What every evaluation config shares (dataset, split, n_examples, eps, norm, step_size,
+    normalize, arch, data_dir): fill the dataset's defaults and validate them cheaply."""
     dataset = resolve_dataset(refs, config.dataset)
     spec = data.get_spec(dataset)
     eps = check_eps(spec.eps if config.eps is None else config.eps, config.norm, dataset)
@@ -62,10 +71,7 @@ def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:
         raise UsageError(
             f"unknown --arch {config.arch!r}; choose one of {', '.join(models.ARCHITECTURES)}"
         )
-    resolved = dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
-    for name in resolved.attacks:  # unknown names and a missing AutoAttack fail before work
-        build_attack(name, resolved.norm, eps, resolved.step_size, resolved.seed)
-    return resolved
+    return dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
 
 
 def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:

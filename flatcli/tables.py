@@ -43,6 +43,26 @@ COMMON = [
 ]
 
 SCHEMAS: dict[str, pa.Schema] = {
+    # `flatcli train`: one row per epoch (split "train"; n_examples = training examples). The
+    # train_* columns are over the batches seen in the epoch (train mode, the training attack);
+    # heldout_* come from `heldout_attack` on the held-out split (null on epochs not evaluated).
+    "train_log": pa.schema(
+        COMMON
+        + [
+            pa.field("method", pa.string()),
+            pa.field("lr", pa.float64()),
+            pa.field("train_loss", pa.float64()),
+            pa.field("train_clean_err", pa.float64()),
+            pa.field("train_robust_err", pa.float64()),  # null for --method clean
+            pa.field("heldout_attack", pa.string()),
+            pa.field("heldout_n", pa.int64()),
+            pa.field("heldout_clean_err", pa.float64()),
+            pa.field("heldout_clean_loss", pa.float64()),
+            pa.field("heldout_robust_err", pa.float64()),
+            pa.field("heldout_robust_loss", pa.float64()),
+            pa.field("epoch_time_s", pa.float64()),  # training only; wall_time_s includes eval
+        ]
+    ),
     "attack": pa.schema(
         COMMON
         + [
@@ -55,6 +75,28 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("robust_err", pa.float64()),
             pa.field("robust_loss", pa.float64()),  # nats; null when the attack gives no loss
             pa.field("note", pa.string()),  # e.g. "non-finite weights"; null when all is well
+        ]
+    ),
+    # `flatcli flatness`: one row per (checkpoint, measure, xi). Clean measures have eps 0 and hold
+    # clean losses in the *_robust_loss columns; hessian rows fill lambda_max/hessian_trace instead.
+    "flatness": pa.schema(
+        COMMON
+        + [
+            pa.field("measure", pa.string()),  # average | worst | clean-* | hessian | clean-hessian
+            pa.field("xi", pa.float64()),  # relative radius; null for the Hessian
+            pa.field("samples", pa.int64()),  # offsets (average) or Hutchinson probes (hessian)
+            pa.field("iterations", pa.int64()),  # attack steps / joint ascent steps / Lanczos
+            pa.field("restarts", pa.int64()),
+            pa.field("attack", pa.string()),  # the attack behind robust_loss; null when clean
+            pa.field("weight_lr", pa.float64()),  # worst case: normalized relative weight step
+            pa.field("robust_loss", pa.float64()),  # at the checkpoint's weights, nats
+            pa.field("perturbed_robust_loss", pa.float64()),  # mean (average) / worst found
+            pa.field("flatness", pa.float64()),  # perturbed_robust_loss - robust_loss
+            pa.field("flatness_std", pa.float64()),  # over samples (average)
+            pa.field("lambda_max", pa.float64()),  # Hessian's largest eigenvalue (Lanczos)
+            pa.field("hessian_trace", pa.float64()),  # Hutchinson
+            pa.field("per_sample", pa.list_(pa.float64())),  # per-sample flatness / trace probes
+            pa.field("note", pa.string()),
         ]
     ),
 }

@@ -13,6 +13,8 @@ import typer
 
 from flatcli import __version__
 from flatcli.cli import attack as _attack
+from flatcli.cli import flatness as _flatness
+from flatcli.cli import train as _train
 from flatcli.cli.options import debug_enabled
 from flatcli.cli.output import error
 from flatcli.errors import FlatcliError
@@ -43,6 +45,8 @@ def root(
 
 
 app.command("attack", no_args_is_help=True)(_attack.attack)
+app.command("flatness", no_args_is_help=True)(_flatness.flatness)
+app.command("train", no_args_is_help=True)(_train.train)
 
 EXIT_INTERNAL = 3
 

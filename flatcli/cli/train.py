@@ -1,0 +1,264 @@
+"""`flatcli train`: adversarial training with a checkpoint every epoch, resumable, DDP-ready."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer import Exit
+
+from flatcli.cli import options as o
+from flatcli.cli.output import err_console, render
+
+SUMMARY = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_clean_err",
+    "train_robust_err",
+    "heldout_clean_err",
+    "heldout_robust_err",
+    "wall_time_s",
+]
+
+_ATTACK = "Inner attack"
+_METHOD = "Method"
+_OPT = "Optimizer and schedule"
+_REG = "Regularizers"
+_EVAL = "Held-out evaluation and output"
+
+
+def _opt(help_text: str, panel: str, *names: str, **kwargs):
+    return typer.Option(*names, help=help_text, rich_help_panel=panel, **kwargs)
+
+
+def train(
+    out: Annotated[Path, _opt("Run directory (created; rerun to resume).", _EVAL, "--out", "-o")],
+    dataset: Annotated[
+        str,
+        _opt("digits (bundled), cifar10, cifar100, svhn, mnist, fashion-mnist, npz:PATH.", _METHOD),
+    ] = "digits",
+    arch: Annotated[
+        str | None,
+        _opt(
+            "Architecture (tiny, small-cnn, preact-resnet18, resnet18, wrn-28-10, "
+            "...). Default: the dataset's.",
+            _METHOD,
+        ),
+    ] = None,
+    method: Annotated[str, _opt("clean | at | trades | mart | awp (AT-AWP).", _METHOD)] = "at",
+    epochs: Annotated[
+        int | None, _opt("Epochs. Default: the dataset's (digits 100, else 150).", _METHOD)
+    ] = None,
+    trades_beta: Annotated[float | None, _opt("TRADES beta (default 6).", _METHOD)] = None,
+    mart_beta: Annotated[float | None, _opt("MART beta (default 6).", _METHOD)] = None,
+    awp_gamma: Annotated[
+        float | None, _opt("AWP: relative weight perturbation per layer (default 0.01).", _METHOD)
+    ] = None,
+    awp_warmup: Annotated[
+        int | None, _opt("AWP: epochs of plain AT before the perturbation (default 0).", _METHOD)
+    ] = None,
+    eps: Annotated[
+        str | None,
+        _opt(
+            "Radius, e.g. 8/255 or 0.0314. Default: the dataset's training eps "
+            "(digits 0.15). Clean runs are evaluated at the default.",
+            _ATTACK,
+        ),
+    ] = None,
+    norm: Annotated[str, _opt("linf | l2.", _ATTACK)] = "linf",
+    attack: Annotated[
+        str | None,
+        _opt("PGD preset of the inner attack: pgd7 (default), pgd10, pgd<S>x<R>.", _ATTACK),
+    ] = None,
+    step_size: Annotated[
+        str | None,
+        _opt("Absolute step (e.g. 0.007). Default: the preset's ratio times eps.", _ATTACK),
+    ] = None,
+    random_start: Annotated[
+        bool | None,
+        _opt(
+            "Random start of the inner attack (default: on).",
+            _ATTACK,
+            "--random-start/--no-random-start",
+        ),
+    ] = None,
+    batch_size: Annotated[int, _opt("Global batch size (split over DDP processes).", _OPT)] = 128,
+    lr: Annotated[float, _opt("Learning rate (the peak for cyclic).", _OPT)] = 0.05,
+    momentum: Annotated[float, _opt("SGD momentum.", _OPT)] = 0.9,
+    nesterov: Annotated[
+        bool, _opt("Nesterov momentum (the paper's code).", _OPT, "--nesterov/--no-nesterov")
+    ] = True,
+    weight_decay: Annotated[float, _opt("Weight decay (the paper's code: 5e-4).", _OPT)] = 5e-4,
+    schedule: Annotated[str, _opt("multistep | cyclic | cosine.", _OPT)] = "multistep",
+    milestones: Annotated[
+        str | None,
+        _opt(
+            "multistep: comma-separated epochs (60,90,120) or fractions "
+            "(0.4,0.6,0.8). Default: the dataset's.",
+            _OPT,
+        ),
+    ] = None,
+    lr_factor: Annotated[float, _opt("multistep: factor at each milestone.", _OPT)] = 0.1,
+    cyclic_peak: Annotated[float, _opt("cyclic: fraction of training at the peak lr.", _OPT)] = 0.4,
+    optimizer: Annotated[str, _opt("sgd | entropy-sgd.", _OPT)] = "sgd",
+    entropy_steps: Annotated[
+        int | None, _opt("Entropy-SGD: Langevin steps (default 5).", _OPT)
+    ] = None,
+    entropy_lr: Annotated[
+        float | None, _opt("Entropy-SGD: Langevin step size (default 0.1).", _OPT)
+    ] = None,
+    entropy_gamma: Annotated[float | None, _opt("Entropy-SGD: scope (default 0.03).", _OPT)] = None,
+    entropy_noise: Annotated[
+        float | None, _opt("Entropy-SGD: noise scale (default 1e-4).", _OPT)
+    ] = None,
+    label_smoothing: Annotated[float, _opt("Label smoothing of the training loss.", _REG)] = 0.0,
+    label_noise: Annotated[
+        float, _opt("Probability of a random wrong label per example and batch.", _REG)
+    ] = 0.0,
+    weight_clip: Annotated[
+        float | None, _opt("Clamp weights and biases to [-C, C] after every step.", _REG)
+    ] = None,
+    augment: Annotated[
+        str | None,
+        _opt(
+            "none | crop-flip | cutout | autoaugment. Default: the dataset's "
+            "(crop-flip on CIFAR, none otherwise).",
+            _REG,
+        ),
+    ] = None,
+    extra_data: Annotated[
+        Path | None, _opt("npz with arrays x, y: pseudo-labelled extra data.", _REG)
+    ] = None,
+    extra_fraction: Annotated[
+        float | None, _opt("Share of each batch from --extra-data (default 0.5).", _REG)
+    ] = None,
+    train_examples: Annotated[
+        int | None, _opt("Train on the first N training examples only.", _METHOD)
+    ] = None,
+    heldout_attack: Annotated[
+        str, _opt("Attack on the held-out split that picks the best epoch.", _EVAL)
+    ] = "pgd7x5",
+    heldout_every: Annotated[
+        int | None, _opt("Evaluate the held-out split every K epochs (and at the end).", _EVAL)
+    ] = None,
+    heldout_examples: Annotated[
+        int | None, _opt("First N held-out examples (default: the whole held-out split).", _EVAL)
+    ] = None,
+    save_every: Annotated[int, _opt("Checkpoint every K epochs (and at the end).", _EVAL)] = 1,
+    amp: Annotated[str, _opt("none | bf16 (autocast, fp32 master weights).", _EVAL)] = "none",
+    seed: o.Seed = 0,
+    data_dir: o.DataDir = None,
+    device: o.Device = "auto",
+    fmt: o.FormatOpt = o.Format.table,
+    quiet: o.Quiet = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Discard an existing run in --out and start over.")
+    ] = False,
+):
+    """Train a model and save a checkpoint every epoch into OUT; rerun to resume.
+
+    OUT gets run.json (config, versions, best epoch by held-out robust error),
+    epoch_NNNN.safetensors (flatcli attack OUT finds every epoch), train_log/*.parquet and
+    trainer_state.pt (resume).
+    On N GPUs or processes: torchrun --nproc-per-node N -m flatcli train ...
+
+    Example: flatcli train --dataset digits --method at --epochs 60 --out runs/at
+
+    PAPER.md's CIFAR-10 baseline: flatcli train --dataset cifar10 --arch resnet18 --method at
+    --epochs 150 --lr 0.05 --milestones 60,90,120 --eps 0.0314 --attack pgd7 --step-size 0.007
+    --weight-decay 5e-4 --nesterov --augment crop-flip --out runs/cifar10-at
+    """
+    from flatcli.config import TrainConfig
+    from flatcli.errors import UsageError
+    from flatcli.training import TrainEvent
+    from flatcli.training import train as run_training
+
+    try:
+        parsed_milestones = (
+            None if milestones is None else tuple(float(m) for m in o.csv_list(milestones))
+        )
+    except ValueError:
+        raise UsageError(f"--milestones {milestones!r}: expected numbers like 60,90,120") from None
+    config = TrainConfig(
+        dataset=dataset,
+        arch=arch,
+        method=method,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        schedule=schedule,
+        milestones=parsed_milestones,
+        lr_factor=lr_factor,
+        cyclic_peak=cyclic_peak,
+        eps=None if eps is None else o.parse_eps(eps),
+        norm=norm,
+        attack=attack,
+        step_size=None if step_size is None else o.parse_eps(step_size),
+        random_start=random_start,
+        trades_beta=trades_beta,
+        mart_beta=mart_beta,
+        awp_gamma=awp_gamma,
+        awp_warmup=awp_warmup,
+        label_smoothing=label_smoothing,
+        label_noise=label_noise,
+        weight_clip=weight_clip,
+        augment=augment,
+        entropy_steps=entropy_steps,
+        entropy_lr=entropy_lr,
+        entropy_gamma=entropy_gamma,
+        entropy_noise=entropy_noise,
+        extra_data=None if extra_data is None else str(extra_data),
+        extra_fraction=extra_fraction,
+        train_examples=train_examples,
+        heldout_attack=heldout_attack,
+        heldout_every=heldout_every,
+        heldout_examples=heldout_examples,
+        amp=amp,
+        seed=seed,
+        save_every=save_every,
+        data_dir=None if data_dir is None else str(data_dir),
+        device=device,
+    )
+
+    def log(message: str) -> None:
+        if not quiet:
+            err_console.print(message, markup=False)
+
+    def on_event(event: TrainEvent) -> None:
+        if event.kind == "epoch":
+            log(_epoch_line(event))
+        elif event.kind in ("start", "resume", "done", "complete"):
+            log(f"train: {event.message}")
+
+    result = run_training(config, out, force=force, on_event=on_event)
+    if result.is_main:
+        from flatcli import tables
+
+        render(result.rows, tables.columns("train_log"), fmt.value, SUMMARY)
+    raise Exit(0)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _epoch_line(event) -> str:
+    r = event.row or {}
+    held = ""
+    if r.get("heldout_robust_err") is not None:
+        held = (
+            f"  heldout clean/robust err {_pct(r['heldout_clean_err'])}/"
+            f"{_pct(r['heldout_robust_err'])}"
+        )
+    return (
+        f"epoch {event.epoch}/{event.epochs}  lr {r.get('lr', 0):.4g}  "
+        f"loss {r.get('train_loss', float('nan')):.4f}  train clean/robust err "
+        f"{_pct(r.get('train_clean_err'))}/{_pct(r.get('train_robust_err'))}{held}  "
+        f"{r.get('wall_time_s', 0):.1f}s"
+    )

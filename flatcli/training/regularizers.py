@@ -1,0 +1,160 @@
+"""Regularizers that combine with any method: augmentation, label noise, weight clipping,
+Entropy-SGD, pseudo-labelled extra data. (Label smoothing and weight decay are arguments of the
+loss and of SGD.)
+
+Randomness: augmentation uses torchvision's transforms, which draw from torch's global generator;
+the trainer seeds it per (seed, epoch, rank) inside `torch.random.fork_rng`, so an epoch's draws
+are the same whether or not the run was resumed. Everything else takes an explicit generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flatcli.errors import DataError
+
+AUGMENTATIONS = ("none", "crop-flip", "cutout", "autoaugment")
+OPTIMIZERS = ("sgd", "entropy-sgd")
+
+
+class Augmenter:
+    """Per-example random augmentation of a batch of [0, 1] float images (torchvision v2).
+
+    - `crop-flip`: random crop with zero padding of image_size // 8 (4 px on 32 px) and a
+      horizontal flip with probability 1/2 (the CIFAR-10 standard).
+    - `cutout`: crop-flip, then one square of a quarter of the image area (16x16 on 32x32) set
+      to 0 (`RandomErasing` with a square patch inside the image).
+    - `autoaugment`: crop-flip, then AutoAugment's CIFAR-10 policy, applied to uint8 images.
+    """
+
+    def __init__(self, name: str, image_size: int):
+        from torchvision.transforms import v2
+
+        self.name = name
+        pad = max(1, image_size // 8)
+        self.base = v2.Compose([v2.RandomCrop(image_size, padding=pad), v2.RandomHorizontalFlip()])
+        self.extra = None
+        if name == "cutout":
+            self.extra = v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0)
+        elif name == "autoaugment":
+            self.extra = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float [B, C, H, W] in [0, 1] on the CPU -> a new augmented batch."""
+        if self.name == "autoaugment":
+            images = (x * 255).round().to(torch.uint8)
+            out = torch.stack([self.extra(self.base(img)) for img in images])
+            return out.float() / 255
+        out = [self.base(img) for img in x]
+        if self.extra is not None:
+            out = [self.extra(img) for img in out]
+        return torch.stack(out)
+
+
+def noisy_labels(
+    y: torch.Tensor, rate: float, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """With probability `rate` per example, a label drawn uniformly from the *other* classes
+    (fresh per batch: label noise as a regularizer, the attack still uses the true labels)."""
+    flip = torch.rand(len(y), generator=generator) < rate
+    shift = torch.randint(1, num_classes, (len(y),), generator=generator)
+    return torch.where(flip, (y.cpu() + shift) % num_classes, y.cpu()).to(y.device)
+
+
+def clip_weights(params: Sequence[torch.Tensor], bound: float) -> None:
+    """Clamp every element to [-bound, bound] in place (the layers: weights and biases)."""
+    with torch.no_grad():
+        for p in params:
+            p.clamp_(-bound, bound)
+
+
+class EntropySGD:
+    """Entropy-SGD (Chaudhari et al. 2017): SGD on the local entropy of the training loss.
+
+    Per update: starting at w' = w, `steps` Langevin steps
+        w' <- w' - lr * (grad f(w') + gamma * (w' - w)) + sqrt(lr) * noise * N(0, 1),
+    with a running average mu <- (1 - alpha) mu + alpha w'; the local-entropy gradient is
+    gamma * (w - mu). flatcli passes (w - mu) / (lr * steps) to the outer SGD (momentum, weight
+    decay, learning-rate schedule), a rescaling under which it approximates the plain gradient
+    when the coupling is weak, so --lr keeps its meaning. The weights are back at w (bitwise)
+    before the outer step. Each Langevin step reuses the batch's adversarial examples.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.nn.Parameter],
+        steps: int,
+        lr: float,
+        gamma: float,
+        noise: float,
+        alpha: float,
+    ):
+        self.params = list(params)
+        self.steps, self.lr, self.gamma, self.noise, self.alpha = steps, lr, gamma, noise, alpha
+
+    def gradient(self, closure: Callable[[], tuple], generator: torch.Generator) -> tuple:
+        """Run the Langevin loop; leave the local-entropy gradient in `.grad`; return the first
+        closure result (the loss and logits at w, for the log)."""
+        w = [p.detach().clone() for p in self.params]
+        mu = [t.clone() for t in w]
+        first = None
+        for _ in range(self.steps):
+            result = closure()  # zero_grad, forward, backward at w'
+            first = first or result
+            with torch.no_grad():
+                for p, w0, m in zip(self.params, w, mu, strict=True):
+                    g = torch.zeros_like(p) if p.grad is None else p.grad
+                    p.add_(g + self.gamma * (p - w0), alpha=-self.lr)
+                    if self.noise > 0:
+                        z = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+                        p.add_(z.to(p.device), alpha=math.sqrt(self.lr) * self.noise)
+                    m.mul_(1 - self.alpha).add_(p, alpha=self.alpha)
+        with torch.no_grad():
+            scale = 1.0 / (self.lr * self.steps)
+            for p, w0, m in zip(self.params, w, mu, strict=True):
+                p.copy_(w0)
+                p.grad = (w0 - m) * scale
+        return first
+
+
+def load_extra(path: str | Path, in_channels: int, image_size: int, num_classes: int):
+    """Pseudo-labelled extra data from an npz with arrays `x` (uint8 NHWC or float NCHW in
+    [0, 1]) and `y` (integer labels): (x float32 [M, C, H, W], y int64 [M]). DataError if bad."""
+    from flatcli.data import as_float_nchw
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"--extra-data {path}: no such file (an npz with arrays x and y)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x", "y") if k not in archive.files]
+            if missing:
+                raise DataError(f"--extra-data {path}: lacks array(s) {', '.join(missing)}")
+            images, labels = archive["x"], archive["y"]
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(
+            f"--extra-data {path}: cannot read ({' '.join(str(err).split())})"
+        ) from None
+    if labels.dtype.kind not in "iu" or labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"--extra-data {path}: y must be {len(images)} integer labels")
+    if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"--extra-data {path}: labels must lie in [0, {num_classes - 1}]")
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
+        raise DataError(f"--extra-data {path}: x must be uint8 NHWC or float NCHW in [0, 1]")
+    try:
+        x = as_float_nchw(images)
+    except DataError as err:
+        raise DataError(f"--extra-data {path}: {err}") from None
+    if tuple(x.shape[1:]) != (in_channels, image_size, image_size):
+        raise DataError(
+            f"--extra-data {path}: images are {tuple(x.shape[1:])}, the dataset's "
+            f"{(in_channels, image_size, image_size)}"
+        )
+    return x, torch.from_numpy(labels.astype(np.int64))

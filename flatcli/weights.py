@@ -1,0 +1,273 @@
+"""Weight-space geometry: which parameters are layers, relative balls, offsets, applying them.
+
+Flatness, landscapes and AWP share this module (DESIGN.md). Conventions:
+
+- A **layer** is every weight tensor and every bias tensor on its own (`layers(model)`), in
+  `named_parameters` order. Parameters of normalization layers (BatchNorm, GroupNorm, LayerNorm,
+  InstanceNorm, LocalResponseNorm, RMSNorm) are not layers; buffers (BN running statistics, the
+  input `Normalize` mean/std) never are. Frozen parameters (requires_grad False) are still layers:
+  freezing is the caller's business.
+- An **offset** `nu` is a list of tensors aligned with `layers(model)`, always float32 (worst-case
+  offsets are far below bf16 resolution, PAPER.md).
+- Balls are **relative** per layer, so they are scale-invariant: a network whose conv weights are
+  multiplied by a > 0 (with BN after them) has the same balls, scaled by a.
+  `RelativeL2Ball(xi)`:   ||nu_l||_2 <= xi * ||w_l||_2 for every layer l (PAPER.md's ball).
+  `RelativeLinfBall(xi)`: |nu_l,i| <= xi * |w_l,i| for every element (element-wise relative).
+  Both have the verbs of the input balls (`flatcli.attacks.threat`): `random_start`, `step`,
+  `project`, over lists, so the one ascent loop (`flatcli.attacks.ascent.ascend`) runs over them.
+  `step` is relative to the weights, so it needs their norms: bind the ball first with
+  `ball.around(w)` (`random_start` and `project` take `w` and work on either).
+- Applying an offset never copies the model: `perturbed(model, offset)` adds it in place and
+  restores the saved weights bitwise on exit; `call_perturbed(model, offset, x)` is a functional
+  call (`torch.func.functional_call`) that leaves the model untouched and is differentiable in
+  the offset (the worst-case ascent uses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from flatcli.errors import UsageError
+
+_NORM_TYPES: tuple[type, ...] = tuple(
+    t
+    for t in (
+        nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+    )
+    if t is not None
+)
+_TINY = 1e-12
+
+
+def is_normalization(module: nn.Module) -> bool:
+    """True for normalization layers, whose parameters are never perturbed."""
+    return isinstance(module, _NORM_TYPES)
+
+
+def layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Every weight and bias tensor of `model` outside normalization layers, as (name, parameter).
+
+    The one rule for flatness, landscapes and AWP (PAPER.md): each tensor is its own layer;
+    normalization parameters and all buffers are excluded; frozen parameters are included. A
+    parameter shared by several modules appears once, under its first name.
+    """
+    excluded = set()
+    for module in model.modules():
+        if is_normalization(module):
+            excluded.update(id(p) for p in module.parameters(recurse=False))
+    return [(name, p) for name, p in model.named_parameters() if id(p) not in excluded]
+
+
+def weights_of(model: nn.Module) -> list[torch.Tensor]:
+    """The layers' tensors, detached (they share storage with the model: no copy)."""
+    return [p.detach() for _, p in layers(model)]
+
+
+def require_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """`layers(model)`, or a one-line `UsageError` when the model has none."""
+    found = layers(model)
+    if not found:
+        raise UsageError(
+            "the model has no perturbable layers (weights or biases outside normalization layers)"
+        )
+    return found
+
+
+def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Float32 L2 norm of each tensor, as one vector [L] on the tensors' device."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack([t.detach().float().norm() for t in tensors])
+
+
+def _draw(shape: torch.Size, generator: torch.Generator | None, device, kind: str) -> torch.Tensor:
+    """float32 draws on the generator's device (CPU by default), moved to `device`."""
+    where = generator.device if generator is not None else torch.device("cpu")
+    if kind == "normal":
+        t = torch.randn(shape, generator=generator, dtype=torch.float32, device=where)
+    else:
+        t = torch.rand(shape, generator=generator, dtype=torch.float32, device=where)
+    return t.to(device)
+
+
+@dataclass(frozen=True)
+class RelativeL2Ball:
+    """{nu : ||nu_l||_2 <= xi * ||w_l||_2 for every layer l}, per-layer relative (PAPER.md).
+
+    - `random_start(w, generator)`: for each layer a direction uniform on the sphere (a normalized
+      Gaussian) scaled to ||nu_l|| = xi * ||w_l||, i.e. a point ON the sphere of every layer. This
+      is PAPER.md's average-case distribution; the worst-case ascent starts there too (its first
+      iterate is then an average-case sample, and the ascent only moves inward or along it).
+    - `step(nu, grad, step_size)`: nu_l + step_size * ||w_l|| * g_l / ||g_l|| per layer (a
+      normalized, relative step; a zero gradient gives no step). Needs `around(w)` first.
+    - `project(nu, w)`: each nu_l scaled down to norm xi * ||w_l|| if longer.
+    A layer with w_l = 0 has radius 0 and is never moved.
+    """
+
+    xi: float
+    name: str = "relative-l2"
+    weight_norms: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def around(self, w: Sequence[torch.Tensor]) -> RelativeL2Ball:
+        """The same ball with the norms of `w` cached, so `step` can be relative to them."""
+        return RelativeL2Ball(self.xi, self.name, norms(w))
+
+    def random_start(
+        self, w: Sequence[torch.Tensor], generator: torch.Generator | None
+    ) -> list[torch.Tensor]:
+        out = []
+        for wl in w:
+            g = _draw(wl.shape, generator, wl.device, "normal")
+            scale = self.xi * wl.detach().float().norm() / g.norm().clamp_min(_TINY)
+            out.append(g * scale)
+        return out
+
+    def step(
+        self, nu: Sequence[torch.Tensor], grad: Sequence[torch.Tensor], step_size: float
+    ) -> list[torch.Tensor]:
+        if self.weight_norms is None:
+            raise ValueError("RelativeL2Ball.step is relative to ||w_l||: use ball.around(w)")
+        gn = norms(grad).clamp_min(_TINY)
+        factor = step_size * self.weight_norms.to(gn.device) / gn  # [L], no host sync
+        return [n + f * g.float() for n, g, f in zip(nu, grad, factor, strict=True)]
+
+    def project(self, nu: Sequence[torch.Tensor], w: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        radius = self.xi * norms(w)
+        factor = (radius / norms(nu).clamp_min(_TINY)).clamp(max=1.0)
+        return [n * f for n, f in zip(nu, factor, strict=True)]
+
+
+@dataclass(frozen=True)
+class RelativeLinfBall:
+    """{nu : |nu_l,i| <= xi * |w_l,i| for every element}: element-wise relative L-inf.
+
+    Element-wise (not xi * max|w_l|): the ball of each weight scales with that weight, so the
+    ball is invariant to any per-layer (indeed per-element) rescaling; a zero weight never moves.
+    - `random_start`: uniform in the box. - `step`: nu + step_size * |w| * sign(g) (the steepest
+    ascent step for this weighted norm; needs `around(w)`). - `project`: clamp to +-xi * |w|.
+    """
+
+    xi: float
+    name: str = "relative-linf"
+    weight_abs: list[torch.Tensor] | None = field(default=None, compare=False, repr=False)
+
+    def around(self, w: Sequence[torch.Tensor]) -> RelativeLinfBall:
+        return RelativeLinfBall(self.xi, self.name, [t.detach().float().abs() for t in w])
+
+    def random_start(
+        self, w: Sequence[torch.Tensor], generator: torch.Generator | None
+    ) -> list[torch.Tensor]:
+        return [
+            (2 * _draw(wl.shape, generator, wl.device, "uniform") - 1) * self.xi * wl.float().abs()
+            for wl in w
+        ]
+
+    def step(
+        self, nu: Sequence[torch.Tensor], grad: Sequence[torch.Tensor], step_size: float
+    ) -> list[torch.Tensor]:
+        if self.weight_abs is None:
+            raise ValueError("RelativeLinfBall.step is relative to |w|: use ball.around(w)")
+        return [
+            n + step_size * a * g.sign() for n, g, a in zip(nu, grad, self.weight_abs, strict=True)
+        ]
+
+    def project(self, nu: Sequence[torch.Tensor], w: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for n, wl in zip(nu, w, strict=True):
+            r = self.xi * wl.detach().float().abs()
+            out.append(torch.maximum(torch.minimum(n, r), -r))
+        return out
+
+
+WEIGHT_NORMS = {"l2": RelativeL2Ball, "linf": RelativeLinfBall}
+
+
+def random_offset(
+    w: Sequence[torch.Tensor], xi: float, generator: torch.Generator | None
+) -> list[torch.Tensor]:
+    """A random offset with ||nu_l|| = xi * ||w_l|| and a direction uniform on each layer's sphere.
+
+    Draws are made on the generator's device (CPU by default) and moved to each layer's device,
+    so the same generator gives the same offset on every device.
+    """
+    return RelativeL2Ball(xi).random_start(w, generator)
+
+
+def zeros_like(w: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The zero offset (float32) for weights `w`."""
+    return [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in w]
+
+
+def _check_offset(params: Sequence[torch.Tensor], offset: Sequence[torch.Tensor]) -> None:
+    if len(params) != len(offset):
+        raise ValueError(f"offset has {len(offset)} tensors, the model {len(params)} layers")
+    for p, nu in zip(params, offset, strict=True):
+        if p.shape != nu.shape:
+            raise ValueError(f"offset shape {tuple(nu.shape)} != layer shape {tuple(p.shape)}")
+
+
+@contextlib.contextmanager
+def perturbed(model: nn.Module, offset: Sequence[torch.Tensor]) -> Iterator[nn.Module]:
+    """`with perturbed(model, nu) as m:` the model's layers hold w + nu (in place, no model copy).
+
+    On exit, normal or not, every layer is restored bitwise from a saved copy of its tensor (the
+    copy is of the perturbed tensors only, never of the module). Offsets are added in float32
+    arithmetic; the weights keep their dtype.
+    """
+    params = [p for _, p in layers(model)]
+    _check_offset(params, offset)
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, nu in zip(params, offset, strict=True):
+                nu = nu.to(p.device, torch.float32)
+                if p.dtype == torch.float32:
+                    p.add_(nu)
+                else:  # float32 arithmetic, then back to the weight's dtype
+                    p.copy_(p.float() + nu)
+        yield model
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+
+
+def call_perturbed(
+    model: nn.Module,
+    offset: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    names: Sequence[str] | None = None,
+    weights: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """`model(x)` with each layer at w + nu (float32), by a functional call: the model is neither
+    copied nor changed, and the result is differentiable in `offset`.
+
+    `names`/`weights` (from `layers`/`weights_of`) can be passed to save looking them up per call.
+    """
+    if names is None or weights is None:
+        found = layers(model)
+        names = [n for n, _ in found]
+        weights = [p.detach() for _, p in found]
+    _check_offset(weights, offset)
+    params = {n: w.float() + nu for n, w, nu in zip(names, weights, offset, strict=True)}
+    return torch.func.functional_call(model, params, (x,))
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One float32 vector of all tensors (layer after layer)."""
+    return torch.cat([t.reshape(-1).float() for t in tensors])
+
+
+def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of `vector` shaped like each tensor of `like` (inverse of `flatten`)."""
+    sizes = [t.numel() for t in like]
+    return [v.view(t.shape) for v, t in zip(vector.split(sizes), like, strict=True)]

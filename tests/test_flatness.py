@@ -1,0 +1,394 @@
+"""Flatness of the robust loss: exact and closed-form properties, scale invariance against the
+Hessian, an explicit Hessian, an independent deep-copy + torchattacks reference, bad input, and
+`flatcli flatness` end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import quick_adversarial_training
+from torch import nn
+
+from flatcli import data, engine, flatness, models, tables, weights
+from flatcli.attacks.pgd import PGD
+from flatcli.checkpoints import save_checkpoint
+from flatcli.cli import main
+from flatcli.errors import UsageError
+
+EPS = 0.1
+KEYS = (0, "run", 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models and batches are tiny: one thread is faster, and immune to oversubscribed
+    cores (OpenMP spin-waits made 2 threads ~100x slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small BN-ReLU CNN after 2 epochs of PGD-3 AT on digits (cheap: width 8)."""
+    model = quick_adversarial_training("small-cnn", epochs=2, width=8, hidden=32)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return data.load_split("digits", "test", 64)
+
+
+def _pgd(steps=5, restarts=1):
+    return PGD(f"pgd{steps}x{restarts}", "linf", EPS, steps, EPS / 4, restarts)
+
+
+def _state_bytes(model):
+    return {k: v.numpy().tobytes() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def grid(trained, examples):
+    """Average-case flatness on the xi grid, computed once (weights checked restored)."""
+    x, y = examples
+    before = _state_bytes(trained)
+    results = flatness.average_flatness(trained, x, y, [0.0, 0.1, 0.25, 0.5], 4, _pgd(), KEYS)
+    assert _state_bytes(trained) == before
+    return {(r.measure, r.xi): r for r in results}
+
+
+def test_xi_zero_gives_exactly_zero_and_flatness_grows_with_xi(grid):
+    for measure in ("average", "clean-average"):
+        zero = grid[(measure, 0.0)]
+        assert zero.flatness == 0.0 and zero.per_sample == [0.0] * 4
+        values = [grid[(measure, xi)].flatness for xi in (0.1, 0.25, 0.5)]
+        assert 0 < values[0] < values[1] < values[2], values
+    assert grid[("average", 0.5)].flatness > grid[("clean-average", 0.5)].flatness
+    r = grid[("average", 0.25)]
+    assert r.samples == 4 and len(r.per_sample) == 4 and r.note is None
+    assert r.flatness == pytest.approx(statistics.mean(r.per_sample))
+    assert r.flatness_std == pytest.approx(statistics.stdev(r.per_sample))
+
+
+def test_worst_case_is_at_least_average_case_at_the_same_xi(trained, examples, grid):
+    x, y = examples
+    before = _state_bytes(trained)
+    common = dict(iterations=5, restarts=1, weight_batch=32, seed_keys=KEYS, attack=_pgd())
+    worst = flatness.worst_flatness(trained, x, y, 0.1, eps=EPS, **common)
+    clean = flatness.worst_flatness(trained, x, y, 0.1, eps=0.0, **common)
+    assert _state_bytes(trained) == before
+    assert worst.measure == "worst" and clean.measure == "clean-worst"
+    assert worst.loss == grid[("average", 0.1)].loss  # the same RCE(w): same attack and starts
+    assert worst.flatness >= grid[("average", 0.1)].flatness
+    assert clean.flatness >= grid[("clean-average", 0.1)].flatness
+    # the paper's tiny xi moves the robust loss a little, never below RCE(w) (nu = 0 is a point)
+    tiny = flatness.worst_flatness(trained, x, y, 0.00075, eps=EPS, **common)
+    assert 0 <= tiny.flatness < worst.flatness
+
+
+def test_average_flatness_does_not_depend_on_batch_size(trained, examples):
+    x, y = examples[0][:40], examples[1][:40]
+    a = flatness.average_flatness(trained, x, y, 0.3, 2, _pgd(3), KEYS, batch_size=40)
+    b = flatness.average_flatness(trained, x, y, 0.3, 2, _pgd(3), KEYS, batch_size=9)
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.measure == rb.measure
+        assert ra.flatness == pytest.approx(rb.flatness, abs=1e-5)
+
+
+def _scaled(model: nn.Module, factor: float) -> nn.Module:
+    """The same function with every conv weight x factor: the BN running statistics after each
+    conv scale along (mean x a, var x a^2), as they would have been measured (eval mode)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(factor)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.mul_(factor)
+                m.running_var.mul_(factor**2)
+    return model
+
+
+def test_scale_invariance_of_flatness_while_hessian_lambda_max_swings(trained, examples):
+    """PAPER.md finding 4: conv weights x0.5 / x2 in a BN-ReLU net leave both flatness measures
+    unchanged, while the Hessian's largest eigenvalue scales by about 4 and 1/4 (not exactly:
+    the linear layers after the last BN do not scale)."""
+    x, y = examples[0][:48], examples[1][:48]
+    attack = _pgd(3)
+    out = {}
+    for factor in (0.5, 1.0, 2.0):
+        model = _scaled(trained, factor)
+        avg = flatness.average_flatness(model, x, y, 0.25, 2, attack, KEYS)[0]
+        worst = flatness.worst_flatness(
+            model,
+            x,
+            y,
+            0.01,
+            eps=EPS,
+            iterations=3,
+            restarts=1,
+            weight_batch=48,
+            seed_keys=KEYS,
+            attack=attack,
+        )
+        hess = flatness.hessian_eigen(model, x, y, attack, iterations=10, probes=1, seed_keys=KEYS)
+        out[factor] = (avg.flatness, worst.flatness, hess.lambda_max)
+    avg1, worst1, lam1 = out[1.0]
+    assert avg1 > 0.01 and worst1 > 0.01
+    for factor in (0.5, 2.0):
+        avg, worst, _ = out[factor]
+        assert avg == pytest.approx(avg1, rel=0.01, abs=1e-3)
+        assert worst == pytest.approx(worst1, rel=0.01, abs=1e-3)
+    assert 2.5 < out[0.5][2] / lam1 < 4.5
+    assert 0.2 < out[2.0][2] / lam1 < 0.5
+
+
+def test_hessian_matches_an_explicit_hessian_of_a_tiny_model(examples):
+    torch.manual_seed(0)
+    model = models.build("tiny", 10, 1, width=2).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = examples[0][:32], examples[1][:32]
+    attack = PGD("pgd3", "linf", EPS, 3, EPS / 2)
+    res = flatness.hessian_eigen(model, x, y, attack, iterations=40, probes=300, seed_keys=KEYS)
+    # the points are the attack's worst per example: their loss is the engine's robust loss
+    rce = engine.robust_losses(model, x, y, [attack], KEYS).robust["pgd3"].loss.mean().item()
+    assert res.loss == pytest.approx(rce, abs=1e-5)
+    points = flatness.adversarial_examples(model, x, y, attack, KEYS)
+    found = weights.layers(model)
+    names, w = [n for n, _ in found], [p.detach() for _, p in found]
+
+    def loss(theta):
+        params = dict(zip(names, weights.unflatten(theta, w), strict=True))
+        logits = torch.func.functional_call(model, params, (points,))
+        return nn.functional.cross_entropy(logits, y)
+
+    hessian = torch.autograd.functional.hessian(loss, weights.flatten(w)).double()
+    eig = torch.linalg.eigvalsh(hessian)
+    assert res.lambda_max == pytest.approx(eig[-1].item(), rel=1e-3)
+    trace = hessian.trace().item()
+    assert abs(res.trace - trace) < 5 * res.trace_std / math.sqrt(res.probes) + 1e-6
+    clean = flatness.hessian_eigen(model, x, y, None, iterations=40, probes=10, seed_keys=KEYS)
+    assert clean.measure == "clean-hessian" and clean.loss < res.loss
+
+
+@pytest.mark.reference
+def test_average_flatness_agrees_with_a_plain_deepcopy_torchattacks_loop(trained, examples):
+    """Independent reference: deep-copy the model per sample, add a random per-layer relative
+    offset (conv/linear weights and biases), attack with torchattacks.PGD, average."""
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = data.load_split("digits", "test", 128)
+    xi, samples, steps, alpha = 0.25, 8, 10, EPS / 4
+
+    def robust_loss(model, seed):
+        torch.manual_seed(seed)
+        adv = torchattacks.PGD(model, eps=EPS, alpha=alpha, steps=steps, random_start=True)(x, y)
+        with torch.no_grad():
+            return nn.functional.cross_entropy(model(adv), y).item()
+
+    base = robust_loss(trained, 0)
+    theirs = []
+    for s in range(samples):
+        model = copy.deepcopy(trained)
+        g = torch.Generator().manual_seed(1000 + s)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    for p in m.parameters(recurse=False):
+                        d = torch.randn(p.shape, generator=g)
+                        p.add_(xi * p.norm() * d / d.norm())
+        theirs.append(robust_loss(model, s) - base)
+    ours = flatness.average_flatness(
+        trained, x, y, xi, samples, PGD("pgd10", "linf", EPS, steps, alpha), KEYS
+    )[0]
+    se = math.hypot(ours.flatness_std, statistics.stdev(theirs)) / math.sqrt(samples)
+    assert ours.flatness > 0.01
+    assert abs(ours.flatness - statistics.mean(theirs)) < 3 * se + 0.02
+
+
+def test_bad_input_is_a_one_line_usage_error(trained, examples):
+    x, y = examples[0][:8], examples[1][:8]
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(UsageError, match="--xi"):
+            flatness.average_flatness(trained, x, y, bad, 2, None)
+        with pytest.raises(UsageError, match="--xi"):
+            flatness.worst_flatness(trained, x, y, bad)
+    with pytest.raises(UsageError, match="--samples"):
+        flatness.average_flatness(trained, x, y, 0.5, 0, None)
+    norm_only = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten()).eval()
+    for call in (
+        lambda: flatness.average_flatness(norm_only, x, y, 0.5, 2, None),
+        lambda: flatness.worst_flatness(norm_only, x, y, 0.5),
+        lambda: flatness.hessian_eigen(norm_only, x, y),
+    ):
+        with pytest.raises(UsageError, match="no perturbable layers"):
+            call()
+
+
+def test_nan_after_perturbation_is_a_marked_result_not_a_crash(examples):
+    x, y = examples[0][:16], examples[1][:16]
+    torch.manual_seed(0)
+    model = models.build("tiny", 10, 1).eval()
+    with torch.no_grad():
+        model.net[-1].bias.fill_(3.3e38)  # finite, but any push upwards overflows
+    for p in model.parameters():
+        p.requires_grad_(False)
+    before = _state_bytes(model)
+    results = flatness.average_flatness(model, x, y, 0.5, 2, _pgd(2), KEYS)
+    assert all(r.note and "non-finite" in r.note for r in results)
+    assert all(not math.isfinite(r.flatness) for r in results)
+    worst = flatness.worst_flatness(model, x, y, 0.5, eps=EPS, iterations=2, restarts=1)
+    assert worst.note and "non-finite" in worst.note
+    assert _state_bytes(model) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# flatcli flatness
+
+
+FAST = [
+    "--n-examples", "16", "--samples", "2", "--attack", "pgd2", "--iterations", "2",
+    "--restarts", "1", "--weight-batch", "8", "-q",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ckpt") / "runs"
+    for epoch in (1, 2):
+        torch.manual_seed(epoch)
+        model = models.build("small-cnn", 10, 1)
+        save_checkpoint(
+            root / "at" / f"epoch_{epoch:04d}.safetensors", model, "small-cnn", {}, "digits", epoch
+        )
+    return root
+
+
+def flatcli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_cli_writes_every_measure_resumes_and_forces(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [
+        "flatness", run_dir, "--out", out, *FAST, "--measure", "average,clean-average",
+        "-m", "worst", "-m", "clean-worst,hessian,clean-hessian", "--xi", "0.1,0.5",
+    ]  # fmt: skip
+    code, stdout, _ = flatcli(capsys, *args, "-f", "json")
+    assert code == 0
+    rows = json.loads(stdout)
+    assert len(rows) == 2 * (4 * 2 + 2)
+    df = pd.read_parquet(out / "flatness")
+    assert list(df.columns) == tables.columns("flatness") and len(df) == 20
+    assert len(list((out / "flatness").iterdir())) == 2
+    avg = df[df.measure == "average"]
+    assert sorted(avg.xi.unique()) == [0.1, 0.5] and (avg.samples == 2).all()
+    assert (avg.attack == "pgd2").all() and (avg.eps == 0.1).all()
+    assert all(len(v) == 2 for v in avg.per_sample)
+    assert (df[df.measure.str.startswith("clean")].eps == 0.0).all()
+    assert df[df.measure == "clean-average"].attack.isna().all()
+    worst = df[df.measure == "worst"]
+    assert (worst.weight_lr == 0.01).all() and (worst.restarts == 1).all()
+    hess = df[df.measure.isin(["hessian", "clean-hessian"])]
+    assert hess.lambda_max.notna().all() and hess.hessian_trace.notna().all()
+    assert hess.xi.isna().all() and hess.flatness.isna().all()
+    ok = df[~df.measure.isin(["hessian", "clean-hessian"])]
+    assert (ok.flatness - (ok.perturbed_robust_loss - ok.robust_loss)).abs().max() < 1e-9
+    assert all(r["flatness"] is None or isinstance(r["flatness"], float) for r in rows)
+    first = df.sort_values(["epoch", "measure", "xi"]).flatness.tolist()
+    # the same robust loss as `flatcli attack` with the same attack and seed
+    code, stdout, _ = flatcli(
+        capsys, "attack", run_dir, "--out", out, "--attacks", "pgd2", "--n-examples", "16",
+        "-q", "-f", "json",
+    )  # fmt: skip
+    attack_loss = {r["epoch"]: r["robust_loss"] for r in json.loads(stdout)}
+    for _, r in avg.iterrows():
+        assert r.robust_loss == pytest.approx(attack_loss[r.epoch], abs=1e-6)
+    # rerun: everything skipped, same rows printed, nothing new written
+    code, stdout, err = flatcli(capsys, *args, "-f", "jsonl")
+    assert code == 0 and len(stdout.splitlines()) == 20
+    assert len(list((out / "flatness").iterdir())) == 2
+    # --force recomputes the same numbers
+    code, _, _ = flatcli(capsys, *args, "--force")
+    again = pd.read_parquet(out / "flatness").sort_values(["epoch", "measure", "xi"])
+    assert code == 0 and again.flatness.tolist() == pytest.approx(first, abs=1e-6, nan_ok=True)
+
+
+def test_cli_defaults_dry_run_and_shards(run_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, stdout, _ = flatcli(capsys, "flatness", run_dir, "--out", out, "--dry-run", "-f", "json")
+    assert code == 0 and [r["status"] for r in json.loads(stdout)] == ["todo", "todo"]
+    assert not out.exists() or not (out / "flatness").exists()
+    code, stdout, _ = flatcli(
+        capsys, "flatness", run_dir, "--out", out, *FAST, "--shard", "1/2", "-f", "json"
+    )
+    rows = json.loads(stdout)
+    assert code == 0 and {r["epoch"] for r in rows} == {2}
+    assert {(r["measure"], r["xi"]) for r in rows} == {("average", 0.5), ("worst", 0.00075)}
+    code, stdout, _ = flatcli(
+        capsys, "flatness", run_dir, "--out", out, *FAST, "--dry-run", "-f", "json"
+    )
+    assert sorted(r["status"] for r in json.loads(stdout)) == ["done", "todo"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--xi", "-0.5"], "--xi"),
+        (["--xi", "abc"], "--xi"),
+        (["--samples", "0"], "--samples"),
+        (["--iterations", "0"], "--iterations"),
+        (["--weight-lr", "0"], "--weight-lr"),
+        (["--measure", "sharpness"], "unknown measure"),
+        (["--attack", "apgd-t"], "does not estimate"),
+        (["--attack", "apgd-ce", "-m", "hessian"], "pgd preset"),
+        (["--eps", "2"], "--eps"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, extra, message):
+    code, stdout, err = flatcli(capsys, "flatness", run_dir, "--out", tmp_path / "o", *extra)
+    assert code == 2 and stdout == ""
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_checkpoint_fails_alone_and_exit_1(run_dir, tmp_path, capsys):
+    bad = tmp_path / "runs"
+    (bad / "x").mkdir(parents=True)
+    (bad / "x" / "epoch_0001.pt").write_bytes(b"not a checkpoint")
+    code, stdout, err = flatcli(
+        capsys, "flatness", run_dir, bad, "--out", tmp_path / "o", *FAST, "-m", "average",
+        "--dataset", "digits", "-f", "json",
+    )  # fmt: skip
+    assert code == 1 and "failed" in err and "epoch_0001.pt" in err
+    assert {r["epoch"] for r in json.loads(stdout)} == {1, 2}
+
+
+def test_help_ends_with_an_example_and_root_help_imports_no_torch():
+    code = (
+        "import sys; from flatcli.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+    )
+    code += "assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "flatness" in done.stdout
+    helped = subprocess.run(
+        [sys.executable, "-m", "flatcli", "flatness", "--help"], capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and "Example: flatcli flatness" in helped.stdout

@@ -1,0 +1,502 @@
+"""`flatcli train`: methods, checkpoints, log, best epoch, resume, AWP, DDP, bad input (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flatcli import checkpoints, models, tables, weights
+from flatcli.cli import main
+from flatcli.config import TrainConfig
+from flatcli.training import TrainingDiverged, methods, regularizers, schedules, train
+from flatcli.training.loop import STATE_FILE, read_run, resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny model on a slice of digits: about a second per run.
+FAST = dict(arch="tiny", epochs=2, train_examples=96, heldout_examples=32, batch_size=32)
+FAST_ARGS = [
+    "--arch",
+    "tiny",
+    "--epochs",
+    "2",
+    "--train-examples",
+    "96",
+    "--heldout-examples",
+    "32",
+    "--batch-size",
+    "32",
+    "-q",
+]
+TIMING = {"wall_time_s", "created_at", "epoch_time_s", "checkpoint"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these models are tiny, and on a busy 2-core machine two spinning
+    OpenMP threads make them 10x slower. Subprocesses get OMP_NUM_THREADS=1 to match."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def flatcli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def _same_checkpoint(a: Path, b: Path) -> bool:
+    """Bitwise equal tensors and equal metadata (safetensors orders its header at random)."""
+    from safetensors import safe_open
+
+    ta, tb = load_file(a), load_file(b)
+    same = ta.keys() == tb.keys() and all(
+        ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta
+    )
+    with safe_open(a, "pt") as fa, safe_open(b, "pt") as fb:
+        meta_a, meta_b = json.loads(fa.metadata()["flatcli"]), json.loads(fb.metadata()["flatcli"])
+    return same and meta_a == meta_b
+
+
+def _log(run_dir: Path) -> list[dict]:
+    rows = tables.read_table(run_dir, "train_log").sort_values("epoch").to_dict("records")
+
+    def clean(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return [{k: clean(v) for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# methods, run directory, checkpoints
+
+
+@pytest.mark.parametrize("method", ["clean", "at", "trades", "mart", "awp"])
+def test_each_method_trains_two_epochs_and_writes_loadable_checkpoints(tmp_path, method):
+    run_dir = tmp_path / method
+    result = train(TrainConfig(method=method, **FAST), run_dir)
+    refs = checkpoints.discover([run_dir])
+    assert [r.epoch for r in refs] == [1, 2] and {r.run for r in refs} == {method}
+    assert all(r.path.suffix == ".safetensors" for r in refs)  # trainer_state.pt is not one
+    for ref in refs:
+        model, info = checkpoints.load_model(ref.path)
+        assert info.arch == "tiny" and info.dataset == "digits" and info.epoch == ref.epoch
+        assert info.meta["config"]["method"] == method
+        assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    rows = result.rows
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
+    assert all(0 <= r["heldout_robust_err"] <= 1 and r["heldout_n"] == 32 for r in rows)
+    assert (rows[0]["train_robust_err"] is None) == (method == "clean")
+    frame = tables.read_table(run_dir, "train_log")
+    assert len(frame) == 2 and set(frame.method) == {method}
+    run = read_run(run_dir)
+    assert run["status"] == "done" and run["epochs_done"] == 2
+    assert run["best"]["epoch"] in (1, 2)
+    assert run["best"]["checkpoint"] == f"epoch_{run['best']['epoch']:04d}.safetensors"
+    # run.json alone rebuilds the model
+    rebuilt = models.build(
+        run["arch"],
+        run["num_classes"],
+        run["in_channels"],
+        run["mean"],
+        run["std"],
+        **run["arch_kwargs"],
+    )
+    rebuilt.load_state_dict(load_file(refs[-1].path))
+    expected = {"clean": None, "trades": 6.0, "mart": 6.0, "awp": 0.01}.get(method)
+    key = {"trades": "trades_beta", "mart": "mart_beta", "awp": "awp_gamma"}.get(method)
+    if key:
+        assert run["config"][key] == expected
+    assert (run["config"]["attack"] is None) == (method == "clean")
+
+
+def test_at_lowers_the_robust_training_loss(tmp_path):
+    config = TrainConfig(
+        arch="small-cnn",
+        epochs=4,
+        train_examples=512,
+        eps=0.1,
+        attack="pgd3",
+        milestones=(100,),
+        heldout_every=100,
+        heldout_attack="pgd3",
+        heldout_examples=64,
+    )
+    rows = train(config, tmp_path / "at").rows
+    losses = [r["train_loss"] for r in rows]
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert rows[-1]["train_robust_err"] < rows[0]["train_robust_err"]
+    assert [r["heldout_robust_err"] is None for r in rows] == [True, True, True, False]
+
+
+def test_regularizers_schedules_and_bf16_run(tmp_path):
+    import numpy as np
+
+    from flatcli import data
+
+    x, y = data.load_split("digits", "test", 100)
+    np.savez(tmp_path / "extra.npz", x=x.numpy(), y=y.numpy())
+    cases = {
+        "crop-flip": dict(augment="crop-flip", schedule="cosine"),
+        "cutout": dict(augment="cutout", schedule="cyclic"),
+        "autoaugment": dict(augment="autoaugment", label_smoothing=0.1),
+        "entropy": dict(optimizer="entropy-sgd", entropy_steps=2, label_noise=0.2),
+        "extra": dict(
+            extra_data=str(tmp_path / "extra.npz"), extra_fraction=0.25, weight_clip=0.05
+        ),
+        "bf16": dict(amp="bf16", milestones=(1,)),
+    }
+    for name, extra in cases.items():
+        config = TrainConfig(**{**FAST, "epochs": 1, "heldout_attack": "pgd2", **extra})
+        rows = train(config, tmp_path / name).rows
+        assert len(rows) == 1 and math.isfinite(rows[0]["train_loss"]), name
+    ckpt = load_file(tmp_path / "extra" / "epoch_0001.safetensors")
+    assert all(ckpt[n].abs().max() <= 0.05 for n in ("net.0.weight", "net.5.weight"))
+    assert read_run(tmp_path / "extra")["config"]["extra_fraction"] == 0.25
+    assert tables.read_table(tmp_path / "extra", "train_log").n_examples.item() == 196
+    assert tables.read_table(tmp_path / "bf16", "train_log").dtype.item() == "bfloat16"
+
+
+def test_save_every_k_epochs_and_the_last(tmp_path):
+    run_dir = tmp_path / "run"
+    rows = train(TrainConfig(**{**FAST, "epochs": 3, "save_every": 2}), run_dir).rows
+    assert [r.epoch for r in checkpoints.discover([run_dir])] == [2, 3]
+    assert [r["checkpoint"] is None for r in rows] == [True, False, False]
+    best = read_run(run_dir)["best"]
+    assert best["checkpoint"] == (
+        None if best["epoch"] == 1 else checkpoints.checkpoint_name(best["epoch"])
+    )
+
+
+def test_schedules():
+    assert schedules.resolve_milestones((0.4, 0.6, 0.8), 150) == (60, 90, 120)
+    assert schedules.resolve_milestones((90, 60), 150) == (60, 90)
+    lr = [
+        schedules.learning_rate("multistep", 0.05, e, 0, 10, 150, (60, 90))
+        for e in (0, 59, 60, 89, 90)
+    ]
+    assert lr == pytest.approx([0.05, 0.05, 0.005, 0.005, 0.0005])
+    cyc = [schedules.learning_rate("cyclic", 1.0, 0, s, 100, 1, peak=0.4) for s in range(100)]
+    assert max(cyc) == pytest.approx(1.0) and cyc.index(max(cyc)) == 39 and cyc[-1] == 0
+    cos = [schedules.learning_rate("cosine", 1.0, 0, s, 100, 1) for s in (0, 50)]
+    assert cos == pytest.approx([1.0, 0.5])
+
+
+def test_resolved_config_is_explicit_and_stable():
+    resolved = resolve_config(TrainConfig(method="trades"))
+    assert resolved.epochs >= 1 and resolved.attack == "pgd7" and resolved.trades_beta == 6.0
+    assert resolved.step_size == pytest.approx(0.007 / 0.0314 * resolved.eps)
+    assert resolved.mart_beta is None and resolved.awp_gamma is None
+    assert resolve_config(resolved) == resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# AWP
+
+
+def test_awp_perturbation_has_the_relative_size_per_layer_and_is_removed():
+    torch.manual_seed(0)
+    net = models.build("small-cnn", 10, 1)
+    net.train()
+    x = torch.rand(16, 1, 8, 8)
+    y = torch.randint(0, 10, (16,))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    gamma = 0.01
+    offset = methods.awp_offset(net, x, y, gamma)
+    layer_params = [p for _, p in weights.layers(net)]
+    assert len(offset) == len(layer_params) == 7  # 3 conv weights, 2 linear weights + biases
+    for nu, w in zip(offset, layer_params, strict=True):
+        assert nu.norm().item() == pytest.approx(gamma * w.norm().item(), rel=1e-4)
+    # finding the offset changed nothing (weights, BN statistics)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+    def grads_at(model):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        return [p.grad.clone() for p in layer_params]
+
+    plain = grads_at(net)
+    with weights.perturbed(net, offset):
+        assert all(
+            torch.allclose(p, before[f"net.{n}"] + nu, atol=1e-6)
+            for (n, p), nu in zip(weights.layers(net.net), offset, strict=True)
+        )
+        at_w_plus_v = grads_at(net)
+    # removed bitwise after the step; the gradient was taken at w + v (it differs from at w)
+    assert all(torch.equal(p.detach(), before[f"net.{n}"]) for n, p in weights.layers(net.net))
+    assert any(not torch.allclose(a, b) for a, b in zip(plain, at_w_plus_v, strict=True))
+    # an ascent direction: the loss at w + v is higher than at w
+    with torch.no_grad():
+        base = torch.nn.functional.cross_entropy(net(x), y).item()
+        with weights.perturbed(net, offset):
+            up = torch.nn.functional.cross_entropy(net(x), y).item()
+    assert up > base
+
+
+def test_entropy_sgd_restores_weights_and_leaves_a_gradient():
+    torch.manual_seed(0)
+    net = models.build("tiny", 10, 1)
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    params = list(net.parameters())
+    before = [p.detach().clone() for p in params]
+
+    def closure():
+        net.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        return loss.detach(), None
+
+    esgd = regularizers.EntropySGD(params, steps=3, lr=0.1, gamma=0.03, noise=1e-4, alpha=0.75)
+    esgd.gradient(closure, torch.Generator().manual_seed(0))
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    assert sum(p.grad.abs().sum().item() for p in params) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# resume, refusal, faults
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(epoch: int, step: int | None):
+    """An on_event that stops the run like a kill: mid-epoch (step) or right after an epoch."""
+
+    def on_event(event):
+        if step is None and event.kind == "epoch" and event.epoch == epoch:
+            raise _Killed
+        if (
+            step is not None
+            and event.kind == "batch"
+            and (event.epoch, event.step) == (epoch, step)
+        ):
+            raise _Killed
+
+    return on_event
+
+
+def test_resume_equals_uninterrupted_bitwise(tmp_path):
+    config = TrainConfig(
+        **{
+            **FAST,
+            "epochs": 3,
+            "method": "awp",
+            "augment": "crop-flip",
+            "label_noise": 0.1,
+            "milestones": (2,),
+        }
+    )
+    train(config, tmp_path / "a" / "run")
+    b = tmp_path / "b" / "run"
+    with pytest.raises(_Killed):  # killed mid-epoch 2 (after one completed epoch)
+        train(config, b, on_event=_kill_at(2, 2))
+    assert torch.load(b / STATE_FILE, weights_only=True)["epoch"] == 1
+    (b / f".{STATE_FILE}.leftover.tmp").write_bytes(b"half-written")  # a kill mid-write
+    with pytest.raises(_Killed):  # resumed, then killed right after epoch 2
+        train(config, b, on_event=_kill_at(2, None))
+    result = train(config, b)
+    assert result.resumed_from == 2 and len(result.rows) == 3
+    for epoch in (1, 2, 3):
+        name = checkpoints.checkpoint_name(epoch)
+        assert _same_checkpoint(tmp_path / "a" / "run" / name, b / name)
+    assert _log(tmp_path / "a" / "run") == _log(b)
+    assert read_run(b)["best"] == read_run(tmp_path / "a" / "run")["best"]
+    assert len(read_run(b)["resumes"]) == 2
+
+
+def test_kill_9_during_training_then_rerun_gives_the_same_final_checkpoint(tmp_path):
+    epochs = 6
+    args = [
+        sys.executable,
+        "-m",
+        "flatcli",
+        "train",
+        "--arch",
+        "tiny",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "32",
+        "--heldout-examples",
+        "32",
+        "--heldout-every",
+        "3",
+        "-q",
+    ]
+    # the uninterrupted reference runs in this process, with the subprocesses' thread count
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train(
+        TrainConfig(
+            arch="tiny", epochs=epochs, batch_size=32, heldout_examples=32, heldout_every=3
+        ),
+        tmp_path / "a" / "run",
+    )
+    b = tmp_path / "b" / "run"
+    proc = subprocess.Popen(
+        [*args, "--out", b], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 60
+    while not (b / "epoch_0002.safetensors").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert read_run(b)["epochs_done"] < epochs  # killed mid-run
+    subprocess.run([*args, "--out", b], check=True, env=env, cwd=ROOT, capture_output=True)
+    name = checkpoints.checkpoint_name(epochs)
+    assert _same_checkpoint(tmp_path / "a" / "run" / name, b / name)
+    assert _log(tmp_path / "a" / "run") == _log(b)
+    assert read_run(b)["resumes"][0]["epoch"] >= 1
+
+
+def test_other_config_in_run_dir_is_refused_unless_force_and_rerun_is_a_no_op(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = flatcli(capsys, "train", *FAST_ARGS, "--out", out, "-f", "jsonl")
+    assert code == 0 and len(stdout.splitlines()) == 2
+    before = load_file(out / "epoch_0002.safetensors")
+    code, stdout, err = flatcli(capsys, "train", *FAST_ARGS[:-1], "--out", out, "-f", "jsonl")
+    assert code == 0 and "done already" in err and len(stdout.splitlines()) == 2
+    code, _, err = flatcli(capsys, "train", *FAST_ARGS, "--lr", "0.1", "--out", out)
+    assert code == 2 and "another configuration" in err and "lr 0.05 -> 0.1" in err
+    assert len(err.strip().splitlines()) == 1
+    assert all(
+        torch.equal(v, before[k]) for k, v in load_file(out / "epoch_0002.safetensors").items()
+    )
+    code, _, _ = flatcli(capsys, "train", *FAST_ARGS, "--lr", "0.1", "--out", out, "--force")
+    assert code == 0 and read_run(out)["config"]["lr"] == 0.1
+    assert len(tables.read_table(out, "train_log")) == 2  # the old run's log is gone
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_epoch(
+    tmp_path, capsys, monkeypatch
+):
+    calls = {"n": 0}
+    original = methods.Method.loss
+
+    def exploding(self, *args):
+        calls["n"] += 1
+        loss, logits = original(self, *args)
+        return (loss * math.nan if calls["n"] > 4 else loss), logits  # 3 batches per epoch
+
+    monkeypatch.setattr(methods.Method, "loss", exploding)
+    out = tmp_path / "run"
+    code, _, err = flatcli(capsys, "train", *FAST_ARGS, "--out", out)
+    assert code == 1 and "non-finite training loss" in err and "epoch 2, batch 2" in err
+    assert "epoch_0001.safetensors" in err
+    assert [r.epoch for r in checkpoints.discover([out])] == [1]
+    assert torch.load(out / STATE_FILE, weights_only=True)["epoch"] == 1
+    assert read_run(out)["status"] == "diverged"
+    checkpoints.load_model(out / "epoch_0001.safetensors")
+    with pytest.raises(TrainingDiverged):
+        calls["n"] = 4
+        train(TrainConfig(**FAST), tmp_path / "api")
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP
+
+
+def test_ddp_with_two_gloo_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "flatcli",
+            "train",
+            *FAST_ARGS,
+            "--method",
+            "awp",
+            "--out",
+            out,
+            "-f",
+            "jsonl",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # rank 0 alone prints
+    run = read_run(out)
+    assert run["world_size"] == 2 and run["status"] == "done"
+    assert [r.epoch for r in checkpoints.discover([out])] == [1, 2]
+    assert rows[0]["n_examples"] == 96 and math.isfinite(rows[-1]["train_loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "sgd"], "unknown method 'sgd'"),
+        (["--arch", "resnet9000"], "unknown architecture 'resnet9000'"),
+        (["--eps", "1.5"], "--eps 1.5 is outside [0, 1]"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "cifar10"),
+        (["--dataset", "npz:/nonexistent.npz"], "not found"),
+        (["--method", "clean", "--attack", "pgd10"], "--method clean trains without an attack"),
+        (["--method", "clean", "--eps", "0.1"], "drop --eps"),
+        (["--method", "at", "--trades-beta", "3"], "--trades-beta applies to --method trades"),
+        (["--attack", "aa-lite"], "training needs a PGD attack"),
+        (["--schedule", "cosine", "--milestones", "10"], "--milestones applies to"),
+        (["--entropy-steps", "3"], "needs --optimizer entropy-sgd"),
+        (["--extra-fraction", "0.5"], "--extra-fraction needs --extra-data"),
+        (["--augment", "mixup"], "unknown augmentation 'mixup'"),
+        (["--lr", "-1"], "--lr must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    code, stdout, err = flatcli(capsys, "train", "--out", tmp_path / "run", *args)
+    assert code == 2 and message in err, err
+    assert err.startswith("flatcli: error:") and len(err.strip().splitlines()) == 1
+    assert stdout == "" and not (tmp_path / "run").exists()
+
+
+def test_unwritable_or_foreign_out_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = flatcli(capsys, "train", *FAST_ARGS, "--out", blocker / "run")
+    assert code == 2 and "not writable" in err
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    code, _, err = flatcli(capsys, "train", *FAST_ARGS, "--out", foreign)
+    assert code == 2 and "holds no flatcli run" in err
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_train_help_has_examples_and_imports_no_torch():
+    code = (
+        "import sys\nfrom flatcli.cli import main\ntry:\n main(['train', '--help'])\n"
+        "except SystemExit: pass\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "Example: flatcli train" in done.stdout and "--milestones 60,90,120" in done.stdout
