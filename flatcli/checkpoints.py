@@ -48,13 +48,14 @@ import re
 import struct
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flatcli import __version__
 from flatcli.errors import CheckpointError, UsageError
+from flatcli.files import atomic_write
 
 if TYPE_CHECKING:
     from flatcli.models import Classifier
@@ -440,17 +441,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    """Write through a hidden temporary file in the same directory, then `os.replace`."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: Classifier,
@@ -508,11 +498,11 @@ def save_checkpoint(
         from safetensors.torch import save_file
 
         header = {"format": "pt", FORMAT: json.dumps(meta)}
-        _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
+        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
     else:
-        _atomic_write(path, lambda tmp: torch.save({FORMAT: meta, "state_dict": state}, tmp))
+        atomic_write(path, lambda tmp: torch.save({FORMAT: meta, "state_dict": state}, tmp))
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

@@ -111,6 +111,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     arch: str | None = None
+    width: int | None = None  # channels of the first layer (small-cnn 32, resnets 64); None: arch's
     method: str = "at"  # clean | at | trades | mart | awp
     epochs: int | None = None
     batch_size: int = 128
@@ -185,6 +186,47 @@ class FlatnessConfig:
     weight_lr: float = 0.01
     weight_norm: str = "l2"  # l2: ||nu_l|| <= xi ||w_l||; linf: |nu_i| <= xi |w_i|
     weight_batch: int = 128
+    step_size: float | None = None
+    seed: int = 0
+    arch: str | None = None
+    normalize: str | None = None
+    data_dir: str | None = _runtime(None)
+    device: str = _runtime("auto")
+    batch_size: int = _runtime(512)
+
+
+LANDSCAPE_SCALE = {"random": 0.5, "adversarial": 0.025}  # PAPER.md: relative direction lengths
+
+
+@dataclass(frozen=True)
+class LandscapeConfig:
+    """`flatcli landscape`: PAPER.md's landscapes of the robust (and clean) loss.
+
+    Robust and clean loss at w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D) on a `steps` (x
+    `steps`) grid over `range`, for `n_directions` directions (planes in 2-D) of kind `directions`:
+    random | adversarial (worst-case ascent, `iterations` steps of `weight_lr`) | hessian (top
+    eigenvectors, `iterations` subspace steps) | interpolate (d = w_to - w). Directions are
+    normalized per filter or layer to the weights' norm and rescaled to `scale` (None: 0.5 random,
+    0.025 adversarial, 1 hessian; interpolate is never rescaled). n_examples None: 128 (PAPER.md).
+    """
+
+    dataset: str | None = None
+    split: str = "test"
+    n_examples: int | None = 128
+    eps: float | None = None
+    norm: str = "linf"
+    directions: str = "random"
+    dims: int = 1
+    steps: int = 51
+    range: tuple[float, float] | None = None  # None: (-1, 1); (0, 1) for interpolate
+    n_directions: int | None = None  # None: 10 in 1-D, 1 plane in 2-D
+    normalization: str = "filter"  # filter | layer | none
+    scale: float | None = None
+    loss: str = "both"  # robust | clean | both
+    attack: str = "pgd20x10"
+    to: str | None = None  # interpolate: the other checkpoint
+    iterations: int = 20
+    weight_lr: float = 0.01
     step_size: float | None = None
     seed: int = 0
     arch: str | None = None

@@ -53,12 +53,24 @@ def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:
     return resolved
 
 
+def default_eps(refs: Sequence, norm: str, dataset_eps: float) -> float:
+    """The eps the checkpoints were trained with (flatcli metadata), when they all agree and
+    used this norm; otherwise the dataset's default. Read from the sidecars, without torch."""
+    trained = set()
+    for ref in refs:
+        config = (checkpoints.read_sidecar(ref.path) or {}).get("config") or {}
+        if config.get("eps") is not None and config.get("norm", "linf") == norm:
+            trained.add(float(config["eps"]))
+    return trained.pop() if len(trained) == 1 else dataset_eps
+
+
 def resolve_common(config, refs: Sequence):
     """What every evaluation config shares (dataset, split, n_examples, eps, norm, step_size,
     normalize, arch, data_dir): fill the dataset's defaults and validate them cheaply."""
     dataset = resolve_dataset(refs, config.dataset)
     spec = data.get_spec(dataset)
-    eps = check_eps(spec.eps if config.eps is None else config.eps, config.norm, dataset)
+    eps = config.eps if config.eps is not None else default_eps(refs, config.norm, spec.eps)
+    eps = check_eps(eps, config.norm, dataset)
     n = config.n_examples or data.default_n_examples(dataset, config.split, config.data_dir)
     data.load_split(dataset, config.split, n, config.data_dir)  # fails early on missing data
     if config.step_size is not None and not (

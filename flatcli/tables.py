@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from flatcli.files import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -99,6 +100,25 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("note", pa.string()),
         ]
     ),
+    # `flatcli landscape`: one row per (checkpoint, direction, alpha[, beta]); the loss at
+    # w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D, `direction` numbers the plane).
+    "landscape": pa.schema(
+        COMMON
+        + [
+            pa.field("direction_kind", pa.string()),  # random | adversarial | hessian | interpolate
+            pa.field("direction", pa.int64()),
+            pa.field("alpha", pa.float64()),
+            pa.field("beta", pa.float64()),  # null in 1-D
+            pa.field("attack", pa.string()),  # the attack behind robust_*; null for --loss clean
+            pa.field("clean_loss", pa.float64()),
+            pa.field("clean_err", pa.float64()),
+            pa.field("robust_loss", pa.float64()),  # nats; null for --loss clean
+            pa.field("robust_err", pa.float64()),
+            pa.field("normalization", pa.string()),  # filter | layer | none
+            pa.field("scale", pa.float64()),  # relative length of the directions
+            pa.field("note", pa.string()),
+        ]
+    ),
 }
 
 
@@ -141,19 +161,8 @@ def write_part(
 ) -> Path:
     """Write one work unit's rows atomically (temp dot-file in the same directory + os.replace)."""
     path = part_path(out, table, key, config_hash)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrow = to_arrow(rows, table)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(arrow, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
 
 
 def read_part(out: str | os.PathLike, table: str, key: str, config_hash: str) -> list[dict]:

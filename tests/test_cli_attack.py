@@ -225,3 +225,22 @@ def test_help_does_not_import_torch_and_version_and_python_m():
         [sys.executable, "-m", "flatcli", "attack", "--help"], capture_output=True, text=True
     )
     assert helped.returncode == 0 and "Example:" in helped.stdout
+
+
+def test_default_eps_is_the_training_eps_from_the_metadata(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = models.build("tiny", 10, 1)
+    for e in (1, 2):
+        save_checkpoint(
+            tmp_path / "run" / f"epoch_{e:04d}.safetensors",
+            model,
+            "tiny",
+            {},
+            "digits",
+            e,
+            {"eps": 0.15, "norm": "linf"},
+        )
+    code, stdout, _ = flatcli(
+        capsys, "attack", tmp_path / "run", "--out", tmp_path / "o", *FAST, "-f", "json"
+    )
+    assert code == 0 and {r["eps"] for r in json.loads(stdout)} == {0.15}

@@ -47,6 +47,10 @@ def train(
             _METHOD,
         ),
     ] = None,
+    width: Annotated[
+        int | None,
+        _opt("Channels of the first layer (small-cnn 32, preact-resnet18/resnet18 64).", _METHOD),
+    ] = None,
     method: Annotated[str, _opt("clean | at | trades | mart | awp (AT-AWP).", _METHOD)] = "at",
     epochs: Annotated[
         int | None, _opt("Epochs. Default: the dataset's (digits 100, else 150).", _METHOD)
@@ -184,6 +188,7 @@ def train(
     config = TrainConfig(
         dataset=dataset,
         arch=arch,
+        width=width,
         method=method,
         epochs=epochs,
         batch_size=batch_size,

@@ -32,6 +32,7 @@ rank 0 evaluates the held-out split and writes every file, the others wait at a 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -56,6 +57,7 @@ from flatcli.config import (
     hashed_fields,
 )
 from flatcli.errors import FlatcliError, UsageError
+from flatcli.files import atomic_write, atomic_write_text
 from flatcli.training import methods, regularizers, schedules
 
 RUN_FILE = "run.json"
@@ -128,6 +130,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         arch in models.ARCHITECTURES,
         f"unknown architecture {arch!r}; choose one of {', '.join(models.ARCHITECTURES)}",
     )
+    if c.width is not None:
+        _check(c.width >= 1, f"--width must be >= 1, got {c.width}")
+        accepts = "width" in inspect.signature(models.ARCHITECTURES[arch].factory).parameters
+        _check(accepts, f"--width does not apply to {arch} (wide resnets: widen_factor)")
     epochs = defaults.epochs if c.epochs is None else c.epochs
     _check(epochs >= 1, f"--epochs must be >= 1, got {epochs}")
     _check(c.batch_size >= 1, f"--batch-size must be >= 1, got {c.batch_size}")
@@ -335,23 +341,9 @@ def config_dict(config: TrainConfig) -> dict:
 # the run directory
 
 
-def _atomic_bytes(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a hidden temp file in the same directory, fsync, then `os.replace`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, payload: dict) -> None:
     text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
-    _atomic_bytes(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(path, text)
 
 
 def read_run(run_dir: str | os.PathLike) -> dict:
@@ -525,7 +517,9 @@ class _Trainer:
         c, spec = self.config, self.spec
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(runtime.unit_seed(c.seed, "init"))
-            net = models.build(c.arch, spec.num_classes, spec.in_channels, spec.mean, spec.std)
+            net = models.build(
+                c.arch, spec.num_classes, spec.in_channels, spec.mean, spec.std, **arch_kwargs(c)
+            )
         net = net.to(self.device)
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
@@ -855,7 +849,7 @@ class _Trainer:
             return None
         path = self.run_dir / checkpoints.checkpoint_name(epoch)
         return checkpoints.save_checkpoint(
-            path, self.net, c.arch, {}, c.dataset, epoch, self._checkpoint_config()
+            path, self.net, c.arch, arch_kwargs(c), c.dataset, epoch, self._checkpoint_config()
         )
 
     def _key(self, epoch: int) -> str:
@@ -901,7 +895,7 @@ class _Trainer:
             "best": self.best or {},
             "world_size": self.dist.world,
         }
-        _atomic_bytes(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def _write_run_json(
         self, status: str, resumed_at: int | None = None, message: str | None = None
@@ -934,7 +928,7 @@ class _Trainer:
             "config_hash": self.chash,
             "dataset": c.dataset,
             "arch": c.arch,
-            "arch_kwargs": {},
+            "arch_kwargs": arch_kwargs(c),
             "num_classes": spec.num_classes,
             "in_channels": spec.in_channels,
             "image_size": spec.image_size,
@@ -977,3 +971,8 @@ def _better(a: dict, b: dict) -> bool:
         return (d["heldout_robust_err"], loss if loss == loss else math.inf)
 
     return key(a) < key(b)
+
+
+def arch_kwargs(config) -> dict:
+    """Architecture keyword arguments a run's model is built with (stored in every checkpoint)."""
+    return {} if config.width is None else {"width": config.width}
