@@ -8,7 +8,9 @@ import torch
 from flatcli import data, models
 from flatcli.attacks.pgd import PGD
 
-torch.set_num_threads(2)
+# One thread: predictable under load (two spinning OpenMP threads on a busy 2-core machine are
+# 10-25x slower), and the tests are small enough that a second thread gains little.
+torch.set_num_threads(1)
 
 
 def quick_adversarial_training(

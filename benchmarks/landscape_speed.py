@@ -1,0 +1,125 @@
+"""Seconds per grid point of a 1-D robust landscape (`flatcli landscape`'s measure).
+
+    python benchmarks/landscape_speed.py --device cpu --threads 1
+    python benchmarks/landscape_speed.py --device cuda --arch preact-resnet18
+
+One (checkpoint, direction) work unit: a random direction (filter-normalized, scale 0.5) and
+--steps values of alpha in [-1, 1], each re-running PGD (--attack, default the paper's pgd20x10)
+on the moved weights and --n examples (default 128, PAPER.md): --steps attacks. Reports the unit's
+wall time and seconds per point (median over --repeats, after a warm-up point). small-cnn: 2 epochs
+of PGD-3 AT on digits (tests/conftest.py); preact-resnet18: random weights, random CIFAR-shaped
+data (a speed check only). Reference: the loss-landscape project takes ~5.5 s per point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flatcli import checkpoints, landscape, models  # noqa: E402
+from flatcli.config import LandscapeConfig  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--arch", choices=["small-cnn", "preact-resnet18"], default="small-cnn")
+    parser.add_argument("--n", type=int, default=128, help="examples (PAPER.md: 128)")
+    parser.add_argument("--steps", type=int, default=51, help="grid points (PAPER.md: 51)")
+    parser.add_argument("--attack", default="pgd20x10", help="PAPER.md: pgd20x10")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def checkpoint(args, root: Path) -> tuple[Path, str, float | None]:
+    """A saved checkpoint to measure, its dataset and eps (None: the dataset's)."""
+    if args.arch == "small-cnn":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import quick_adversarial_training
+
+        model = quick_adversarial_training("small-cnn", epochs=2, eps=0.1, seed=args.seed)
+        path = root / "at" / "epoch_0002.safetensors"
+        checkpoints.save_checkpoint(path, model, "small-cnn", {}, "digits", 2)
+        return path, "digits", 0.1
+    torch.manual_seed(args.seed)
+    model = models.build(
+        args.arch, 10, 3, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)
+    )
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.rand((args.n, 3, 32, 32), generator=gen)
+    y = torch.randint(0, 10, (args.n,), generator=gen)
+    import numpy as np
+
+    data_path = root / "random.npz"
+    np.savez(data_path, x_test=x.numpy(), y_test=y.numpy(), x_train=x.numpy(), y_train=y.numpy())
+    path = root / "rand" / "model.safetensors"
+    checkpoints.save_checkpoint(path, model, args.arch, {}, f"npz:{data_path}", None)
+    return path, f"npz:{data_path}", 8 / 255
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, dataset, eps = checkpoint(args, Path(tmp))
+        if args.threads:  # again: the test fixture that trains small-cnn sets its own
+            torch.set_num_threads(args.threads)
+        refs = checkpoints.discover([path])
+        config = LandscapeConfig(
+            dataset=dataset,
+            n_examples=args.n,
+            eps=eps,
+            steps=args.steps,
+            n_directions=1,
+            attack=args.attack,
+            seed=args.seed,
+            device=args.device,
+        )
+        config = landscape.resolve_landscape_config(config, refs)
+        (unit,) = landscape.units(refs, 1)
+        # warm-up: one point
+        warm = landscape.landscape_measure(
+            LandscapeConfig(**{**config.__dict__, "steps": 2}), device
+        )
+        warm(unit)
+        measure = landscape.landscape_measure(config, device)
+        times = []
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            rows = measure(unit)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+    wall = statistics.median(times)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    zero = next(r for r in rows if r["alpha"] == 0.0)
+    ends = [r["robust_loss"] for r in rows if abs(r["alpha"]) == 1.0]
+    print(
+        f"landscape 1-D: {args.arch} on {dataset.split(':')[0]}, {args.n} examples, "
+        f"{args.steps} points, {args.attack}, device {name}, threads {torch.get_num_threads()}"
+    )
+    print(f"  unit wall time  {wall:8.2f} s   (median of {args.repeats})")
+    print(f"  per grid point  {wall / args.steps:8.3f} s   (loss-landscape reference: ~5.5 s)")
+    print(
+        f"  robust loss at alpha=0: {zero['robust_loss']:.4f}, at alpha=-1/+1: "
+        + " / ".join(f"{v:.4f}" for v in ends)
+    )
+
+
+if __name__ == "__main__":
+    main()

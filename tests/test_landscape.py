@@ -1,0 +1,266 @@
+"""Landscapes: direction normalization, the grid, Hessian directions, and `flatcli landscape`
+end to end (alpha = 0 is `attack`'s robust loss, 2-D grids, figures, resume, interpolation, bad
+input)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from flatcli import data, flatness, landscape, models, runtime, tables, weights
+from flatcli.attacks.pgd import PGD
+from flatcli.checkpoints import save_checkpoint
+from flatcli.cli import main
+
+EPS = 0.1
+SMALL = {"width": 8, "hidden": 32}
+FAST = ["--n-examples", "16", "--attack", "pgd2", "--steps", "3", "-q"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models and batches: one thread is faster and immune to oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ckpt") / "runs"
+    for epoch in (1, 2):
+        torch.manual_seed(epoch)
+        model = models.build("small-cnn", 10, 1, **SMALL)
+        save_checkpoint(
+            root / "at" / f"epoch_{epoch:04d}.safetensors",
+            model,
+            "small-cnn",
+            SMALL,
+            "digits",
+            epoch,
+        )
+    torch.manual_seed(0)
+    other = root.parent / "other" / "tiny" / "epoch_0001.safetensors"
+    save_checkpoint(other, models.build("tiny", 10, 1), "tiny", {}, "digits", 1)
+    return root
+
+
+def flatcli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = models.build("small-cnn", 10, 1, **SMALL).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Core
+
+
+@pytest.mark.parametrize("normalization", ["filter", "layer", "none"])
+def test_directions_have_the_requested_relative_norm(normalization):
+    model = _model()
+    w = weights.weights_of(model)
+    names = [n for n, _ in weights.layers(model)]
+    assert len(names) < len(list(model.parameters()))  # BatchNorm scale/shift are excluded
+    d = landscape.random_direction(w, runtime.generator(0, "test"))
+    scaled = landscape.normalize_direction(d, w, normalization, 0.5)
+    if normalization == "none":
+        ratio = weights.flatten(scaled).norm() / weights.flatten(w).norm()
+        assert ratio.item() == pytest.approx(0.5, rel=1e-5)
+        return
+    ratios = weights.norms(scaled) / weights.norms(w)
+    assert ratios.tolist() == pytest.approx([0.5] * len(w), rel=1e-5)
+    if normalization == "filter":
+        for dl, wl in zip(scaled, w, strict=True):
+            if dl.dim() >= 2:
+                per = dl.flatten(1).norm(dim=1) / wl.flatten(1).norm(dim=1)
+                assert per.tolist() == pytest.approx([0.5] * len(per), rel=1e-5)
+
+
+def test_grid_restores_weights_and_zero_is_the_checkpoint():
+    model = _model()
+    x, y = data.load_split("digits", "test", 12)
+    attack = PGD("pgd2", "linf", EPS, 2, EPS / 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    w = weights.weights_of(model)
+    d = landscape.normalize_direction(
+        landscape.random_direction(w, runtime.generator(1)), w, "filter", 0.5
+    )
+    points = [(a,) for a in landscape.grid(-1, 1, 5)]
+    assert [p[0] for p in points] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    rows = landscape.evaluate_grid(model, x, y, [d], points, attack, (0, "r", 1), 5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    from flatcli import engine
+
+    ref = engine.robust_losses(model, x, y, [attack], (0, "r", 1))
+    assert rows[2]["robust_loss"] == ref.robust["pgd2"].loss.mean().item()
+    assert rows[2]["clean_loss"] == ref.clean_loss.mean().item()
+    assert rows[0]["robust_loss"] != rows[2]["robust_loss"]
+
+
+def test_hessian_directions_are_orthonormal_top_eigenvectors():
+    torch.manual_seed(0)
+    model = models.build("tiny", 10, 1).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = data.load_split("digits", "test", 24)
+    dirs = landscape.hessian_directions(model, x, y, None, 2, 30, runtime.generator(0), (0,), 64)
+    flat = torch.stack([weights.flatten(d) for d in dirs])
+    assert torch.allclose(flat @ flat.T, torch.eye(2), atol=1e-4)
+    lanczos = flatness.hessian_eigen(model, x, y, None, iterations=30, probes=1).lambda_max
+    found = weights.layers(model)
+    hvp = flatness._hvp_fn(model, x, y, [n for n, _ in found], weights.weights_of(model), 64)
+    rayleigh = torch.dot(flat[0], hvp(flat[0])).item()
+    assert rayleigh == pytest.approx(lanczos, rel=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# flatcli landscape
+
+
+def test_cli_alpha_zero_is_attack_robust_loss_figures_and_resume(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["landscape", run_dir / "at", "--out", out, *FAST, "--n-directions", "2"]
+    code, stdout, _ = flatcli(capsys, *args, "-f", "json")
+    assert code == 0
+    rows = json.loads(stdout)
+    assert len(rows) == 2 * 2 * 3
+    df = pd.read_parquet(out / "landscape")
+    assert list(df.columns) == tables.columns("landscape") and len(df) == 12
+    assert len(list((out / "landscape").glob("*.parquet"))) == 4  # one part per direction
+    assert (df.scale == 0.5).all() and (df.normalization == "filter").all()
+    assert df.beta.isna().all() and (df.direction_kind == "random").all()
+    assert (df.attack == "pgd2").all() and df.robust_loss.notna().all()
+    # alpha = 0 equals `flatcli attack`'s robust loss for the same examples, attack and seed
+    code, stdout, _ = flatcli(
+        capsys, "attack", run_dir / "at", "--out", out, "--attacks", "pgd2",
+        "--n-examples", "16", "-q", "-f", "json",
+    )  # fmt: skip
+    attack_rows = {r["epoch"]: r for r in json.loads(stdout)}
+    zero = df[df.alpha == 0.0]
+    assert len(zero) == 4
+    for _, r in zero.iterrows():
+        assert r.robust_loss == pytest.approx(attack_rows[r.epoch]["robust_loss"], abs=1e-6)
+        assert r.clean_err == pytest.approx(attack_rows[r.epoch]["clean_err"], abs=1e-9)
+    # a figure, one line per epoch, that opens as an image
+    figures = list((out / "landscape_plots").glob("*.png"))
+    assert len(figures) == 1 and "1d" in figures[0].name
+    import matplotlib.image
+
+    image = matplotlib.image.imread(figures[0])
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    # resume: remove one direction's part; a rerun recomputes only that one
+    parts = sorted((out / "landscape").glob("*.parquet"))
+    kept = {p: p.stat().st_mtime_ns for p in parts[1:]}
+    parts[0].unlink()
+    code, stdout, _ = flatcli(capsys, *args, "--dry-run", "-f", "json")
+    assert sorted(r["status"] for r in json.loads(stdout)) == ["done", "done", "done", "todo"]
+    code, stdout, _ = flatcli(capsys, *args, "-f", "json")
+    assert code == 0 and len(json.loads(stdout)) == 12
+    assert parts[0].is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    again = pd.read_parquet(out / "landscape")
+    key = ["epoch", "direction", "alpha"]
+    assert again.sort_values(key).robust_loss.tolist() == pytest.approx(
+        df.sort_values(key).robust_loss.tolist(), abs=1e-6
+    )
+
+
+def test_cli_2d_grid_has_steps_squared_rows_and_a_contour(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = flatcli(
+        capsys, "landscape", run_dir / "at" / "epoch_0001.safetensors", "--out", out, *FAST,
+        "--dims", "2", "--n-directions", "2", "--loss", "clean", "--plot", "svg",
+        "--normalization", "layer", "--scale", "0.25", "-f", "json",
+    )  # fmt: skip
+    assert code == 0
+    df = pd.read_parquet(out / "landscape")
+    assert df.groupby("direction").size().tolist() == [9, 9]
+    assert df.beta.notna().all() and set(df.alpha) == set(df.beta) == {-1.0, 0.0, 1.0}
+    assert df.robust_loss.isna().all() and df.attack.isna().all()
+    assert (df.scale == 0.25).all() and (df.normalization == "layer").all()
+    (figure,) = (out / "landscape_plots").glob("*.svg")
+    assert "2d" in figure.name and "<svg" in figure.read_text()[:2000]
+
+
+def test_cli_adversarial_and_hessian_directions(run_dir, tmp_path, capsys):
+    ckpt = run_dir / "at" / "epoch_0002.safetensors"
+    for kind, scale in [("adversarial", 0.025), ("hessian", 1.0)]:
+        out = tmp_path / kind
+        code, stdout, _ = flatcli(
+            capsys, "landscape", ckpt, "--out", out, *FAST, "--directions", kind,
+            "--n-directions", "2", "--iterations", "2", "--plot", "none", "-f", "json",
+        )  # fmt: skip
+        assert code == 0
+        df = pd.read_parquet(out / "landscape")
+        assert len(df) == 6 and (df.direction_kind == kind).all() and (df.scale == scale).all()
+        assert df.robust_loss.notna().all()
+        assert not (out / "landscape_plots").exists()
+        ends = df[df.alpha != 0].robust_loss
+        assert (ends != df[df.alpha == 0].robust_loss.iloc[0]).all()
+
+
+def test_cli_interpolate_reaches_the_other_checkpoint(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    a, b = (run_dir / "at" / f"epoch_000{e}.safetensors" for e in (1, 2))
+    code, stdout, _ = flatcli(
+        capsys, "landscape", a, "--out", out, *FAST, "--directions", "interpolate", "--to", b,
+        "--loss", "clean", "-f", "json",
+    )  # fmt: skip
+    assert code == 0
+    rows = {r["alpha"]: r for r in json.loads(stdout)}
+    assert sorted(rows) == [0.0, 0.5, 1.0]
+    code, stdout, _ = flatcli(
+        capsys, "attack", b, "--out", out, "--attacks", "pgd2", "--n-examples", "16", "-q",
+        "-f", "json",
+    )  # fmt: skip
+    end = json.loads(stdout)[0]
+    assert rows[1.0]["clean_loss"] == pytest.approx(end["clean_loss"], abs=1e-4)
+    assert rows[1.0]["normalization"] == "none" and rows[1.0]["scale"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--steps", "1"], "--steps"),
+        (["--range", "1,-1"], "--range"),
+        (["--range", "0.5,0.5"], "--range"),
+        (["--range", "1"], "--range"),
+        (["--dims", "3"], "--dims"),
+        (["--directions", "interpolate"], "--to"),
+        (["--directions", "interpolate", "--to", "TINY"], "different architectures"),
+        (["--directions", "sideways"], "--directions"),
+        (["--normalization", "batch"], "--normalization"),
+        (["--scale", "-1"], "--scale"),
+        (["--plot", "gif"], "--plot"),
+        (["--attack", "apgd-t"], "does not estimate"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, extra, message):
+    tiny = run_dir.parent / "other" / "tiny" / "epoch_0001.safetensors"
+    extra = [str(tiny) if e == "TINY" else e for e in extra]
+    code, stdout, err = flatcli(
+        capsys, "landscape", run_dir / "at", "--out", tmp_path / "o", *extra
+    )
+    assert code == 2 and stdout == ""
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_has_an_example(capsys):
+    code, stdout, _ = flatcli(capsys, "landscape", "--help")
+    assert code == 0 and "Example: flatcli landscape" in stdout

@@ -1,0 +1,50 @@
+"""The README tour runs as written, on sample_checkpoints, and does what it says."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flatcli.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tour_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    tour = text.split("## Tour", 1)[1].split("\n## ", 1)[0]
+    first_block = re.search(r"```bash\n(.*?)```", tour, re.S).group(1)
+    return [line for line in first_block.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_tour_runs_on_sample_checkpoints(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sample_checkpoints").symlink_to(ROOT / "sample_checkpoints")
+    commands = tour_commands()
+    assert len(commands) >= 6 and all(c.split()[0] in ("flatcli", "python") for c in commands)
+    for command in commands:
+        argv = shlex.split(command)
+        if argv[0] == "python":
+            done = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True)
+            assert done.returncode == 0, (command, done.stderr)
+            continue
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv[1:] + ["--quiet"])
+        assert exit_info.value.code == 0, (command, capsys.readouterr().err)
+    attack = pd.read_parquet("out/attack")
+    assert set(attack.run) == {"at", "at-ls"} and set(attack.split) == {"test", "train"}
+    assert attack.epoch.nunique() == 25
+    assert {"pgd20x10", "aa-lite", "worst"} <= set(attack.attack)
+    flatness = pd.read_parquet("out/flatness")
+    assert {"average", "worst"} <= set(flatness.measure)
+    assert len(pd.read_parquet("out/landscape")) == 3 * 7
+    assert list(Path("out/landscape_plots").glob("*.png"))
+    assert sorted(p.name for p in Path("runs/mine").glob("epoch_*.safetensors")) == [
+        "epoch_0001.safetensors",
+        "epoch_0002.safetensors",
+        "epoch_0003.safetensors",
+    ]
