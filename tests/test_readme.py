@@ -48,3 +48,13 @@ def test_the_tour_runs_on_sample_checkpoints(tmp_path, monkeypatch, capsys):
         "epoch_0002.safetensors",
         "epoch_0003.safetensors",
     ]
+
+
+def test_readme_names_every_table_column():
+    from flatcli import tables
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    for name, schema in tables.SCHEMAS.items():
+        assert f"`{name}`" in text, name
+        for column in schema.names:
+            assert column in text, (name, column)
