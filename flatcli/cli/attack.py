@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typer import Exit
-
 from flatcli.cli import options as o
-from flatcli.cli.output import Progress, render
+from flatcli.cli.runner import run_command
 
 SUMMARY = [
     "run",
@@ -50,8 +48,8 @@ def attack(
 
     Example: flatcli attack sample_checkpoints --out out --attacks pgd20x10 --n-examples 200
     """
-    from flatcli import checkpoints, evaluation, runtime, sweep, tables
-    from flatcli.config import AttackConfig, config_hash
+    from flatcli import checkpoints, evaluation
+    from flatcli.config import AttackConfig
 
     config = AttackConfig(
         dataset=dataset,
@@ -68,66 +66,23 @@ def attack(
         device=device,
         batch_size=batch_size,
     )
-    shard_spec = sweep.parse_shard(shard)
     refs = checkpoints.discover(paths)
     config = evaluation.resolve_attack_config(config, refs)
-    target = runtime.resolve_device(config.device)
-    chash = config_hash(config)
-    if dry_run:
-        todo = sweep.plan(refs, "attack", out, chash, shard_spec, force)
-        rows = [
-            {"run": r.run, "epoch": r.epoch, "checkpoint": str(r.path), "status": "todo"}
-            for r in todo.todo
-        ]
-        rows += [
-            {"run": r.run, "epoch": r.epoch, "checkpoint": str(r.path), "status": "done"}
-            for r in todo.skipped
-        ]
-        render(
-            rows,
-            ["run", "epoch", "checkpoint", "status"],
-            fmt.value,
-            ["run", "epoch", "status", "checkpoint"],
-        )
-        raise Exit(0)
-    ensure_writable(out)
-    progress = Progress(quiet, "attack")
-    progress.log(
-        f"attack: {len(shard_spec.take(refs))} checkpoint(s), {config.dataset} {config.split} "
-        f"n={config.n_examples}, eps={config.eps:g} ({config.norm}), "
-        f"attacks={','.join(config.attacks)}, "
-        f"device={target}"
+    run_command(
+        table="attack",
+        units=refs,
+        config=config,
+        out=out,
+        shard=shard,
+        force=force,
+        dry_run=dry_run,
+        fmt=fmt,
+        quiet=quiet,
+        summary_columns=SUMMARY,
+        describe=lambda device, n: (
+            f"{n} checkpoint(s), {config.dataset} {config.split} n={config.n_examples}, "
+            f"eps={config.eps:g} ({config.norm}), attacks={','.join(config.attacks)}, "
+            f"device={device}"
+        ),
+        measure=lambda device: evaluation.attack_measure(config, device),
     )
-    measure = evaluation.attack_measure(config, target)
-    with progress:
-        summary = sweep.run(
-            refs,
-            measure,
-            "attack",
-            out,
-            chash,
-            shard_spec,
-            force,
-            progress,
-            debug=o.debug_enabled(),
-        )
-    render(summary.rows, tables.columns("attack"), fmt.value, SUMMARY)
-    raise Exit(summary.exit_code)
-
-
-def ensure_writable(out) -> None:
-    """Create OUT or fail with one line before any work starts."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from flatcli.errors import UsageError
-
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(f"--out {out}: not writable ({err.strerror or err})") from None
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"--out {out}: not writable")

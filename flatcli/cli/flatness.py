@@ -6,11 +6,10 @@ from enum import Enum
 from typing import Annotated
 
 import typer
-from typer import Exit
 
 from flatcli.attacks.presets import PRESETS
 from flatcli.cli import options as o
-from flatcli.cli.output import Progress, render
+from flatcli.cli.runner import run_command
 
 SUMMARY = [
     "run",
@@ -139,9 +138,8 @@ def flatness(
     Example: flatcli flatness sample_checkpoints --out out --measure average --xi 0.25,0.5
     --samples 5 --attack pgd10x2 --n-examples 300
     """
-    from flatcli import checkpoints, flatness, runtime, sweep, tables
-    from flatcli.cli.attack import ensure_writable
-    from flatcli.config import FlatnessConfig, config_hash
+    from flatcli import checkpoints, flatness
+    from flatcli.config import FlatnessConfig
 
     measures = tuple(m for text in (measure or ["average,worst"]) for m in o.csv_list(text))
     config = FlatnessConfig(
@@ -167,53 +165,29 @@ def flatness(
         device=device,
         batch_size=batch_size,
     )
-    shard_spec = sweep.parse_shard(shard)
     refs = checkpoints.discover(paths)
     config = flatness.resolve_flatness_config(config, refs)
-    target = runtime.resolve_device(config.device)
-    chash = config_hash(config)
-    if dry_run:
-        todo = sweep.plan(refs, "flatness", out, chash, shard_spec, force)
-        rows = [
-            {"run": r.run, "epoch": r.epoch, "checkpoint": str(r.path), "status": "todo"}
-            for r in todo.todo
-        ]
-        rows += [
-            {"run": r.run, "epoch": r.epoch, "checkpoint": str(r.path), "status": "done"}
-            for r in todo.skipped
-        ]
-        render(
-            rows,
-            ["run", "epoch", "checkpoint", "status"],
-            fmt.value,
-            ["run", "epoch", "status", "checkpoint"],
-        )
-        raise Exit(0)
-    ensure_writable(out)
-    progress = Progress(quiet, "flatness")
     xis = ", ".join(
         f"{m} xi={','.join(f'{v:g}' for v in flatness.xis_for(config, m))}"
         if m not in flatness.HESSIAN_MEASURES
         else m
         for m in config.measures
     )
-    progress.log(
-        f"flatness: {len(shard_spec.take(refs))} checkpoint(s), {config.dataset} {config.split} "
-        f"n={config.n_examples}, eps={config.eps:g} ({config.norm}), {xis}, "
-        f"samples={config.samples}, attack={config.attack}, device={target}"
+    run_command(
+        table="flatness",
+        units=refs,
+        config=config,
+        out=out,
+        shard=shard,
+        force=force,
+        dry_run=dry_run,
+        fmt=fmt,
+        quiet=quiet,
+        summary_columns=SUMMARY,
+        describe=lambda device, n: (
+            f"{n} checkpoint(s), {config.dataset} {config.split} n={config.n_examples}, "
+            f"eps={config.eps:g} ({config.norm}), {xis}, samples={config.samples}, "
+            f"attack={config.attack}, device={device}"
+        ),
+        measure=lambda device: flatness.flatness_measure(config, device),
     )
-    measure_fn = flatness.flatness_measure(config, target)
-    with progress:
-        summary = sweep.run(
-            refs,
-            measure_fn,
-            "flatness",
-            out,
-            chash,
-            shard_spec,
-            force,
-            progress,
-            debug=o.debug_enabled(),
-        )
-    render(summary.rows, tables.columns("flatness"), fmt.value, SUMMARY)
-    raise Exit(summary.exit_code)

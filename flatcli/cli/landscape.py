@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer import Exit
 
 from flatcli.cli import options as o
-from flatcli.cli.output import Progress, render
+from flatcli.cli.runner import run_command
 
 SUMMARY = [
     "run",
@@ -145,10 +144,9 @@ def landscape(
     Example: flatcli landscape runs/at --out out --directions random --n-directions 5 --steps 21
     --attack pgd10x2
     """
-    from flatcli import checkpoints, runtime, sweep, tables
+    from flatcli import checkpoints
     from flatcli import landscape as core
-    from flatcli.cli.attack import ensure_writable
-    from flatcli.config import LandscapeConfig, config_hash
+    from flatcli.config import LandscapeConfig
     from flatcli.errors import UsageError
 
     if plot not in core.PLOT_FORMATS:
@@ -179,48 +177,33 @@ def landscape(
         device=device,
         batch_size=batch_size,
     )
-    shard_spec = sweep.parse_shard(shard)
     refs = checkpoints.discover(paths)
     config = core.resolve_landscape_config(config, refs)
-    target = runtime.resolve_device(config.device)
-    chash = config_hash(config)
-    work = core.units(refs, config.n_directions)
-    if dry_run:
-        todo = sweep.plan(work, core.TABLE, out, chash, shard_spec, force)
-        rows = [
-            {"run": u.run, "epoch": u.epoch, "direction": u.direction, "status": status}
-            for status, group in (("todo", todo.todo), ("done", todo.skipped))
-            for u in group
-        ]
-        columns = ["run", "epoch", "direction", "status"]
-        render(rows, columns, fmt.value, columns)
-        raise Exit(0)
-    ensure_writable(out)
-    progress = Progress(quiet, "landscape")
-    points = config.steps**config.dims
-    progress.log(
-        f"landscape: {len(shard_spec.take(work))} unit(s) of {len(refs)} checkpoint(s) x "
-        f"{config.n_directions} {config.directions} direction(s), {config.dims}-D, {points} "
-        f"points each over [{config.range[0]:g}, {config.range[1]:g}], scale="
-        f"{core.scale_for(config):g} ({config.normalization}), {config.dataset} {config.split} "
-        f"n={config.n_examples}, eps={config.eps:g} ({config.norm}), loss={config.loss}, "
-        f"attack={config.attack}, device={target}"
+
+    def write_figures(rows, progress):
+        figures = core.write_figures(rows, out, plot)
+        if figures:
+            progress.log(f"figures: {', '.join(str(p) for p in figures)}")
+
+    run_command(
+        table=core.TABLE,
+        units=core.units(refs, config.n_directions),
+        config=config,
+        out=out,
+        shard=shard,
+        force=force,
+        dry_run=dry_run,
+        fmt=fmt,
+        quiet=quiet,
+        summary_columns=SUMMARY,
+        describe=lambda device, n: (
+            f"{n} unit(s) of {len(refs)} checkpoint(s) x {config.n_directions} "
+            f"{config.directions} direction(s), {config.dims}-D, {config.steps**config.dims} "
+            f"points each over [{config.range[0]:g}, {config.range[1]:g}], scale="
+            f"{core.scale_for(config):g} ({config.normalization}), {config.dataset} "
+            f"{config.split} n={config.n_examples}, eps={config.eps:g} ({config.norm}), "
+            f"loss={config.loss}, attack={config.attack}, device={device}"
+        ),
+        measure=lambda device: core.landscape_measure(config, device),
+        after=write_figures,
     )
-    measure = core.landscape_measure(config, target)
-    with progress:
-        summary = sweep.run(
-            work,
-            measure,
-            core.TABLE,
-            out,
-            chash,
-            shard_spec,
-            force,
-            progress,
-            debug=o.debug_enabled(),
-        )
-    figures = core.write_figures(summary.rows, out, plot)
-    if figures:
-        progress.log(f"figures: {', '.join(str(p) for p in figures)}")
-    render(summary.rows, tables.columns(core.TABLE), fmt.value, SUMMARY)
-    raise Exit(summary.exit_code)

@@ -1,0 +1,92 @@
+"""What every evaluation command does once its config is resolved: plan, dry-run, run the sweep
+with progress on stderr, print the rows, exit with the sweep's code (DESIGN.md's data flow)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from typer import Exit
+
+from flatcli.cli import options as o
+from flatcli.cli.output import Progress, render
+from flatcli.errors import UsageError
+
+PLAN_COLUMNS = ["run", "epoch", "key", "status", "checkpoint"]
+
+
+def ensure_writable(out) -> None:
+    """Create OUT or fail with one line before any work starts."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"--out {out}: not writable ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out}: not writable")
+
+
+def run_command(
+    *,
+    table: str,
+    units: Sequence,
+    config,
+    out,
+    shard: str | None,
+    force: bool,
+    dry_run: bool,
+    fmt: o.Format,
+    quiet: bool,
+    summary_columns: Sequence[str],
+    describe: Callable[[object, int], str],
+    measure: Callable[[object], Callable],
+    after: Callable[[list[dict], Progress], None] | None = None,
+) -> None:
+    """Sweep `measure(device)` over this shard's `units` into OUT/<table>; always raises Exit.
+
+    `describe(device, n_units)` is the one stderr line that says what will run; `after(rows,
+    progress)` may write extras (figures) from the rows before they are printed.
+    """
+    from flatcli import runtime, sweep, tables
+    from flatcli.config import config_hash
+
+    shard_spec = sweep.parse_shard(shard)
+    device = runtime.resolve_device(config.device)
+    chash = config_hash(config)
+    if dry_run:
+        plan = sweep.plan(units, table, out, chash, shard_spec, force)
+        rows = [
+            {
+                "run": u.run,
+                "epoch": u.epoch,
+                "key": u.key,
+                "status": status,
+                "checkpoint": str(u.path),
+            }
+            for status, group in (("todo", plan.todo), ("done", plan.skipped))
+            for u in group
+        ]
+        render(rows, PLAN_COLUMNS, fmt.value, PLAN_COLUMNS)
+        raise Exit(0)
+    ensure_writable(out)
+    progress = Progress(quiet, table)
+    progress.log(f"{table}: {describe(device, len(shard_spec.take(units)))}")
+    with progress:
+        summary = sweep.run(
+            units,
+            measure(device),
+            table,
+            out,
+            chash,
+            shard_spec,
+            force,
+            progress,
+            debug=o.debug_enabled(),
+        )
+    if after is not None:
+        after(summary.rows, progress)
+    render(summary.rows, tables.columns(table), fmt.value, summary_columns)
+    raise Exit(summary.exit_code)
