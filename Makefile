@@ -23,8 +23,12 @@ test: install
 lint: install
 	$(BIN)/ruff check flatcli tests benchmarks
 
+# Speed against the peer libraries on the same model and data (not part of `make test`).
 bench: install
 	$(BIN)/python benchmarks/attack_speed.py
+	$(BIN)/python benchmarks/flatness_speed.py
+	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/landscape_speed.py
 
 # The study on digits: two runs (AT, AT + label smoothing), every epoch attacked and its
 # average-case flatness measured. Reruns resume and skip finished work.
