@@ -19,12 +19,13 @@ def _runtime(default):
 
 
 @dataclass(frozen=True)
-class AttackConfig:
-    """`flatcli attack`: PAPER.md's evaluation protocol.
+class EvalConfig:
+    """What every evaluation of checkpoints shares: the examples, the threat model, the seed, how
+    foreign checkpoints are read (all hashed), and where it runs (data_dir, device, batch_size:
+    not hashed).
 
-    Robust loss from PGD-20 with 10 restarts (step 0.007 at eps 0.0314), robust error from the
-    strongest attack (default: that PGD and APGD-CE + APGD-T); the first `n_examples` of `split`.
-    `eps=None` / `n_examples=None` mean the dataset's defaults (resolved before hashing).
+    `dataset=None` means the checkpoints' metadata; `eps=None` their training eps, else the
+    dataset's; `n_examples=None` the first 1000 (or the whole split), all resolved before hashing.
     """
 
     dataset: str | None = None  # None: from the checkpoints' metadata
@@ -32,7 +33,6 @@ class AttackConfig:
     n_examples: int | None = None
     eps: float | None = None
     norm: str = "linf"
-    attacks: tuple[str, ...] = ("pgd20x10", "aa-lite")
     step_size: float | None = None
     seed: int = 0
     arch: str | None = None
@@ -40,6 +40,18 @@ class AttackConfig:
     data_dir: str | None = _runtime(None)
     device: str = _runtime("auto")
     batch_size: int = _runtime(512)
+
+
+@dataclass(frozen=True)
+class AttackConfig(EvalConfig):
+    """`flatcli attack`: PAPER.md's evaluation protocol.
+
+    Robust loss from PGD-20 with 10 restarts (step 0.007 at eps 0.0314), robust error from the
+    strongest attack (default: that PGD and APGD-CE + APGD-T); the first `n_examples` of `split`.
+    `eps=None` / `n_examples=None` mean the dataset's defaults (resolved before hashing).
+    """
+
+    attacks: tuple[str, ...] = ("pgd20x10", "aa-lite")
 
 
 def hashed_fields(config) -> dict:
@@ -161,7 +173,7 @@ WORST_XI = 0.00075  # PAPER.md main text and per-epoch code (its supplement tabl
 
 
 @dataclass(frozen=True)
-class FlatnessConfig:
+class FlatnessConfig(EvalConfig):
     """`flatcli flatness`: PAPER.md's flatness of the robust loss.
 
     Average case: `samples` random offsets on the per-layer relative sphere, the attack re-run on
@@ -172,11 +184,6 @@ class FlatnessConfig:
     default per measure (AVERAGE_XI, WORST_XI); eps/n_examples None: the dataset's defaults.
     """
 
-    dataset: str | None = None
-    split: str = "test"
-    n_examples: int | None = None
-    eps: float | None = None
-    norm: str = "linf"
     measures: tuple[str, ...] = ("average", "worst")
     xi: tuple[float, ...] | None = None
     samples: int = 10
@@ -186,20 +193,13 @@ class FlatnessConfig:
     weight_lr: float = 0.01
     weight_norm: str = "l2"  # l2: ||nu_l|| <= xi ||w_l||; linf: |nu_i| <= xi |w_i|
     weight_batch: int = 128
-    step_size: float | None = None
-    seed: int = 0
-    arch: str | None = None
-    normalize: str | None = None
-    data_dir: str | None = _runtime(None)
-    device: str = _runtime("auto")
-    batch_size: int = _runtime(512)
 
 
 LANDSCAPE_SCALE = {"random": 0.5, "adversarial": 0.025}  # PAPER.md: relative direction lengths
 
 
 @dataclass(frozen=True)
-class LandscapeConfig:
+class LandscapeConfig(EvalConfig):
     """`flatcli landscape`: PAPER.md's landscapes of the robust (and clean) loss.
 
     Robust and clean loss at w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D) on a `steps` (x
@@ -210,11 +210,7 @@ class LandscapeConfig:
     0.025 adversarial, 1 hessian; interpolate is never rescaled). n_examples None: 128 (PAPER.md).
     """
 
-    dataset: str | None = None
-    split: str = "test"
-    n_examples: int | None = 128
-    eps: float | None = None
-    norm: str = "linf"
+    n_examples: int | None = 128  # PAPER.md: one batch of 128 test examples
     directions: str = "random"
     dims: int = 1
     steps: int = 51
@@ -227,10 +223,3 @@ class LandscapeConfig:
     to: str | None = None  # interpolate: the other checkpoint
     iterations: int = 20
     weight_lr: float = 0.01
-    step_size: float | None = None
-    seed: int = 0
-    arch: str | None = None
-    normalize: str | None = None
-    data_dir: str | None = _runtime(None)
-    device: str = _runtime("auto")
-    batch_size: int = _runtime(512)
