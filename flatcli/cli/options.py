@@ -35,8 +35,11 @@ class Split(str, Enum):
     heldout = "heldout"
 
 
-def parse_eps(text: str, option: str = "--eps") -> float:
-    """`8/255`, `0.0314` or `1e-2` -> float; anything else is a usage error (one line)."""
+def parse_eps(text: str | None, option: str = "--eps") -> float | None:
+    """`8/255`, `0.0314` or `1e-2` -> float; None (option not given) -> None; anything else is a
+    usage error (one line) naming `option`."""
+    if text is None:
+        return None
     try:
         if "/" in text:
             num, den = text.split("/")
