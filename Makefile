@@ -28,7 +28,7 @@ bench: install
 	$(BIN)/python benchmarks/attack_speed.py
 	$(BIN)/python benchmarks/flatness_speed.py
 	$(BIN)/python benchmarks/train_speed.py
-	$(BIN)/python benchmarks/landscape_speed.py
+	$(BIN)/python benchmarks/landscape_speed.py --point-batch 1 4
 
 # The study on digits: two runs (AT, AT + label smoothing), every epoch attacked and its
 # average-case flatness measured. Reruns resume and skip finished work.

@@ -1,19 +1,22 @@
 """Seconds per grid point of a 1-D robust landscape (`flatcli landscape`'s measure).
 
-    python benchmarks/landscape_speed.py --device cpu --threads 1
-    python benchmarks/landscape_speed.py --device cuda --arch preact-resnet18
+    python benchmarks/landscape_speed.py --device cpu --threads 1 --point-batch 1 4
+    python benchmarks/landscape_speed.py --device cuda --arch preact-resnet18 --point-batch 1 4 8
 
 One (checkpoint, direction) work unit: a random direction (filter-normalized, scale 0.5) and
 --steps values of alpha in [-1, 1], each re-running PGD (--attack, default the paper's pgd20x10)
 on the moved weights and --n examples (default 128, PAPER.md): --steps attacks. Reports the unit's
-wall time and seconds per point (median over --repeats, after a warm-up point). small-cnn: 2 epochs
-of PGD-3 AT on digits (tests/conftest.py); preact-resnet18: random weights, random CIFAR-shaped
-data (a speed check only). Reference: the loss-landscape project takes ~5.5 s per point.
+wall time and seconds per point (median over --repeats, after a warm-up), for each --point-batch
+(grid points per stacked pass), with the largest robust-loss difference to the first one.
+small-cnn: 2 epochs of PGD-3 AT on digits (tests/conftest.py); preact-resnet18: random weights,
+random CIFAR-shaped data (a speed check only). Reference: the loss-landscape project takes
+~5.5 s per point.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -36,6 +39,9 @@ def parse_args(argv=None):
     parser.add_argument("--n", type=int, default=128, help="examples (PAPER.md: 128)")
     parser.add_argument("--steps", type=int, default=51, help="grid points (PAPER.md: 51)")
     parser.add_argument("--attack", default="pgd20x10", help="PAPER.md: pgd20x10")
+    parser.add_argument(
+        "--point-batch", type=int, nargs="+", default=[1], help="grid points per pass (compared)"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,31 +96,42 @@ def main(argv=None) -> None:
         )
         config = landscape.resolve_landscape_config(config, refs)
         (unit,) = landscape.units(refs, 1)
-        # warm-up: one point
-        warm = landscape.landscape_measure(
-            LandscapeConfig(**{**config.__dict__, "steps": 2}), device
-        )
-        warm(unit)
-        measure = landscape.landscape_measure(config, device)
-        times = []
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            rows = measure(unit)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-    wall = statistics.median(times)
+        results = {}
+        for point_batch in args.point_batch:
+            batched = dataclasses.replace(config, point_batch=point_batch)
+            # warm-up: one chunk of points
+            warm = dataclasses.replace(batched, steps=max(2, point_batch))
+            landscape.landscape_measure(warm, device)(unit)
+            measure = landscape.landscape_measure(batched, device)
+            times = []
+            for _ in range(args.repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                rows = measure(unit)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+            results[point_batch] = (statistics.median(times), rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    zero = next(r for r in rows if r["alpha"] == 0.0)
-    ends = [r["robust_loss"] for r in rows if abs(r["alpha"]) == 1.0]
     print(
         f"landscape 1-D: {args.arch} on {dataset.split(':')[0]}, {args.n} examples, "
-        f"{args.steps} points, {args.attack}, device {name}, threads {torch.get_num_threads()}"
+        f"{args.steps} points, {args.attack}, device {name}, threads {torch.get_num_threads()}, "
+        f"median of {args.repeats}"
     )
-    print(f"  unit wall time  {wall:8.2f} s   (median of {args.repeats})")
-    print(f"  per grid point  {wall / args.steps:8.3f} s   (loss-landscape reference: ~5.5 s)")
+    base_wall, base_rows = results[args.point_batch[0]]
+    for point_batch, (wall, rows) in results.items():
+        drift = max(
+            abs(r["robust_loss"] - b["robust_loss"]) for r, b in zip(rows, base_rows, strict=True)
+        )
+        print(
+            f"  --point-batch {point_batch:3d}: unit {wall:8.2f} s, {wall / args.steps:7.3f} s per "
+            f"point, {base_wall / wall:5.2f}x vs --point-batch {args.point_batch[0]}, "
+            f"max |robust loss difference| {drift:.1e}"
+        )
+    print("  (loss-landscape reference: ~5.5 s per point)")
+    zero = next(r for r in base_rows if r["alpha"] == 0.0)
+    ends = [r["robust_loss"] for r in base_rows if abs(r["alpha"]) == 1.0]
     print(
         f"  robust loss at alpha=0: {zero['robust_loss']:.4f}, at alpha=-1/+1: "
         + " / ".join(f"{v:.4f}" for v in ends)

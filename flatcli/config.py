@@ -223,3 +223,4 @@ class LandscapeConfig(EvalConfig):
     to: str | None = None  # interpolate: the other checkpoint
     iterations: int = 20
     weight_lr: float = 0.01
+    point_batch: int = _runtime(1)  # grid points per stacked pass (results equal up to rounding)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flatcli import runtime
-from flatcli.attacks.base import AttackOutcome, ce_per_example, slice_starts
+from flatcli import runtime, weights
+from flatcli.attacks.base import AttackOutcome, ce_per_example, slice_starts, tile_starts
+from flatcli.errors import UsageError
 
 
 @dataclass
@@ -57,10 +58,81 @@ def robust_losses(
     `runtime.generator(*seed_keys, attack.name)`, so adding an attack does not change the others.
     `on_batch(done, total)` reports progress in examples.
     """
+    starts = _starts(x, attacks, seed_keys)
+    return _losses(model, x, y, attacks, starts, batch_size, on_batch)
+
+
+def robust_losses_at(
+    model: nn.Module,
+    offsets: Sequence[Sequence[torch.Tensor]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence,
+    seed_keys: tuple = (0,),
+    batch_size: int = 512,
+) -> list[ExampleLosses]:
+    """`robust_losses` of the model at each weight setting w + offset_g, in one batched pass.
+
+    Equal (up to float rounding) to moving the weights by each offset in turn and calling
+    `robust_losses` with the same seed keys: every setting sees the same examples and the same
+    random starts. The G settings run as one stacked model (`weights.Stacked`, rows interleaved),
+    so each batch holds `batch_size` examples x G settings. Every attack must run on all of its
+    rows (`keeps_rows`): PGD and APGD-CE do, APGD-T and ensembles (which attack a subset) do not.
+    """
+    g = len(offsets)
+    for attack in attacks:
+        if not getattr(attack, "keeps_rows", False):
+            raise UsageError(
+                f"attack {attack.name!r} attacks a subset of its examples, so it cannot batch "
+                "weight settings: use one setting per call (pgd* and apgd-ce can batch)"
+            )
+    starts = {name: tile_starts(s, g) for name, s in _starts(x, attacks, seed_keys).items()}
+    stacked = weights.Stacked(model, offsets)
+    tiled = _losses(
+        stacked,
+        x.repeat_interleave(g, 0),
+        y.repeat_interleave(g, 0),
+        attacks,
+        starts,
+        batch_size,
+        None,
+        group=g,
+    )
+
+    def setting(t: torch.Tensor, i: int) -> torch.Tensor:
+        return t.view(-1, g)[:, i].clone()
+
+    return [
+        ExampleLosses(
+            setting(tiled.clean_loss, i),
+            setting(tiled.clean_correct, i),
+            {
+                name: AttackOutcome(setting(o.loss, i), setting(o.correct, i))
+                for name, o in tiled.robust.items()
+            },
+        )
+        for i in range(g)
+    ]
+
+
+def _starts(x: torch.Tensor, attacks: Sequence, seed_keys: tuple) -> dict:
+    x_cpu = x.cpu()  # draws come from CPU generators: the same on every device
+    return {a.name: a.draw_starts(x_cpu, runtime.generator(*seed_keys, a.name)) for a in attacks}
+
+
+def _losses(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence,
+    starts: dict,
+    batch_size: int,
+    on_batch: Callable[[int, int], None] | None,
+    group: int = 1,
+) -> ExampleLosses:
+    """The batch loop: `batch_size` x `group` rows at a time (a group of rows stays together)."""
     device = next(model.parameters()).device
     model.eval()
-    x_cpu = x.cpu()  # draws come from CPU generators: the same on every device
-    starts = {a.name: a.draw_starts(x_cpu, runtime.generator(*seed_keys, a.name)) for a in attacks}
     n = len(y)
     clean_loss = torch.empty(n)
     clean_correct = torch.empty(n, dtype=torch.bool)
@@ -69,7 +141,7 @@ def robust_losses(
     }
     begin = 0
     while begin < n:
-        end = min(n, begin + batch_size)
+        end = min(n, begin + batch_size * group)
         index = slice(begin, end)
         try:
             xb = x[index].to(device, non_blocking=True)

@@ -226,33 +226,48 @@ def evaluate_grid(
     seed_keys: tuple = (0,),
     batch_size: int = 512,
     on_point: Callable[[int, int], None] | None = None,
+    point_batch: int = 1,
 ) -> list[dict]:
     """Clean (and, with an attack, robust) loss and error at w + sum_i c_i d_i for each point c.
 
-    The model is moved in place and restored bitwise; every point re-runs the attack with the same
-    `seed_keys` (hence the same starts as `flatcli attack`).
+    Every point re-runs the attack with the same `seed_keys` (hence the same starts as `flatcli
+    attack`). One point at a time moves the model in place and restores it bitwise;
+    `point_batch` > 1 evaluates that many points in one stacked pass
+    (`engine.robust_losses_at`), equal up to float rounding (the attack must keep its rows).
     """
     attacks = [attack] if attack is not None else []
-    out = []
-    for i, coefficients in enumerate(points):
-        offset = [
+    n_layers = len(directions[0])
+
+    def offset(coefficients) -> list[torch.Tensor]:
+        return [
             sum(c * d[j] for c, d in zip(coefficients, directions, strict=True))
-            for j in range(len(directions[0]))
+            for j in range(n_layers)
         ]
-        with weights.perturbed(model, offset):
-            result = engine.robust_losses(model, x, y, attacks, seed_keys, batch_size)
-        row = {
-            "clean_loss": result.clean_loss.mean().item(),
-            "clean_err": 1.0 - result.clean_correct.float().mean().item(),
-        }
-        if attack is not None:
-            outcome = result.robust[attack.name]
-            row["robust_loss"] = outcome.loss.mean().item()
-            row["robust_err"] = 1.0 - outcome.correct.float().mean().item()
-        out.append(row)
+
+    out = []
+    for begin in range(0, len(points), point_batch):
+        chunk = [offset(c) for c in points[begin : begin + point_batch]]
+        if len(chunk) == 1:
+            with weights.perturbed(model, chunk[0]):
+                results = [engine.robust_losses(model, x, y, attacks, seed_keys, batch_size)]
+        else:
+            results = engine.robust_losses_at(model, chunk, x, y, attacks, seed_keys, batch_size)
+        out.extend(_grid_row(result, attack) for result in results)
         if on_point is not None:
-            on_point(i + 1, len(points))
+            on_point(len(out), len(points))
     return out
+
+
+def _grid_row(result: engine.ExampleLosses, attack) -> dict:
+    row = {
+        "clean_loss": result.clean_loss.mean().item(),
+        "clean_err": 1.0 - result.clean_correct.float().mean().item(),
+    }
+    if attack is not None:
+        outcome = result.robust[attack.name]
+        row["robust_loss"] = outcome.loss.mean().item()
+        row["robust_err"] = 1.0 - outcome.correct.float().mean().item()
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +303,7 @@ def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> Landsca
         raise UsageError(f"--dims {config.dims}: landscapes are 1-D or 2-D (1 or 2)")
     _int(config.steps, "steps", 2)
     _int(config.iterations, "iterations", 1)
+    _int(config.point_batch, "point-batch", 1)
     if config.normalization not in NORMALIZATIONS:
         raise UsageError(f"--normalization {config.normalization!r}: choose filter, layer or none")
     if config.loss not in LOSSES:
@@ -329,6 +345,11 @@ def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> Landsca
             )
         if config.directions == "hessian" and not hasattr(attack, "step_size"):
             raise UsageError(f"--attack {resolved.attack}: Hessian directions need a pgd preset")
+        if config.point_batch > 1 and resolved.loss != "clean" and not attack.keeps_rows:
+            raise UsageError(
+                f"--point-batch {config.point_batch}: --attack {resolved.attack} attacks a subset "
+                "of its examples and cannot batch grid points; use a pgd preset or apgd-ce"
+            )
     if interpolate:
         _check_interpolation(resolved, refs)
     return resolved
@@ -445,6 +466,7 @@ def landscape_measure(
             keys,
             config.batch_size,
             on_point,
+            config.point_batch,
         )
         base = evaluation.key_columns(unit.ref, info, config, chash, device)
         bad = sum(

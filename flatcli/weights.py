@@ -271,3 +271,38 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
     """Views of `vector` shaped like each tensor of `like` (inverse of `flatten`)."""
     sizes = [t.numel() for t in like]
     return [v.view(t.shape) for v, t in zip(vector.split(sizes), like, strict=True)]
+
+
+class Stacked(nn.Module):
+    """`model` at G weight settings w + offset_g in one call, for batching grid points.
+
+    Rows are interleaved: row i of the input is evaluated at setting i % G (so an attack that
+    repeats its whole input, as PGD's restarts do, keeps every row on its setting). The layers'
+    G weight tensors are stacked and mapped over with `torch.func.vmap` of a functional call;
+    normalization parameters and buffers are shared. The model itself is not changed. Only
+    inputs whose row count is a multiple of G are accepted: attacks that run on a subset of their
+    examples (APGD-T, ensembles) cannot use it.
+    """
+
+    def __init__(self, model: nn.Module, offsets: Sequence[Sequence[torch.Tensor]]):
+        super().__init__()
+        found = require_layers(model)
+        for offset in offsets:
+            _check_offset([p for _, p in found], offset)
+        self.model = model
+        self.copies = len(offsets)
+        self.params = {
+            name: torch.stack([p.detach().float() + nu[j].to(p.device) for nu in offsets])
+            for j, (name, p) in enumerate(found)
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.copies
+        if len(x) % g:
+            raise ValueError(f"{len(x)} rows do not split over {g} weight settings")
+        per_setting = x.view(-1, g, *x.shape[1:]).transpose(0, 1)  # [G, rows/G, ...]
+        out = torch.func.vmap(self._call)(self.params, per_setting)  # [G, rows/G, ...]
+        return out.transpose(0, 1).reshape(len(x), *out.shape[2:])
+
+    def _call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.model, params, (x,))

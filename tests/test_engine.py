@@ -65,3 +65,42 @@ def test_worst_over_attacks_is_per_example():
     w = res.worst()
     assert w.correct.tolist() == [True, False, False]
     assert w.loss.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_stacked_weight_settings_equal_one_setting_at_a_time(trained_digits_model, digits_test):
+    """robust_losses_at == moving the weights by each offset and calling robust_losses (PGD and
+    APGD-CE, odd batch sizes so batches split mid-way)."""
+    from flatcli import weights
+    from flatcli.attacks.apgd import APGDCE
+
+    x, y = digits_test[0][:20], digits_test[1][:20]
+    model = trained_digits_model
+    w = weights.weights_of(model)
+    gen = torch.Generator().manual_seed(3)
+    offsets = [weights.random_offset(w, xi, gen) for xi in (0.0, 0.2, 0.5)]
+    attacks = [_attack(), APGDCE("apgd-ce", "linf", 0.1, steps=5)]
+    stacked = engine.robust_losses_at(model, offsets, x, y, attacks, (0, "r", 2), batch_size=7)
+    for offset, got in zip(offsets, stacked, strict=True):
+        with weights.perturbed(model, offset):
+            ref = engine.robust_losses(model, x, y, attacks, (0, "r", 2), batch_size=7)
+        torch.testing.assert_close(got.clean_loss, ref.clean_loss, atol=1e-5, rtol=1e-5)
+        for name in ("pgd5x2", "apgd-ce"):
+            torch.testing.assert_close(
+                got.robust[name].loss, ref.robust[name].loss, atol=1e-4, rtol=1e-4
+            )
+            assert torch.equal(got.robust[name].correct, ref.robust[name].correct)
+    assert not torch.equal(stacked[0].robust["pgd5x2"].loss, stacked[2].robust["pgd5x2"].loss)
+
+
+def test_stacking_refuses_attacks_on_a_subset(trained_digits_model, digits_test):
+    import pytest
+
+    from flatcli import weights
+    from flatcli.attacks.presets import build_attack
+    from flatcli.errors import UsageError
+
+    x, y = digits_test[0][:4], digits_test[1][:4]
+    w = weights.weights_of(trained_digits_model)
+    attack = build_attack("aa-lite", "linf", 0.1)
+    with pytest.raises(UsageError, match="subset"):
+        engine.robust_losses_at(trained_digits_model, [weights.zeros_like(w)] * 2, x, y, [attack])

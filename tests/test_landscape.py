@@ -112,6 +112,25 @@ def test_grid_restores_weights_and_zero_is_the_checkpoint():
     assert rows[0]["robust_loss"] != rows[2]["robust_loss"]
 
 
+def test_batched_grid_points_equal_one_point_at_a_time():
+    model = _model()
+    x, y = data.load_split("digits", "test", 12)
+    attack = PGD("pgd2", "linf", EPS, 2, EPS / 4)
+    w = weights.weights_of(model)
+    d = landscape.normalize_direction(
+        landscape.random_direction(w, runtime.generator(1)), w, "filter", 0.5
+    )
+    points = [(a,) for a in landscape.grid(-1, 1, 5)]
+    one = landscape.evaluate_grid(model, x, y, [d], points, attack, (0, "r", 1), 5)
+    calls = []
+    batched = landscape.evaluate_grid(
+        model, x, y, [d], points, attack, (0, "r", 1), 5, lambda i, n: calls.append(i), 3
+    )
+    assert calls == [3, 5]  # two passes: 3 points, then 2
+    for a, b in zip(one, batched, strict=True):
+        assert b == pytest.approx(a, abs=1e-5)
+
+
 def test_hessian_directions_are_orthonormal_top_eigenvectors():
     torch.manual_seed(0)
     model = models.build("tiny", 10, 1).eval()
@@ -178,6 +197,23 @@ def test_cli_alpha_zero_is_attack_robust_loss_figures_and_resume(run_dir, tmp_pa
     assert again.sort_values(key).robust_loss.tolist() == pytest.approx(
         df.sort_values(key).robust_loss.tolist(), abs=1e-6
     )
+
+
+def test_cli_point_batch_gives_the_same_table(run_dir, tmp_path, capsys):
+    ckpt = run_dir / "at" / "epoch_0001.safetensors"
+    tables_ = []
+    for point_batch in ("1", "2"):
+        out = tmp_path / point_batch
+        code, _, _ = flatcli(
+            capsys, "landscape", ckpt, "--out", out, *FAST, "--n-directions", "1",
+            "--plot", "none", "--point-batch", point_batch,
+        )  # fmt: skip
+        assert code == 0
+        tables_.append(pd.read_parquet(out / "landscape").sort_values("alpha"))
+    one, two = tables_
+    assert (one.config_hash == two.config_hash).all()  # a runtime choice, like --batch-size
+    for column in ("robust_loss", "clean_loss", "robust_err"):
+        assert two[column].to_numpy() == pytest.approx(one[column].to_numpy(), abs=1e-5)
 
 
 def test_cli_2d_grid_has_steps_squared_rows_and_a_contour(run_dir, tmp_path, capsys):
@@ -248,6 +284,8 @@ def test_cli_interpolate_reaches_the_other_checkpoint(run_dir, tmp_path, capsys)
         (["--scale", "-1"], "--scale"),
         (["--plot", "gif"], "--plot"),
         (["--attack", "apgd-t"], "does not estimate"),
+        (["--attack", "aa-lite", "--point-batch", "4"], "--point-batch"),
+        (["--point-batch", "0"], "--point-batch"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, extra, message):

@@ -199,6 +199,7 @@ class APGDCE:
     steps: int = 100
     restarts: int = 1
     estimates_loss: bool = field(default=True, init=False)
+    keeps_rows: bool = field(default=True, init=False)  # every restart runs on every row
 
     def __post_init__(self):
         _check(self.norm, self.eps, self.steps, self.restarts)
@@ -241,6 +242,7 @@ class APGDT:
     restarts: int = 1
     n_targets: int = 9
     estimates_loss: bool = field(default=False, init=False)
+    keeps_rows: bool = field(default=False, init=False)  # only examples still correct
 
     def __post_init__(self):
         _check(self.norm, self.eps, self.steps, self.restarts)
@@ -307,6 +309,11 @@ class Ensemble:
     @property
     def estimates_loss(self) -> bool:
         return any(m.estimates_loss for m in self.members)
+
+    @property
+    def keeps_rows(self) -> bool:
+        """Only a one-member ensemble: later members attack the examples still correct."""
+        return len(self.members) == 1 and self.members[0].keeps_rows
 
     def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> list:
         return [m.draw_starts(x, generator) for m in self.members]

@@ -32,6 +32,7 @@ class Attack(Protocol):
     steps: int
     restarts: int
     estimates_loss: bool
+    keeps_rows: bool  # calls the model on whole (repeated) copies of its rows, never a subset
 
     def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> Any:
         """Random starts for every example of `x` [N, ...] (tensor [R, N, ...], list or None)."""
@@ -49,6 +50,15 @@ def slice_starts(starts: Any, index: slice | torch.Tensor, device: torch.device)
     if isinstance(starts, (list, tuple)):
         return [slice_starts(s, index, device) for s in starts]
     return starts[:, index].to(device, non_blocking=True)
+
+
+def tile_starts(starts: Any, copies: int) -> Any:
+    """Starts for each example repeated `copies` times in a row (dim 1), for interleaved rows."""
+    if starts is None:
+        return None
+    if isinstance(starts, (list, tuple)):
+        return [tile_starts(s, copies) for s in starts]
+    return starts.repeat_interleave(copies, 1)
 
 
 def ce_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ class OfficialAutoAttack:
     steps: int = 100
     restarts: int = 1
     estimates_loss: bool = field(default=False, init=False)
+    keeps_rows: bool = field(default=False, init=False)
 
     def __post_init__(self):
         if self.norm not in _NORMS:

@@ -26,6 +26,7 @@ class PGD:
     restarts: int = 1
     random_start: bool = True
     estimates_loss: bool = field(default=True, init=False)
+    keeps_rows: bool = field(default=True, init=False)  # every step attacks every row
 
     @property
     def threat(self):

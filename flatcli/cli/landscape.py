@@ -81,6 +81,14 @@ WeightLr = Annotated[
     float,
     typer.Option("--weight-lr", help="adversarial: normalized weight step, relative to ||w_l||."),
 ]
+PointBatch = Annotated[
+    int,
+    typer.Option(
+        help="Grid points evaluated in one stacked pass (torch.func.vmap; same results up to "
+        "float rounding). Needs an attack that attacks every example (pgd*, apgd-ce). "
+        "On CPU 1 is fastest (benchmarks/landscape_speed.py).",
+    ),
+]
 Plot = Annotated[
     str, typer.Option("--plot", help="Figures under OUT/landscape_plots/: png | svg | none.")
 ]
@@ -114,6 +122,7 @@ def landscape(
     to: To = None,
     iterations: Iterations = 20,
     weight_lr: WeightLr = 0.01,
+    point_batch: PointBatch = 1,
     plot: Plot = "png",
     dataset: o.Dataset = None,
     split: o.SplitOpt = o.Split.test,
@@ -176,6 +185,7 @@ def landscape(
         data_dir=None if data_dir is None else str(data_dir),
         device=device,
         batch_size=batch_size,
+        point_batch=point_batch,
     )
     refs = checkpoints.discover(paths)
     config = core.resolve_landscape_config(config, refs)
