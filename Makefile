@@ -30,22 +30,34 @@ bench: install
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/landscape_speed.py --point-batch 1 4
 
-# The study on digits: two runs (AT, AT + label smoothing), every epoch attacked and its
-# average-case flatness measured. Reruns resume and skip finished work.
+# The study on digits (PAPER.md's findings, measured): four runs (AT, AT-AWP, AT + label
+# smoothing, TRADES), every epoch attacked on test and train and its average- and worst-case
+# flatness measured, a landscape of each run's last epoch, then the report. Reruns resume.
+DEMO_TRAIN := --width 8 --epochs 25 --quiet
+DEMO_EVAL := --quiet --format csv
 demo: install
-	$(BIN)/flatcli train --width 8 --epochs 25 --out $(DEMO_OUT)/runs/at --quiet
-	$(BIN)/flatcli train --width 8 --epochs 25 --label-smoothing 0.2 --out $(DEMO_OUT)/runs/at-ls --quiet
-	$(BIN)/flatcli attack $(DEMO_OUT)/runs --out $(DEMO_OUT) --attacks pgd20x10 --quiet
-	$(BIN)/flatcli attack $(DEMO_OUT)/runs --out $(DEMO_OUT) --attacks pgd20x10 --split train --quiet
+	$(BIN)/flatcli train $(DEMO_TRAIN) --out $(DEMO_OUT)/runs/at > /dev/null
+	$(BIN)/flatcli train $(DEMO_TRAIN) --method awp --out $(DEMO_OUT)/runs/awp > /dev/null
+	$(BIN)/flatcli train $(DEMO_TRAIN) --label-smoothing 0.2 --out $(DEMO_OUT)/runs/at-ls > /dev/null
+	$(BIN)/flatcli train $(DEMO_TRAIN) --method trades --out $(DEMO_OUT)/runs/trades > /dev/null
+	$(BIN)/flatcli attack $(DEMO_OUT)/runs --out $(DEMO_OUT) --attacks pgd10x2 $(DEMO_EVAL) > /dev/null
+	$(BIN)/flatcli attack $(DEMO_OUT)/runs --out $(DEMO_OUT) --attacks pgd10x2 --split train \
+		--n-examples 400 $(DEMO_EVAL) > /dev/null
 	$(BIN)/flatcli flatness $(DEMO_OUT)/runs --out $(DEMO_OUT) --measure average --samples 5 \
-		--attack pgd10 --n-examples 200 --quiet
-	@echo "tables in $(DEMO_OUT)/{attack,flatness}; runs in $(DEMO_OUT)/runs;" \
-		"open with pandas.read_parquet('$(DEMO_OUT)/attack')"
+		--attack pgd10 --n-examples 200 $(DEMO_EVAL) > /dev/null
+	$(BIN)/flatcli flatness $(DEMO_OUT)/runs --out $(DEMO_OUT) --measure worst --attack pgd10 \
+		--iterations 10 --restarts 1 --n-examples 100 $(DEMO_EVAL) > /dev/null
+	$(BIN)/flatcli landscape $(DEMO_OUT)/runs/*/epoch_0025.safetensors --out $(DEMO_OUT) \
+		--n-directions 3 --steps 11 --attack pgd10 $(DEMO_EVAL) > /dev/null
+	$(BIN)/flatcli report $(DEMO_OUT) --html
+	@sed -n '/^## Robust overfitting/,/^## Runs/p' $(DEMO_OUT)/report.md | sed '$$d'
+	@echo "report: $(DEMO_OUT)/report.md, $(DEMO_OUT)/report.html; tables: $(DEMO_OUT)/{attack,flatness,landscape,report,correlations}"
 
 sample-checkpoints: install
-	rm -rf sample_checkpoints/at sample_checkpoints/at-ls
+	rm -rf sample_checkpoints/at sample_checkpoints/at-ls sample_checkpoints/trades
 	$(BIN)/flatcli train --width 8 --epochs 25 --out sample_checkpoints/at --quiet
 	$(BIN)/flatcli train --width 8 --epochs 25 --label-smoothing 0.2 --out sample_checkpoints/at-ls --quiet
+	$(BIN)/flatcli train --width 8 --epochs 25 --method trades --out sample_checkpoints/trades --quiet
 	rm -f sample_checkpoints/*/trainer_state.pt
 
 clean:

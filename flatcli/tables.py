@@ -119,6 +119,82 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("note", pa.string()),
         ]
     ),
+    # `flatcli report`: one wide row per (run, epoch) joining attack (test and train split),
+    # flatness, landscape and train_log, with run.json's method and regularizers. Not a sweep
+    # table: the whole table is rewritten (atomically) by every report.
+    "report": pa.schema(
+        [
+            pa.field("run", pa.string()),
+            pa.field("epoch", pa.int64()),
+            pa.field("checkpoint", pa.string()),
+            pa.field("run_dir", pa.string()),  # where run.json/train_log were found
+            pa.field("dataset", pa.string()),
+            pa.field("arch", pa.string()),
+            pa.field("eps", pa.float64()),
+            pa.field("norm", pa.string()),
+            pa.field("method", pa.string()),  # run.json: clean | at | trades | mart | awp
+            pa.field("regularizers", pa.string()),  # run.json, e.g. "ls 0.2, wd 0.001"
+            pa.field("label_smoothing", pa.float64()),
+            pa.field("weight_decay", pa.float64()),
+            pa.field("awp_gamma", pa.float64()),
+            pa.field("trades_beta", pa.float64()),
+            pa.field("test_attacks", pa.string()),  # attacks behind the test_* columns
+            pa.field("test_n", pa.int64()),
+            pa.field("test_clean_err", pa.float64()),
+            pa.field("test_clean_loss", pa.float64()),
+            pa.field("test_robust_err", pa.float64()),  # strongest attack (largest error)
+            pa.field("test_robust_loss", pa.float64()),  # largest estimate, nats
+            pa.field("train_attacks", pa.string()),
+            pa.field("train_n", pa.int64()),
+            pa.field("train_clean_err", pa.float64()),
+            pa.field("train_clean_loss", pa.float64()),
+            pa.field("train_robust_err", pa.float64()),
+            pa.field("train_robust_loss", pa.float64()),
+            pa.field("rce_gap", pa.float64()),  # test_robust_loss - train_robust_loss
+            pa.field("rerr_gap", pa.float64()),  # test_robust_err - train_robust_err
+            pa.field("lr", pa.float64()),  # train_log
+            pa.field("train_loss", pa.float64()),  # train_log: the training objective
+            pa.field("heldout_robust_err", pa.float64()),  # train_log
+            pa.field("heldout_robust_loss", pa.float64()),
+            pa.field("best_epoch", pa.int64()),  # early stopping (held-out robust error)
+            pa.field("is_best", pa.bool_()),
+            pa.field("is_last", pa.bool_()),
+            pa.field("flatness_average", pa.float64()),
+            pa.field("flatness_average_std", pa.float64()),
+            pa.field("flatness_average_xi", pa.float64()),
+            pa.field("flatness_worst", pa.float64()),
+            pa.field("flatness_worst_std", pa.float64()),
+            pa.field("flatness_worst_xi", pa.float64()),
+            pa.field("flatness_clean_average", pa.float64()),
+            pa.field("flatness_clean_average_std", pa.float64()),
+            pa.field("flatness_clean_average_xi", pa.float64()),
+            pa.field("flatness_clean_worst", pa.float64()),
+            pa.field("flatness_clean_worst_std", pa.float64()),
+            pa.field("flatness_clean_worst_xi", pa.float64()),
+            pa.field("lambda_max", pa.float64()),
+            pa.field("hessian_trace", pa.float64()),
+            # mean over directions of RCE at the ends of the range minus RCE at alpha = 0
+            pa.field("landscape_random_rise", pa.float64()),
+            pa.field("landscape_adversarial_rise", pa.float64()),
+        ]
+    ),
+    # `flatcli report`: one row per (scope, run, measure, target); scipy.stats, two-sided p.
+    "correlations": pa.schema(
+        [
+            pa.field("scope", pa.string()),  # across runs | all checkpoints | within run
+            pa.field("run", pa.string()),  # within run: the run; else null
+            pa.field("select", pa.string()),  # last | best | all: the rows correlated
+            pa.field("measure", pa.string()),  # a report column: flatness_*, lambda_max, ...
+            pa.field("target", pa.string()),  # test_robust_err | test_robust_loss | *_gap
+            pa.field("n", pa.int64()),  # pairs where both are finite
+            pa.field("kendall", pa.float64()),  # tau-b; null below 3 pairs or constant input
+            pa.field("kendall_p", pa.float64()),
+            pa.field("spearman", pa.float64()),
+            pa.field("spearman_p", pa.float64()),
+            pa.field("pearson", pa.float64()),
+            pa.field("pearson_p", pa.float64()),
+        ]
+    ),
 }
 
 
@@ -161,6 +237,14 @@ def write_part(
 ) -> Path:
     """Write one work unit's rows atomically (temp dot-file in the same directory + os.replace)."""
     path = part_path(out, table, key, config_hash)
+    arrow = to_arrow(rows, table)
+    return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
+
+
+def write_table(out: str | os.PathLike, table: str, rows: list[dict]) -> Path:
+    """Write a whole table as one part, `OUT/<table>/<table>.parquet` (atomic; for tables that
+    are recomputed whole, like the report's)."""
+    path = Path(out) / table / f"{table}.parquet"
     arrow = to_arrow(rows, table)
     return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
 

@@ -36,13 +36,18 @@ def test_the_tour_runs_on_sample_checkpoints(tmp_path, monkeypatch, capsys):
             main(argv[1:] + ["--quiet"])
         assert exit_info.value.code == 0, (command, capsys.readouterr().err)
     attack = pd.read_parquet("out/attack")
-    assert set(attack.run) == {"at", "at-ls"} and set(attack.split) == {"test", "train"}
+    assert set(attack.run) == {"at", "at-ls", "trades"} and set(attack.split) == {"test", "train"}
     assert attack.epoch.nunique() == 25
     assert {"pgd20x10", "aa-lite", "worst"} <= set(attack.attack)
     flatness = pd.read_parquet("out/flatness")
     assert {"average", "worst"} <= set(flatness.measure)
     assert len(pd.read_parquet("out/landscape")) == 3 * 7
     assert list(Path("out/landscape_plots").glob("*.png"))
+    report = pd.read_parquet("out/report")
+    assert len(report) == 75 and report.rce_gap.notna().all()
+    assert report.flatness_average.notna().sum() == 25
+    assert "## Robust overfitting" in Path("out/report.md").read_text()
+    assert "data:image/png;base64," in Path("out/report.html").read_text()
     assert sorted(p.name for p in Path("runs/mine").glob("epoch_*.safetensors")) == [
         "epoch_0001.safetensors",
         "epoch_0002.safetensors",

@@ -15,6 +15,7 @@ from flatcli import __version__
 from flatcli.cli import attack as _attack
 from flatcli.cli import flatness as _flatness
 from flatcli.cli import landscape as _landscape
+from flatcli.cli import report as _report
 from flatcli.cli import train as _train
 from flatcli.cli.options import debug_enabled
 from flatcli.cli.output import error
@@ -49,6 +50,7 @@ app.command("attack", no_args_is_help=True)(_attack.attack)
 app.command("flatness", no_args_is_help=True)(_flatness.flatness)
 app.command("landscape", no_args_is_help=True)(_landscape.landscape)
 app.command("train", no_args_is_help=True)(_train.train)
+app.command("report", no_args_is_help=True)(_report.report)
 
 EXIT_INTERNAL = 3
 

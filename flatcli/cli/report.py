@@ -1,0 +1,90 @@
+"""`flatcli report`: one per-epoch table, correlations of flatness with robust generalization,
+figures, report.md (and a self-contained report.html)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flatcli.cli import options as o
+from flatcli.cli.output import err_console, render
+from flatcli.cli.runner import ensure_writable
+
+
+class Select(str, Enum):
+    last = "last"
+    best = "best"
+    all = "all"
+
+
+Outs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Output directories of attack/flatness/landscape (OUT of those commands).",
+        show_default=False,
+    ),
+]
+Runs = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--runs",
+        help="Run directories of `flatcli train` (run.json, train_log); repeat for several. "
+        "Default: found from the checkpoints named in the tables and under each OUT.",
+    ),
+]
+SelectOpt = Annotated[
+    Select,
+    typer.Option(
+        help="The epoch of each run correlated across runs: last, best (early stopping on "
+        "held-out robust error), or all checkpoints pooled."
+    ),
+]
+Html = Annotated[
+    bool, typer.Option("--html", help="Also write a self-contained report.html (figures inline).")
+]
+ReportDir = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Where the report goes (default: the first OUT)."),
+]
+
+
+def report(
+    outs: Outs,
+    runs: Runs = None,
+    select: SelectOpt = Select.last,
+    fmt: o.FormatOpt = o.Format.table,
+    html: Html = False,
+    out: ReportDir = None,
+    quiet: o.Quiet = False,
+):
+    """Join the tables per (run, epoch), correlate flatness with robust generalization, draw
+    the figures and state the findings; writes REPORT_DIR/report (Parquet), /correlations,
+    /report_plots, report.md and, with --html, report.html. Prints one row per run.
+
+    Missing tables are allowed: the report says what is missing and which command computes it.
+
+    Example: flatcli report demo_out --runs demo_out/runs/at --runs demo_out/runs/awp --html
+    """
+    from flatcli import report as core
+
+    directory = out if out is not None else outs[0]
+    for path in outs:
+        if not path.is_dir():
+            from flatcli.errors import UsageError
+
+            raise UsageError(f"{path}: no such directory")
+    ensure_writable(directory)
+    result = core.build(outs, runs or [], select.value, directory, html)
+    if not quiet:
+        for note in result.missing:
+            err_console.print(f"flatcli: note: {note}", markup=False)
+        err_console.print(
+            f"report: {len(result.table)} checkpoint(s) of {result.table.run.nunique()} run(s); "
+            f"wrote {', '.join(str(p) for p in result.written if p.suffix != '.svg')}",
+            markup=False,
+        )
+    chosen = core.records(core.select(result.table, select.value))
+    render(chosen, list(result.table.columns), fmt.value, core.SUMMARY)

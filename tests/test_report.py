@@ -1,0 +1,245 @@
+"""`flatcli report` on synthetic tables: the join, gaps, early stopping, correlations equal to
+scipy.stats on the same numbers, missing tables, a self-contained HTML page, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from flatcli import report, tables
+from flatcli.cli import main
+from flatcli.files import atomic_write_text
+
+RUNS = {  # run -> (method, label smoothing, best epoch)
+    "at": ("at", 0.0, 2),
+    "awp": ("awp", 0.0, 3),
+    "at-ls": ("at", 0.2, 3),
+    "trades": ("trades", 0.0, 1),
+    "at-wd": ("at", 0.0, 2),
+}
+EPOCHS = (1, 2, 3)
+
+
+def _numbers(seed: int = 0) -> dict:
+    """(run, epoch) -> made-up measurements (seeded)."""
+    rng = np.random.default_rng(seed)
+    return {
+        (run, epoch): {
+            "test_err": rng.uniform(0.2, 0.6),
+            "test_loss": rng.uniform(0.5, 1.5),
+            "train_err": rng.uniform(0.0, 0.3),
+            "train_loss": rng.uniform(0.1, 0.6),
+            "flat": rng.uniform(0.1, 2.0),
+            "worst": rng.uniform(0.5, 5.0),
+            "heldout": rng.uniform(0.2, 0.6),
+        }
+        for run in RUNS
+        for epoch in EPOCHS
+    }
+
+
+def _ckpt(root: Path, run: str, epoch: int) -> str:
+    return str(root / "runs" / run / f"epoch_{epoch:04d}.safetensors")
+
+
+def write_study(root: Path, numbers: dict, with_flatness=True, with_train=True, with_runs=True):
+    """Tables like attack/flatness/train would write, for RUNS x EPOCHS."""
+    out = root / "out"
+    for (run, epoch), v in numbers.items():
+        base = {"run": run, "epoch": epoch, "checkpoint": _ckpt(root, run, epoch), "eps": 0.1}
+        base |= {"dataset": "digits", "arch": "small-cnn", "norm": "linf"}
+        key = f"{run}__e{epoch:04d}"
+        rows = [
+            {**base, "split": "test", "attack": "pgd20x10", "n_examples": 400,
+             "robust_err": v["test_err"] - 0.05, "robust_loss": v["test_loss"],
+             "clean_err": 0.1, "clean_loss": 0.3},
+            {**base, "split": "test", "attack": "aa-lite", "n_examples": 400,
+             "robust_err": v["test_err"], "robust_loss": None, "clean_err": 0.1,
+             "clean_loss": 0.3},
+        ]  # fmt: skip
+        tables.write_part(out, "attack", key, "a" * 16, rows)
+        if with_train:
+            train = {**base, "split": "train", "attack": "pgd20x10", "n_examples": 1000}
+            train |= {"robust_err": v["train_err"], "robust_loss": v["train_loss"]}
+            tables.write_part(out, "attack", key, "b" * 16, [train])
+        if with_flatness:
+            rows = [
+                {**base, "split": "test", "measure": "average", "xi": 0.5, "flatness": v["flat"],
+                 "flatness_std": 0.1},
+                {**base, "split": "test", "measure": "average", "xi": 1.0, "flatness": 99.0},
+                {**base, "split": "test", "measure": "worst", "xi": 0.00075,
+                 "flatness": v["worst"]},
+            ]  # fmt: skip
+            tables.write_part(out, "flatness", key, "c" * 16, rows)
+    if with_runs:
+        for run, (method, ls, best) in RUNS.items():
+            run_dir = root / "runs" / run
+            config = {"method": method, "label_smoothing": ls, "weight_decay": 5e-4}
+            if run == "at-wd":
+                config["weight_decay"] = 5e-3
+            if method == "awp":
+                config["awp_gamma"] = 0.01
+            info = {"format": "flatcli-run", "config": config, "best": {"epoch": best}}
+            atomic_write_text(run_dir / "run.json", json.dumps(info))
+            log = [
+                {"run": run, "epoch": e, "checkpoint": _ckpt(root, run, e), "split": "train",
+                 "lr": 0.05, "heldout_robust_err": numbers[(run, e)]["heldout"]}
+                for e in EPOCHS
+            ]  # fmt: skip
+            tables.write_part(run_dir, "train_log", run, "d" * 16, log)
+    return out
+
+
+@pytest.fixture()
+def study(tmp_path):
+    numbers = _numbers()
+    return tmp_path, write_study(tmp_path, numbers), numbers
+
+
+def test_per_epoch_join_gaps_strongest_attack_and_early_stopping(study):
+    root, out, numbers = study
+    result = report.build([out], how="last")
+    df = result.table
+    assert len(df) == len(RUNS) * len(EPOCHS)
+    assert list(df.columns) == tables.columns("report")
+    for row in df.itertuples():
+        v = numbers[(row.run, row.epoch)]
+        assert row.test_robust_err == pytest.approx(v["test_err"])  # aa-lite: the stronger
+        assert row.test_robust_loss == pytest.approx(v["test_loss"])  # only PGD estimates it
+        assert row.rce_gap == pytest.approx(v["test_loss"] - v["train_loss"])
+        assert row.rerr_gap == pytest.approx(v["test_err"] - v["train_err"])
+        assert row.flatness_average == pytest.approx(v["flat"])  # the paper's xi, not xi = 1
+        assert row.flatness_average_xi == 0.5
+        assert row.heldout_robust_err == pytest.approx(v["heldout"])
+        assert row.is_best == (row.epoch == RUNS[row.run][2])
+        assert row.is_last == (row.epoch == 3)
+        assert row.test_attacks == "aa-lite,pgd20x10"
+    by_run = df.drop_duplicates("run").set_index("run")
+    assert by_run.loc["awp", "method"] == "awp" and by_run.loc["awp", "regularizers"] == "awp 0.01"
+    assert by_run.loc["at-ls", "regularizers"] == "ls 0.2"
+    assert by_run.loc["at-wd", "regularizers"] == "wd 0.005"
+    assert by_run.loc["at", "regularizers"] == ""
+    assert pd.read_parquet(out / "report").shape == df.shape
+
+
+@pytest.mark.parametrize("how", ["last", "best", "all"])
+def test_correlations_are_scipys_on_the_same_numbers(study, how):
+    root, out, numbers = study
+    result = report.build([out], how=how)
+    corr = pd.read_parquet(out / "correlations")
+    if how == "all":
+        keys = list(numbers)
+    else:
+        keys = [(run, 3 if how == "last" else RUNS[run][2]) for run in RUNS]
+    flat = [numbers[k]["flat"] for k in keys]
+    gap = [numbers[k]["test_loss"] - numbers[k]["train_loss"] for k in keys]
+    err = [numbers[k]["test_err"] for k in keys]
+    for target, values in (("test_robust_err", err), ("rce_gap", gap)):
+        row = corr[(corr.scope != "within run") & (corr.measure == "flatness_average")]
+        row = row[row.target == target].iloc[0]
+        assert row.n == len(keys) and row.select == how
+        tau, p = stats.kendalltau(flat, values)
+        assert row.kendall == pytest.approx(tau) and row.kendall_p == pytest.approx(p)
+        rho, p = stats.spearmanr(flat, values)
+        assert row.spearman == pytest.approx(rho) and row.spearman_p == pytest.approx(p)
+        r, p = stats.pearsonr(flat, values)
+        assert row.pearson == pytest.approx(r) and row.pearson_p == pytest.approx(p)
+    within = corr[(corr.scope == "within run") & (corr.run == "awp")]
+    row = within[(within.measure == "flatness_worst") & (within.target == "rce_gap")].iloc[0]
+    worst = [numbers[("awp", e)]["worst"] for e in EPOCHS]
+    gaps = [numbers[("awp", e)]["test_loss"] - numbers[("awp", e)]["train_loss"] for e in EPOCHS]
+    assert row.kendall == pytest.approx(stats.kendalltau(worst, gaps)[0])
+    assert len(result.correlations) == len(corr)
+
+
+def test_correlation_needs_three_pairs_and_variation():
+    assert report.correlation([1, 2], [3, 4])["kendall"] is None
+    assert report.correlation([1, 1, 1], [3, 4, 5])["spearman"] is None
+    out = report.correlation([1, 2, float("nan"), 4], [1, 3, 2, 5])
+    assert out["n"] == 3
+    assert out["pearson"] == pytest.approx(stats.pearsonr([1, 2, 4], [1, 3, 5])[0])
+
+
+def test_findings_state_the_numbers(study):
+    root, out, numbers = study
+    result = report.build([out], how="last")
+    text = (out / "report.md").read_text()
+    at = [numbers[("at", e)] for e in EPOCHS]
+    low = min(v["test_loss"] for v in at)
+    assert f"to its minimum {low:.3g}" in text
+    across = result.findings["Flatness and robustness across runs"][0]
+    tau = stats.kendalltau(
+        [numbers[(r, 3)]["flat"] for r in RUNS], [numbers[(r, 3)]["test_err"] for r in RUNS]
+    )[0]
+    assert f"Kendall tau between average-case flatness and test robust error is {tau:.2g}" in (
+        across
+    )
+    assert ("flatter ones had lower" in across) == (tau > 0)
+    for name in ("curves", "flatness", "scatter"):
+        assert (out / "report_plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "<svg" in (out / "report_plots" / f"{name}.svg").read_text()[:2000]
+        assert f"report_plots/{name}.png" in text
+
+
+def test_missing_tables_degrade_gracefully(tmp_path):
+    numbers = _numbers()
+    out = write_study(tmp_path, numbers, with_flatness=False, with_train=False, with_runs=False)
+    result = report.build([out], how="best")
+    df = result.table
+    assert len(df) == len(RUNS) * len(EPOCHS)
+    assert df.rce_gap.isna().all() and df.flatness_average.isna().all()
+    assert df.is_best.sum() == 0 and df.method.isna().all()
+    assert result.correlations.empty
+    text = (out / "report.md").read_text()
+    for command in ("--split train", "flatcli flatness", "flatcli landscape", "flatcli train"):
+        assert command in text
+    assert "curves" in result.figures and "flatness" not in result.figures
+
+
+def test_html_is_self_contained(study):
+    root, out, _ = study
+    report.build([out], how="last", html_page=True)
+    page = (out / "report.html").read_text()
+    sources = re.findall(r"src=['\"]([^'\"]*)", page)
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<link" not in page and "http" not in page and "<script" not in page
+    assert "Robust overfitting" in page and "<table>" in page
+
+
+def flatcli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_cli_prints_one_row_per_run_and_writes_elsewhere(study, capsys):
+    root, out, numbers = study
+    elsewhere = root / "report_dir"
+    code, stdout, err = flatcli(capsys, "report", out, "--out", elsewhere, "-f", "json", "--html")
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert sorted(r["run"] for r in rows) == sorted(RUNS) and all(r["epoch"] == 3 for r in rows)
+    assert (elsewhere / "report.md").is_file() and (elsewhere / "report.html").is_file()
+    assert not (out / "report.md").exists()
+    code, stdout, _ = flatcli(capsys, "report", out, "--select", "best", "-q")
+    assert code == 0 and "trades" in stdout
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [("missing", "no such directory"), ("empty", "no attack, flatness, landscape")],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, setup, message):
+    target = tmp_path / "nothing"
+    if setup == "empty":
+        target.mkdir()
+    code, stdout, err = flatcli(capsys, "report", target)
+    assert code == 2 and stdout == ""
+    assert message in err and len(err.strip().splitlines()) == 1, err
