@@ -33,6 +33,8 @@ bench: install
 # The study on digits (PAPER.md's findings, measured): four runs (AT, AT-AWP, AT + label
 # smoothing, TRADES), every epoch attacked on test and train and its average- and worst-case
 # flatness measured, a landscape of each run's last epoch, then the report. Reruns resume.
+# Worst case at the paper's supplement radius xi 0.003: at 0.00075 this small CNN moves by
+# about 0.01 nats, within the attack's noise.
 DEMO_TRAIN := --width 8 --epochs 25 --quiet
 DEMO_EVAL := --quiet --format csv
 demo: install
@@ -45,8 +47,8 @@ demo: install
 		--n-examples 400 $(DEMO_EVAL) > /dev/null
 	$(BIN)/flatcli flatness $(DEMO_OUT)/runs --out $(DEMO_OUT) --measure average --samples 5 \
 		--attack pgd10 --n-examples 200 $(DEMO_EVAL) > /dev/null
-	$(BIN)/flatcli flatness $(DEMO_OUT)/runs --out $(DEMO_OUT) --measure worst --attack pgd10 \
-		--iterations 10 --restarts 1 --n-examples 100 $(DEMO_EVAL) > /dev/null
+	$(BIN)/flatcli flatness $(DEMO_OUT)/runs --out $(DEMO_OUT) --measure worst --xi 0.003 \
+		--attack pgd10 --iterations 10 --restarts 1 --n-examples 100 $(DEMO_EVAL) > /dev/null
 	$(BIN)/flatcli landscape $(DEMO_OUT)/runs/*/epoch_0025.safetensors --out $(DEMO_OUT) \
 		--n-directions 3 --steps 11 --attack pgd10 $(DEMO_EVAL) > /dev/null
 	$(BIN)/flatcli report $(DEMO_OUT) --html

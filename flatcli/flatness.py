@@ -219,6 +219,49 @@ def average_flatness(
 # Worst case
 
 
+def joint_ascent(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ball,
+    nu0: Sequence[torch.Tensor],
+    weight_lr: float,
+    iterations: int,
+    threat=None,
+    delta0: torch.Tensor | None = None,
+    input_step: float | None = None,
+) -> tuple[float, list[torch.Tensor]]:
+    """One projected ascent (the one `ascend` loop) jointly over a weight offset nu in `ball`
+    (bound to the weights with `ball.around(w)`; normalized step `weight_lr`) and, with a
+    `threat`, the input perturbation of the batch (x, y on the model's device) from `delta0`
+    (signed step `input_step`). Returns the largest batch-mean cross-entropy over the iterates
+    (NaN once any is NaN) and the offset nu where it was reached (float32, detached).
+    """
+    found = weights.require_layers(model)
+    names = [n for n, _ in found]
+    w = [p.detach() for _, p in found]
+    variables = [Variable(list(nu0), ball, w, weight_lr)]
+    if threat is not None:
+        variables.append(Variable(delta0, threat, x, input_step))
+    best = {"value": -math.inf, "nu": None}
+    current = {}
+
+    def objective(nu, delta=None):
+        current["nu"] = nu
+        logits = weights.call_perturbed(model, nu, x if delta is None else x + delta, names, w)
+        return ce_per_example(logits, y), logits
+
+    def keep_worst(loss, logits):
+        value = loss.mean().item()
+        if math.isnan(value) or value > best["value"] or best["nu"] is None:
+            best["value"] = value
+            best["nu"] = [t.detach() for t in current["nu"]]
+
+    model.eval()
+    ascend(objective, variables, iterations, keep_worst)
+    return best["value"], best["nu"]
+
+
 def worst_flatness(
     model: nn.Module,
     x: torch.Tensor,
@@ -263,15 +306,13 @@ def worst_flatness(
             raise UsageError(f"--{name} must be >= 1, got {value}")
     if not (weight_lr > 0 and math.isfinite(weight_lr)):
         raise UsageError(f"--weight-lr must be positive, got {weight_lr:g}")
-    found = weights.require_layers(model)
-    names = [n for n, _ in found]
-    w = [p.detach() for _, p in found]
+    w = [p.detach() for _, p in weights.require_layers(model)]
     ball = _ball(weight_norm)(xi).around(w)
     robust = eps > 0
     device = w[0].device
     model.eval()
     x_cpu = x.cpu()
-    attack_starts = None
+    attack_starts = threat = step = None
     if robust:
         threat = make_threat(norm, eps)
         step = input_step if input_step is not None else PAPER_STEP_RATIO * eps
@@ -294,34 +335,20 @@ def worst_flatness(
     for b, begin in enumerate(range(0, n, weight_batch)):
         index = slice(begin, min(n, begin + weight_batch))
         xb, yb = x[index].to(device), y[index].to(device)
-        best = {"value": -math.inf, "nu": None}
-        current = {}
-
-        def objective(nu, delta=None, xb=xb, yb=yb, current=current):
-            current["nu"] = nu
-            logits = weights.call_perturbed(
-                model, nu, xb if delta is None else xb + delta, names, w
-            )
-            return ce_per_example(logits, yb), logits
-
-        def keep_worst(loss, logits, best=best, current=current):
-            value = loss.mean().item()
-            if math.isnan(value) or value > best["value"] or best["nu"] is None:
-                best["value"] = value
-                best["nu"] = [t.detach() for t in current["nu"]]
-
+        best_value, best_nu = -math.inf, None
         for r in range(restarts):
             nu0 = ball.random_start(w, runtime.generator(*seed_keys, "worst-weights", b, r))
-            variables = [Variable(nu0, ball, w, weight_lr)]
-            if robust:
-                delta0 = slice_starts(starts[r : r + 1], index, device)[0]
-                variables.append(Variable(delta0, threat, xb, step))
-            ascend(objective, variables, iterations, keep_worst)
-            if math.isnan(best["value"]):
+            delta0 = slice_starts(starts[r : r + 1], index, device)[0] if robust else None
+            value, nu = joint_ascent(
+                model, xb, yb, ball, nu0, weight_lr, iterations, threat, delta0, step
+            )
+            if math.isnan(value) or value > best_value or best_nu is None:
+                best_value, best_nu = value, nu
+            if math.isnan(best_value):
                 break
-        candidates = [best["value"], reference[index].mean().item()]
-        if robust and not math.isnan(best["value"]):
-            with weights.perturbed(model, best["nu"]):
+        candidates = [best_value, reference[index].mean().item()]
+        if robust and not math.isnan(best_value):
+            with weights.perturbed(model, best_nu):
                 again = attack(model, xb, yb, slice_starts(attack_starts, index, device))
             candidates.append(again.loss.mean().item())
         value = math.nan if any(math.isnan(c) for c in candidates) else max(candidates)
@@ -399,7 +426,7 @@ def adversarial_examples(
     return out
 
 
-def _hvp_fn(model, x, y, names, w, batch_size):
+def hvp_operator(model, x, y, names, w, batch_size):
     """v (flat [P]) -> H v (flat [P]) for the mean cross-entropy over (x, y) w.r.t. the layers."""
     n = len(y)
     device = w[0].device
@@ -495,7 +522,7 @@ def hessian_eigen(
             .item()
             for i in range(0, len(y), batch_size)
         ) / len(y)
-    hvp = _hvp_fn(model, points, y, names, w, batch_size)
+    hvp = hvp_operator(model, points, y, names, w, batch_size)
     size = sum(t.numel() for t in w)
     gen = runtime.generator(*seed_keys, "hessian")
     v0 = torch.randn(size, generator=gen, dtype=torch.float32).to(device)

@@ -35,9 +35,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flatcli import checkpoints, data, engine, evaluation, files, runtime, tables, weights
-from flatcli.attacks.ascent import Variable, ascend
-from flatcli.attacks.base import ce_per_example
+from flatcli import (
+    checkpoints,
+    data,
+    engine,
+    evaluation,
+    files,
+    flatness,
+    runtime,
+    tables,
+    weights,
+)
 from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
 from flatcli.config import LANDSCAPE_SCALE, LandscapeConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
@@ -131,39 +139,24 @@ def adversarial_direction(
     weight_lr: float,
     generator: torch.Generator,
 ) -> list[torch.Tensor]:
-    """The weight offset of the worst-case ascent (PAPER.md): projected ascent jointly over nu in
-    the relative ball ||nu_l|| <= xi ||w_l|| (normalized step `weight_lr`) and, with an `attack`,
-    the input perturbation in its threat ball (signed step), from a random start of both drawn
-    from `generator`; returns the offset of the iterate with the largest mean loss."""
-    found = weights.require_layers(model)
-    names = [n for n, _ in found]
-    w = [p.detach() for _, p in found]
+    """The weight offset of the worst-case ascent (PAPER.md; `flatness.joint_ascent`): projected
+    ascent jointly over nu in the relative ball ||nu_l|| <= xi ||w_l|| (normalized step
+    `weight_lr`) and, with an `attack`, the input perturbation in its threat ball (the attack's
+    signed step), from a random start of both drawn from `generator` (nu first); returns the
+    offset of the iterate with the largest mean loss."""
+    w = [p.detach() for _, p in weights.require_layers(model)]
     device = w[0].device
     ball = weights.RelativeL2Ball(xi).around(w)
-    xb, yb = x.to(device), y.to(device)
-    variables = [Variable(ball.random_start(w, generator), ball, w, weight_lr)]
+    nu0 = ball.random_start(w, generator)
+    threat = delta0 = step = None
     if attack is not None:
         threat = attack.threat
         step = getattr(attack, "step_size", None) or PAPER_STEP_RATIO * attack.eps
         delta0 = threat.random_start(x.cpu(), generator).to(device)
-        variables.append(Variable(delta0, threat, xb, step))
-    best = {"value": -math.inf, "nu": None}
-    current = {}
-
-    def objective(nu, delta=None):
-        current["nu"] = nu
-        logits = weights.call_perturbed(model, nu, xb if delta is None else xb + delta, names, w)
-        return ce_per_example(logits, yb), logits
-
-    def keep_worst(loss, logits):
-        value = loss.mean().item()
-        if best["nu"] is None or value > best["value"]:
-            best["value"] = value
-            best["nu"] = [t.detach() for t in current["nu"]]
-
-    model.eval()
-    ascend(objective, variables, iterations, keep_worst)
-    return best["nu"]
+    _, nu = flatness.joint_ascent(
+        model, x.to(device), y.to(device), ball, nu0, weight_lr, iterations, threat, delta0, step
+    )
+    return nu
 
 
 def hessian_directions(
@@ -181,8 +174,6 @@ def hessian_directions(
     w.r.t. the layers, at the attack's adversarial examples (`flatness.adversarial_examples`, the
     points behind RCE) or at x without an attack: `iterations` steps of subspace iteration on the
     flatness module's Hessian-vector products, then a Rayleigh-Ritz rotation."""
-    from flatcli import flatness
-
     found = weights.require_layers(model)
     names = [n for n, _ in found]
     w = [p.detach() for _, p in found]
@@ -192,7 +183,7 @@ def hessian_directions(
         if attack is None
         else flatness.adversarial_examples(model, x, y, attack, seed_keys, batch_size)
     )
-    hvp = flatness._hvp_fn(model, points, y, names, w, batch_size)
+    hvp = flatness.hvp_operator(model, points, y, names, w, batch_size)
     size = sum(t.numel() for t in w)
     k = min(k, size)
     basis = torch.randn(size, k, generator=generator, dtype=torch.float32).to(w[0].device)

@@ -504,6 +504,13 @@ def overfitting_finding(run: str, group: pd.DataFrame) -> str | None:
     return text
 
 
+def _trend(stats_: dict) -> str:
+    tau, p = stats_["kendall"], stats_["kendall_p"]
+    if tau is None or p >= 0.05:
+        return "no significant trend over the epochs"
+    return "it grew over training" if tau > 0 else "it fell over training"
+
+
 def flatness_finding(run: str, group: pd.DataFrame, column: str) -> str | None:
     """Finding 2 for one run and measure: flatness over epochs, and at early stopping."""
     g = group.dropna(subset=[column]).sort_values("epoch")
@@ -514,10 +521,9 @@ def flatness_finding(run: str, group: pd.DataFrame, column: str) -> str | None:
     label = FLATNESS_LABELS[column]
     xi = g.get(f"{column}_xi")
     where = f" (xi = {xi.iloc[0]:g})" if xi is not None and pd.notna(xi.iloc[0]) else ""
-    direction = "rose" if last[column] > first[column] else "fell"
     text = (
-        f"Run `{run}`: {label}{where} {direction} from {_fmt(first[column])} at epoch "
-        f"{first.epoch} to {_fmt(last[column])} at epoch {last.epoch} (Kendall tau with the "
+        f"Run `{run}`: {label}{where} went from {_fmt(first[column])} at epoch {first.epoch} to "
+        f"{_fmt(last[column])} at epoch {last.epoch}: {_trend(trend)} (Kendall tau with the "
         f"epoch {_fmt(trend['kendall'], 2)}, p = {_p(trend['kendall_p'])}, n = {trend['n']})."
     )
     gap = correlation(g[column], g.rce_gap)
@@ -556,13 +562,18 @@ def across_runs_finding(corr: pd.DataFrame, chosen: pd.DataFrame, how: str) -> l
                 continue
             r = row.iloc[0]
             what = f"{FLATNESS_LABELS[measure]} and {TARGETS[target]}"
-            sign = "flatter ones had lower" if r.kendall > 0 else "flatter ones did not have lower"
             noun = "robust error" if target == "test_robust_err" else "gap"
+            if r.kendall > 0:
+                sign = f"flatter runs had a lower {noun}"
+            elif r.kendall < 0:
+                sign = f"flatter runs had a higher {noun}"
+            else:
+                sign = f"no rank relation between flatness and {noun}"
             strength = "significant" if r.kendall_p < 0.05 else "not significant"
             out.append(
                 f"Across {r.n} {'checkpoints' if how == 'all' else 'runs'} ({at}): Kendall tau "
                 f"between {what} is {_fmt(r.kendall, 2)} (p = {_p(r.kendall_p)}, {strength}; "
-                f"Spearman {_fmt(r.spearman, 2)}, Pearson {_fmt(r.pearson, 2)}): {sign} {noun}."
+                f"Spearman {_fmt(r.spearman, 2)}, Pearson {_fmt(r.pearson, 2)}): {sign}."
             )
     return out
 

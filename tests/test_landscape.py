@@ -142,7 +142,7 @@ def test_hessian_directions_are_orthonormal_top_eigenvectors():
     assert torch.allclose(flat @ flat.T, torch.eye(2), atol=1e-4)
     lanczos = flatness.hessian_eigen(model, x, y, None, iterations=30, probes=1).lambda_max
     found = weights.layers(model)
-    hvp = flatness._hvp_fn(model, x, y, [n for n, _ in found], weights.weights_of(model), 64)
+    hvp = flatness.hvp_operator(model, x, y, [n for n, _ in found], weights.weights_of(model), 64)
     rayleigh = torch.dot(flat[0], hvp(flat[0])).item()
     assert rayleigh == pytest.approx(lanczos, rel=0.05)
 
