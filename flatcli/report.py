@@ -244,11 +244,6 @@ def _attack_side(attack: pd.DataFrame, split: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["run", "epoch"])
     grouped = rows.groupby(["run", "epoch"], dropna=False)
     side = grouped.agg(
-        checkpoint=("checkpoint", "first"),
-        dataset=("dataset", "first"),
-        arch=("arch", "first"),
-        eps=("eps", "first"),
-        norm=("norm", "first"),
         attacks=("attack", lambda s: ",".join(sorted(set(s)))),
         n=("n_examples", "max"),
         clean_err=("clean_err", "max"),
@@ -259,6 +254,26 @@ def _attack_side(attack: pd.DataFrame, split: str) -> pd.DataFrame:
     keep = ["run", "epoch"]
     renamed = {c: f"{split}_{c}" for c in side.columns if c not in keep}
     return side.rename(columns=renamed)
+
+
+_IDENTITY = ["checkpoint", "dataset", "arch", "eps", "norm"]
+
+
+def _identity(sources: Sources) -> pd.DataFrame:
+    """checkpoint, dataset, arch, eps, norm per (run, epoch), from whichever table has the row
+    (the test split of `attack` first: eps is the evaluation's)."""
+    attack = sources.attack
+    frames = [
+        attack[attack.split == "test"],
+        attack,
+        sources.flatness[sources.flatness.measure.isin(["average", "worst", "hessian"])],
+        sources.landscape,
+        sources.train_log,
+    ]
+    rows = [f[["run", "epoch", *_IDENTITY]] for f in frames if not f.empty]
+    if not rows:
+        return pd.DataFrame(columns=["run", "epoch", *_IDENTITY])
+    return pd.concat(rows).groupby(["run", "epoch"], dropna=False).first().reset_index()
 
 
 def _chosen_xi(rows: pd.DataFrame, paper_xi: float) -> float | None:
@@ -369,14 +384,8 @@ def per_epoch(sources: Sources) -> pd.DataFrame:
             df[column] = None
     df["rce_gap"] = df.test_robust_loss - df.train_robust_loss
     df["rerr_gap"] = df.test_robust_err - df.train_robust_err
-    test_ckpt = df.pop("test_checkpoint") if "test_checkpoint" in df else None
-    df["checkpoint"] = test_ckpt if test_ckpt is not None else None
-    if "train_checkpoint" in df:
-        df["checkpoint"] = df.checkpoint.fillna(df.pop("train_checkpoint"))
-    for column in ("dataset", "arch", "eps", "norm"):
-        for side in ("test", "train"):
-            if f"{side}_{column}" in df:
-                df[column] = df[column].fillna(df.pop(f"{side}_{column}"))
+    identity = _identity(sources).astype({"epoch": "Int64"})
+    df = df.drop(columns=_IDENTITY).merge(identity, on=keys, how="left")
     best = _best_epochs(sources)
     configs = {run: info.get("config", {}) for run, info in sources.runs.items()}
     df["method"] = df.run.map(lambda r: configs.get(r, {}).get("method"))
@@ -626,6 +635,7 @@ def write_figures(df: pd.DataFrame, landscape: pd.DataFrame, directory: Path, ho
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     drawn = {}
     runs = list(dict.fromkeys(df.run))
@@ -687,22 +697,30 @@ def write_figures(df: pd.DataFrame, landscape: pd.DataFrame, directory: Path, ho
     chosen = select(df, how)
     pairs = [c for c in SHARPNESS_COLUMNS if chosen[c].notna().any()]
     if pairs and chosen.test_robust_err.notna().any():
-        fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False, constrained_layout=True
+        )
         for ax, column in zip(axes[0], pairs, strict=True):
             points = chosen.dropna(subset=[column, "test_robust_err"])
             for _, r in points.iterrows():
                 ax.scatter(r[column], r.test_robust_err, color=colors[r.run], s=40)
-                label = r.method or r.run if how != "all" else ""
-                ax.annotate(
-                    f"{r.run}" + (f" ({label})" if label and label != r.run else ""),
-                    (r[column], r.test_robust_err),
-                    fontsize=7,
-                    xytext=(4, 3),
-                    textcoords="offset points",
-                )
+                if how != "all":  # one point per run: name it
+                    ax.annotate(
+                        _label(df, r.run),
+                        (r[column], r.test_robust_err),
+                        fontsize=7,
+                        xytext=(4, 3),
+                        textcoords="offset points",
+                    )
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+            tau = correlation(points[column], points.test_robust_err)["kendall"]
             ax.set_xlabel(f"{FLATNESS_LABELS[column]} (nats)")
             ax.set_ylabel("test robust error")
-            ax.set_title(f"robust error vs {FLATNESS_LABELS[column]} ({how} epoch)", fontsize=9)
+            ax.set_title(
+                f"robust error vs {FLATNESS_LABELS[column]}\n({how} epoch, n = {len(points)}, "
+                f"Kendall tau {_fmt(tau, 2)})",
+                fontsize=9,
+            )
             ax.grid(alpha=0.3)
         drawn["scatter"] = _save(fig, directory, "scatter")[0]
         plt.close(fig)

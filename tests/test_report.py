@@ -244,3 +244,13 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, setup, message):
     code, stdout, err = flatcli(capsys, "report", target)
     assert code == 2 and stdout == ""
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_flatness_only_rows_keep_their_checkpoint_and_dataset(tmp_path):
+    import shutil
+
+    out = write_study(tmp_path, _numbers())
+    shutil.rmtree(out / "attack")
+    df = report.build([out], how="last").table
+    assert df.checkpoint.notna().all() and (df.dataset == "digits").all()
+    assert df.test_robust_err.isna().all() and df.flatness_average.notna().all()

@@ -82,7 +82,8 @@ def report(
         for note in result.missing:
             err_console.print(f"flatcli: note: {note}", markup=False)
         err_console.print(
-            f"report: {len(result.table)} checkpoint(s) of {result.table.run.nunique()} run(s); "
+            f"report: {len(result.table)} (run, epoch) row(s) of {result.table.run.nunique()} "
+            "run(s); "
             f"wrote {', '.join(str(p) for p in result.written if p.suffix != '.svg')}",
             markup=False,
         )
