@@ -122,10 +122,12 @@ class Sources:
     train_log: pd.DataFrame
     runs: dict[str, dict] = field(default_factory=dict)  # run name -> run.json (or {})
     run_dirs: dict[str, Path] = field(default_factory=dict)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # unreadable files, why
 
     def missing(self) -> list[str]:
-        """Plain sentences naming each missing input and the command that makes it."""
-        notes = []
+        """Plain sentences naming each missing input and the command that makes it, and every
+        file skipped as unreadable."""
+        notes = [f"Skipped {path}: unreadable ({why})." for path, why in self.skipped]
         if self.attack.empty:
             notes.append(
                 "No attack table: run `flatcli attack RUNS --out OUT` (test split) and "
@@ -151,8 +153,10 @@ class Sources:
         return notes
 
 
-def _read(out: Path, table: str) -> pd.DataFrame:
-    return tables.read_table(out, table) if (out / table).is_dir() else pd.DataFrame()
+def _read(out: Path, table: str, skipped: list) -> pd.DataFrame:
+    if not (out / table).is_dir():
+        return pd.DataFrame()
+    return tables.read_table(out, table, unreadable=skipped)
 
 
 def _concat(frames: Sequence[pd.DataFrame], table: str) -> pd.DataFrame:
@@ -164,12 +168,19 @@ def _concat(frames: Sequence[pd.DataFrame], table: str) -> pd.DataFrame:
     )
 
 
-def _run_json(run_dir: Path) -> dict:
+def _run_json(run_dir: Path, skipped: list) -> dict:
     path = run_dir / "run.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    if not path.is_file():
         return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        skipped.append((path, str(err)))
+        return {}
+    if not isinstance(info, dict):
+        skipped.append((path, "not a JSON object"))
+        return {}
+    return info
 
 
 def load_sources(outs: Sequence[Path], run_dirs: Sequence[Path] = ()) -> Sources:
@@ -185,7 +196,10 @@ def load_sources(outs: Sequence[Path], run_dirs: Sequence[Path] = ()) -> Sources
     for run_dir in run_dirs:
         if not Path(run_dir).is_dir():
             raise UsageError(f"--runs {run_dir}: no such directory")
-    read = {t: [_read(Path(o), t) for o in outs] for t in ("attack", "flatness", "landscape")}
+    skipped: list[tuple[Path, str]] = []
+    read = {
+        t: [_read(Path(o), t, skipped) for o in outs] for t in ("attack", "flatness", "landscape")
+    }
     frames = {t: _concat(read[t], t) for t in read}
     names: dict[Path, str] = {}
     for df in frames.values():
@@ -197,17 +211,17 @@ def load_sources(outs: Sequence[Path], run_dirs: Sequence[Path] = ()) -> Sources
     candidates += [Path(p) for p in names]
     runs: dict[str, dict] = {}
     dirs: dict[str, Path] = {}
-    logs = [_read(Path(o), "train_log") for o in outs]
+    logs = [_read(Path(o), "train_log", skipped) for o in outs]
     for run_dir in candidates:
         resolved = run_dir.resolve()
         name = names.get(resolved, run_dir.name)
         if name in dirs or not resolved.is_dir():
             continue
-        info = _run_json(resolved)
+        info = _run_json(resolved, skipped)
         if not info and not (resolved / "train_log").is_dir():
             continue
         dirs[name], runs[name] = resolved, info
-        log = _read(resolved, "train_log")
+        log = _read(resolved, "train_log", skipped)
         if not log.empty:
             logs.append(log.assign(run=name))
     return Sources(
@@ -217,6 +231,7 @@ def load_sources(outs: Sequence[Path], run_dirs: Sequence[Path] = ()) -> Sources
         train_log=_concat(logs, "train_log"),
         runs=runs,
         run_dirs=dirs,
+        skipped=skipped,
     )
 
 

@@ -254,13 +254,24 @@ def read_part(out: str | os.PathLike, table: str, key: str, config_hash: str) ->
     return pq.read_table(part_path(out, table, key, config_hash), schema=schema(table)).to_pylist()
 
 
-def read_table(out: str | os.PathLike, table: str):
-    """The whole table under `OUT/<table>` as a pandas DataFrame (empty with the schema if none)."""
+def read_table(out: str | os.PathLike, table: str, unreadable: list | None = None):
+    """The whole table under `OUT/<table>` as a pandas DataFrame (empty with the schema if none).
+
+    A part that cannot be read raises, unless `unreadable` is a list: then it is skipped and
+    `(path, reason)` appended to it.
+    """
     directory = Path(out) / table
     if table not in SCHEMAS:
         raise ValueError(f"unknown table {table!r}; known: {', '.join(SCHEMAS)}")
     parts = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
-    if not parts:
+    tables = []
+    for part in parts:
+        try:
+            tables.append(pq.read_table(part, schema=schema(table)))
+        except (OSError, pa.ArrowException) as err:
+            if unreadable is None:
+                raise
+            unreadable.append((part, str(err).splitlines()[0] if str(err) else type(err).__name__))
+    if not tables:
         return schema(table).empty_table().to_pandas()
-    tables = [pq.read_table(p, schema=schema(table)) for p in parts]
     return pa.concat_tables(tables).to_pandas()

@@ -254,3 +254,17 @@ def test_flatness_only_rows_keep_their_checkpoint_and_dataset(tmp_path):
     df = report.build([out], how="last").table
     assert df.checkpoint.notna().all() and (df.dataset == "digits").all()
     assert df.test_robust_err.isna().all() and df.flatness_average.notna().all()
+
+
+def test_unreadable_parts_and_run_json_are_skipped_and_named(tmp_path, capsys):
+    out = write_study(tmp_path, _numbers())
+    bad_part = out / "flatness" / "zz__broken__cccccccc.parquet"
+    bad_part.write_bytes(b"PAR1 this is not parquet")
+    (tmp_path / "runs" / "awp" / "run.json").write_text("{not json")
+    code, _, err = flatcli(capsys, "report", out, "-f", "csv")
+    assert code == 0
+    assert f"Skipped {bad_part}: unreadable" in err and "awp/run.json: unreadable" in err
+    df = pd.read_parquet(out / "report")
+    assert df.flatness_average.notna().all()  # the readable parts are all there
+    assert df[df.run == "awp"].method.isna().all() and (df[df.run == "at"].method == "at").all()
+    assert "Skipped" in (out / "report.md").read_text()
