@@ -69,13 +69,12 @@ def report(
     Example: flatcli report demo_out --runs demo_out/runs/at --runs demo_out/runs/awp --html
     """
     from flatcli import report as core
+    from flatcli.errors import UsageError
 
-    directory = out if out is not None else outs[0]
     for path in outs:
-        if not path.is_dir():
-            from flatcli.errors import UsageError
-
+        if not path.is_dir():  # before ensure_writable, which would create it
             raise UsageError(f"{path}: no such directory")
+    directory = out if out is not None else outs[0]
     ensure_writable(directory)
     result = core.build(outs, runs or [], select.value, directory, html)
     if not quiet:
