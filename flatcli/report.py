@@ -587,13 +587,15 @@ def across_runs_finding(corr: pd.DataFrame, chosen: pd.DataFrame, how: str) -> l
             r = row.iloc[0]
             what = f"{FLATNESS_LABELS[measure]} and {TARGETS[target]}"
             noun = "robust error" if target == "test_robust_err" else "gap"
+            significant = r.kendall_p < 0.05
+            verb = "had" if significant else "tended to have"
             if r.kendall > 0:
-                sign = f"flatter runs had a lower {noun}"
+                sign = f"flatter runs {verb} a lower {noun}"
             elif r.kendall < 0:
-                sign = f"flatter runs had a higher {noun}"
+                sign = f"flatter runs {verb} a higher {noun}"
             else:
                 sign = f"no rank relation between flatness and {noun}"
-            strength = "significant" if r.kendall_p < 0.05 else "not significant"
+            strength = "significant" if significant else "not significant"
             out.append(
                 f"Across {r.n} {'checkpoints' if how == 'all' else 'runs'} ({at}): Kendall tau "
                 f"between {what} is {_fmt(r.kendall, 2)} (p = {_p(r.kendall_p)}, {strength}; "

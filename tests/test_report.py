@@ -180,8 +180,12 @@ def test_findings_state_the_numbers(study):
     assert f"Kendall tau between average-case flatness and test robust error is {tau:.2g}" in (
         across
     )
-    assert ("flatter runs had a lower robust error" in across) == (tau > 0)
-    assert ("flatter runs had a higher robust error" in across) == (tau < 0)
+    p = stats.kendalltau(
+        [numbers[(r, 3)]["flat"] for r in RUNS], [numbers[(r, 3)]["test_err"] for r in RUNS]
+    )[1]
+    verb = "had" if p < 0.05 else "tended to have"
+    assert (f"flatter runs {verb} a lower robust error" in across) == (tau > 0)
+    assert (f"flatter runs {verb} a higher robust error" in across) == (tau < 0)
     for name in ("curves", "flatness", "scatter"):
         assert (out / "report_plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert "<svg" in (out / "report_plots" / f"{name}.svg").read_text()[:2000]
