@@ -177,6 +177,10 @@ def _bad_inputs(tmp: Path, run_dir: Path) -> dict[str, list]:
             "resnet9000",
         ],
         "foreign without dataset": [foreign, "--out", tmp / "o"],
+        # click's own usage errors, printed as one line too
+        "batch size 0": [*good, "--out", tmp / "o", "--batch-size", "0"],
+        "unknown option": [*good, "--out", tmp / "o", "--no-such-option"],
+        "bad norm": [*good, "--out", tmp / "o", "--norm", "l7"],
         # single-checkpoint failures: the sweep reports them (exit 1)
         "truncated": [truncated, "--out", tmp / "o", "--dataset", "digits", "--arch", "tiny"],
         "code payload": [evil, "--out", tmp / "o", "--dataset", "digits", "--arch", "tiny"],
@@ -206,6 +210,14 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(run_dir, tmp_path, capsys, mo
     assert not (tmp_path / "PWNED_MARKER").exists()
     wrong = flatcli(capsys, "attack", *FAST, *cases["wrong arch"])[2]
     assert "missing" in wrong and "unexpected" in wrong
+
+
+def test_usage_errors_name_the_command_help(capsys):
+    code, stdout, err = flatcli(capsys, "nope")
+    assert code == 2 and stdout == ""
+    assert err.strip() == "flatcli: error: No such command 'nope'. (see 'flatcli --help')"
+    code, _, err = flatcli(capsys, "attack")  # a bare command shows its help
+    assert code == 2 and "Usage: flatcli attack" in err and "Example:" in err
 
 
 def test_help_does_not_import_torch_and_version_and_python_m():
@@ -244,3 +256,14 @@ def test_default_eps_is_the_training_eps_from_the_metadata(tmp_path, capsys):
         capsys, "attack", tmp_path / "run", "--out", tmp_path / "o", *FAST, "-f", "json"
     )
     assert code == 0 and {r["eps"] for r in json.loads(stdout)} == {0.15}
+
+
+def test_ctrl_c_exits_130(run_dir, tmp_path, capsys, monkeypatch):
+    from flatcli import sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run", interrupted)
+    code, stdout, _ = flatcli(capsys, "attack", *FAST, run_dir, "--out", tmp_path / "o")
+    assert code == 130 and stdout == ""

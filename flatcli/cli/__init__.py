@@ -55,17 +55,44 @@ app.command("report", no_args_is_help=True)(_report.report)
 EXIT_INTERNAL = 3
 
 
+def _is_click_error(err: BaseException) -> bool:
+    """Click's own exceptions (usage errors, bad parameters), whether Typer vendors click or
+    not: they carry `format_message` and an `exit_code`."""
+    return callable(getattr(err, "format_message", None)) and isinstance(
+        getattr(err, "exit_code", None), int
+    )
+
+
+def _usage_line(err) -> str:
+    """A click usage error as one line, pointing at the command's --help."""
+    message = " ".join(err.format_message().split())
+    ctx = getattr(err, "ctx", None)
+    command = ctx.command_path if ctx is not None else "flatcli"
+    return f"{message} (see '{command} --help')"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 0 done, 1 some checkpoints failed, 2 bad usage/input, 130 interrupted,
     3 internal error (a bug: traceback with FLATCLI_DEBUG=1)."""
-    # Typer itself prints usage errors (exit 2) and maps Ctrl-C to exit 130.
+    # Non-standalone: Typer returns exit codes (Ctrl-C -> 130) and raises click's usage errors,
+    # which are printed here as one line like every other bad input.
     try:
-        app(args=argv)
+        code = app(args=argv, prog_name="flatcli", standalone_mode=False)
     except FlatcliError as err:
         error(str(err))
         sys.exit(err.exit_code)
     except Exception as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare command: its help
+            print(err.format_message(), file=sys.stderr)
+            sys.exit(err.exit_code)
+        if type(err).__name__ == "Abort":  # end of input at a prompt
+            error("aborted")
+            sys.exit(130)
+        if _is_click_error(err):
+            error(_usage_line(err))
+            sys.exit(err.exit_code)
         if debug_enabled():
             raise
         error(f"internal error: {type(err).__name__}: {err} (set FLATCLI_DEBUG=1 for a traceback)")
         sys.exit(EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)
