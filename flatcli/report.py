@@ -503,10 +503,11 @@ def overfitting_finding(run: str, group: pd.DataFrame) -> str | None:
         f"{first.epoch}) to its minimum {_fmt(low.test_robust_loss)} at epoch {low.epoch} "
     )
     if low.epoch < last.epoch and rise > 0:
+        relative = rise / low.test_robust_loss
+        verdict = "robust overfitting" if relative >= 0.05 else "a small rise (under 5 %)"
         text += (
             f"and rose to {_fmt(last.test_robust_loss)} by the last epoch {last.epoch} "
-            f"(+{_fmt(rise, 2)} nats, +{100 * rise / low.test_robust_loss:.0f} %): robust "
-            "overfitting."
+            f"(+{_fmt(rise, 2)} nats, +{100 * relative:.1f} %): {verdict}."
         )
     else:
         text += "and did not rise afterwards: no robust overfitting in the test robust loss."

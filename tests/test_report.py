@@ -272,3 +272,28 @@ def test_unreadable_parts_and_run_json_are_skipped_and_named(tmp_path, capsys):
     assert df.flatness_average.notna().all()  # the readable parts are all there
     assert df[df.run == "awp"].method.isna().all() and (df[df.run == "at"].method == "at").all()
     assert "Skipped" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "losses, verdict",
+    [
+        ([1.0, 0.6, 0.8], "robust overfitting"),
+        ([1.0, 0.6, 0.61], "a small rise (under 5 %)"),
+        ([1.0, 0.8, 0.6], "did not rise afterwards"),
+    ],
+)
+def test_overfitting_finding_follows_the_test_robust_loss(losses, verdict):
+    group = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "test_robust_loss": losses,
+            "train_robust_loss": [0.9, 0.5, 0.3],
+            "rce_gap": [a - b for a, b in zip(losses, [0.9, 0.5, 0.3], strict=True)],
+            "test_robust_err": [0.5, 0.4, 0.45],
+            "is_best": [False, True, False],
+        }
+    )
+    text = report.overfitting_finding("r", group)
+    assert verdict in text
+    assert f"to its minimum {min(losses):.3g} at epoch {losses.index(min(losses)) + 1}" in text
+    assert "Early stopping (held-out robust error) picks epoch 2" in text
