@@ -477,17 +477,17 @@ def correlations(df: pd.DataFrame, how: str) -> pd.DataFrame:
 
 
 def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)) or pd.isna(value):
+    if _missing(value) or not math.isfinite(value):
         return "n/a"
     return f"{value:.{digits}g}"
 
 
 def _pct(value) -> str:
-    return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f} %"
+    return "n/a" if _missing(value) else f"{100 * value:.1f} %"
 
 
 def _p(p) -> str:
-    return "n/a" if p is None or pd.isna(p) else f"{p:.2g}"
+    return "n/a" if _missing(p) else f"{p:.2g}"
 
 
 def overfitting_finding(run: str, group: pd.DataFrame) -> str | None:
@@ -811,7 +811,7 @@ def run_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+    if _missing(value):
         return ""
     if isinstance(value, (float, np.floating)):
         return f"{value:.4g}"
@@ -961,7 +961,10 @@ def _plain(value):
 
 
 def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+    """None, pd.NA or NaN: a value the tables do not have."""
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
 def build(

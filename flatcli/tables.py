@@ -236,15 +236,16 @@ def write_part(
     out: str | os.PathLike, table: str, key: str, config_hash: str, rows: list[dict]
 ) -> Path:
     """Write one work unit's rows atomically (temp dot-file in the same directory + os.replace)."""
-    path = part_path(out, table, key, config_hash)
-    arrow = to_arrow(rows, table)
-    return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
+    return _write_rows(part_path(out, table, key, config_hash), table, rows)
 
 
 def write_table(out: str | os.PathLike, table: str, rows: list[dict]) -> Path:
     """Write a whole table as one part, `OUT/<table>/<table>.parquet` (atomic; for tables that
     are recomputed whole, like the report's)."""
-    path = Path(out) / table / f"{table}.parquet"
+    return _write_rows(Path(out) / table / f"{table}.parquet", table, rows)
+
+
+def _write_rows(path: Path, table: str, rows: list[dict]) -> Path:
     arrow = to_arrow(rows, table)
     return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
 
