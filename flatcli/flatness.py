@@ -42,7 +42,7 @@ from torch import nn
 
 from flatcli import data, engine, evaluation, runtime, weights
 from flatcli.attacks.ascent import Variable, ascend
-from flatcli.attacks.base import ce_per_example, slice_starts
+from flatcli.attacks.base import ce_per_example, restart_starts, slice_starts
 from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
 from flatcli.attacks.threat import make_threat
 from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig, config_hash
@@ -317,7 +317,7 @@ def worst_flatness(
         threat = make_threat(norm, eps)
         step = input_step if input_step is not None else PAPER_STEP_RATIO * eps
         gen = runtime.generator(*seed_keys, "worst-input")
-        starts = torch.stack([threat.random_start(x_cpu, gen) for _ in range(restarts)])
+        starts = restart_starts(threat, x_cpu, gen, restarts)
         if attack is None:
             from flatcli.attacks.pgd import PGD
 

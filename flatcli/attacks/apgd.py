@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flatcli.attacks.base import AttackOutcome, ce_per_example, slice_starts
+from flatcli.attacks.base import AttackOutcome, ce_per_example, restart_starts, slice_starts
 from flatcli.attacks.threat import make_threat
 from flatcli.errors import UsageError
 
@@ -210,7 +210,7 @@ class APGDCE:
 
     def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """[restarts, N, ...] random offsets in the ball."""
-        return torch.stack([self.threat.random_start(x, generator) for _ in range(self.restarts)])
+        return restart_starts(self.threat, x, generator, self.restarts)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
         r, b = self.restarts, len(y)
@@ -255,7 +255,7 @@ class APGDT:
 
     def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """[restarts, N, ...] random offsets in the ball, shared by all target classes."""
-        return torch.stack([self.threat.random_start(x, generator) for _ in range(self.restarts)])
+        return restart_starts(self.threat, x, generator, self.restarts)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
         r = self.restarts

@@ -43,6 +43,14 @@ class Attack(Protocol):
         """Attack the batch (`starts` already sliced to it and on x's device)."""
 
 
+def restart_starts(
+    threat, x: torch.Tensor, generator: torch.Generator, restarts: int
+) -> torch.Tensor:
+    """[restarts, N, ...] random starts in `threat`'s ball for every example of x [N, ...], drawn
+    restart after restart from `generator` (the draw order every attack shares)."""
+    return torch.stack([threat.random_start(x, generator) for _ in range(restarts)])
+
+
 def slice_starts(starts: Any, index: slice | torch.Tensor, device: torch.device) -> Any:
     """The starts of examples `index` (dim 1 of each tensor), moved to `device`."""
     if starts is None:

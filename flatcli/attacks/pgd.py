@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from flatcli.attacks.ascent import Variable, ascend
-from flatcli.attacks.base import AttackOutcome, ce_per_example
+from flatcli.attacks.base import AttackOutcome, ce_per_example, restart_starts
 from flatcli.attacks.threat import make_threat
 
 
@@ -36,7 +36,7 @@ class PGD:
         """[restarts, N, ...] random offsets, or None without random start."""
         if not self.random_start:
             return None
-        return torch.stack([self.threat.random_start(x, generator) for _ in range(self.restarts)])
+        return restart_starts(self.threat, x, generator, self.restarts)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
         r, b = self.restarts, len(y)
