@@ -97,3 +97,27 @@ def test_presets_and_generic_pgd_names():
     assert {"pgd20x10", "pgd7", "pgd10", "apgd-ce", "apgd-t", "aa-lite", "aa-standard"} <= set(
         PRESETS
     )
+
+
+def test_pgd_points_are_the_points_behind_its_loss(trained_digits_model, digits_test):
+    """keep_points returns x + delta where the reported loss was reached: re-evaluating the model
+    there gives the loss back, inside the ball; `final` reports the final iterate's loss, never
+    above the best iterate's."""
+    model = trained_digits_model
+    x, y = digits_test[0][:64], digits_test[1][:64]
+    # A step as large as eps makes the iterates oscillate: the final one is often not the best.
+    attack = PGD("pgd5x3", "linf", 0.1, 5, 0.1, restarts=3)
+    starts = attack.draw_starts(x, torch.Generator().manual_seed(1))
+    plain = attack(model, x, y, starts)
+    best = attack(model, x, y, starts, keep_points=True)
+    last = attack(model, x, y, starts, keep_points=True, final=True)
+    torch.testing.assert_close(best.loss, plain.loss)
+    assert plain.points is None and best.points.shape == x.shape
+    with torch.no_grad():
+        again = nn.functional.cross_entropy(model(best.points), y, reduction="none")
+        again_last = nn.functional.cross_entropy(model(last.points), y, reduction="none")
+    torch.testing.assert_close(again, best.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again_last, last.loss, atol=1e-5, rtol=1e-5)
+    assert (last.loss <= best.loss + 1e-6).all() and (last.loss < best.loss - 1e-4).any()
+    assert (best.points - x).abs().max() <= 0.1 + 1e-6
+    assert best.points.min() >= 0 and best.points.max() <= 1

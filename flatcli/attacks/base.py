@@ -21,10 +21,12 @@ class AttackOutcome:
     loss:    float [B], the largest cross-entropy found in the ball (a lower bound of the robust
              loss); NaN where the attack does not estimate it (targeted DLR, AutoAttack).
     correct: bool [B], True where no point tried was misclassified.
+    points:  the adversarial inputs behind `loss` (PGD with `keep_points=True`), else None.
     """
 
     loss: torch.Tensor
     correct: torch.Tensor
+    points: torch.Tensor | None = None  # x + delta [B, ...] behind `loss`, when asked for
 
 
 class Attack(Protocol):

@@ -2,10 +2,13 @@
 
 The robust loss of an example is the largest cross-entropy over all iterates of all restarts (each
 iterate is a valid point of the ball); an example counts as broken if any of them is misclassified.
+The one PGD: evaluation, flatness (the Hessian's adversarial points) and training all call it,
+asking for the points behind the loss (`keep_points`) and, in training, their own objective.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -38,23 +41,56 @@ class PGD:
             return None
         return restart_starts(self.threat, x, generator, self.restarts)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        starts,
+        *,
+        keep_points: bool = False,
+        final: bool = False,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = ce_per_example,
+    ) -> AttackOutcome:
+        """Attack the batch x [B, ...] (labels y [B]) from `starts` ([R, B, ...] or None).
+
+        `loss_fn(logits, y) -> [B]` is the objective ascended and reported (cross-entropy by
+        default; training passes its own, e.g. TRADES' KL). `loss` is its per-example maximum
+        over every iterate of every restart; with `final`, over the restarts' final iterates
+        only (the point plain PGD-AT trains on). `keep_points` also returns `points`, x + delta
+        where that loss was reached. `correct` is over every iterate either way.
+        """
         r, b = self.restarts, len(y)
         xr = x.repeat(r, *([1] * (x.dim() - 1)))  # [R*B, ...], restart-major
         yr = y.repeat(r)
         delta0 = torch.zeros_like(xr) if starts is None else starts.reshape(xr.shape).to(xr.dtype)
         best = torch.full((r * b,), -torch.inf, device=x.device)
         wrong = torch.zeros(r * b, dtype=torch.bool, device=x.device)
+        best_delta = delta0.clone() if keep_points else None
+        current = {}
 
         def objective(delta):
+            current["delta"] = delta
             logits = model(xr + delta)
-            return ce_per_example(logits, yr), logits
+            return loss_fn(logits, yr).float(), logits
 
         def keep_worst(loss, logits):
-            torch.maximum(best, loss, out=best)
             wrong.logical_or_(logits.argmax(1) != yr)
+            if keep_points:
+                better = torch.ones_like(wrong) if final else loss > best
+                mask = better.view(-1, *([1] * (xr.dim() - 1)))
+                torch.where(mask, current["delta"].detach(), best_delta, out=best_delta)
+            if final:
+                best.copy_(loss)
+            else:
+                torch.maximum(best, loss, out=best)  # NaN propagates: a NaN loss is reported
 
         ascend(
             objective, [Variable(delta0, self.threat, xr, self.step_size)], self.steps, keep_worst
         )
-        return AttackOutcome(loss=best.view(r, b).amax(0), correct=~wrong.view(r, b).any(0))
+        loss, pick = best.view(r, b).max(0)  # per example: the restart with the largest loss
+        points = None
+        if keep_points:
+            rows = pick * b + torch.arange(b, device=x.device)
+            points = (xr + best_delta)[rows]
+        return AttackOutcome(loss=loss, correct=~wrong.view(r, b).any(0), points=points)
