@@ -1,9 +1,20 @@
-"""The public Python API: load a checkpoint, load examples, read a table."""
+"""The public Python API: the readers, and attack/flatness/landscape giving the CLI's rows."""
 
+from pathlib import Path
+
+import pandas as pd
+import pytest
 import torch
 
 from flatcli import api, models, tables
 from flatcli.checkpoints import save_checkpoint
+from flatcli.cli import main
+from flatcli.config import AttackConfig, FlatnessConfig
+from flatcli.errors import UsageError
+
+CKPT = (
+    Path(__file__).resolve().parent.parent / "sample_checkpoints" / "at" / "epoch_0025.safetensors"
+)
 
 
 def test_load_model_load_examples_read_table(tmp_path):
@@ -23,3 +34,68 @@ def test_load_model_load_examples_read_table(tmp_path):
     )
     df = api.read_table(tmp_path / "out", "attack")
     assert list(df.run) == ["run"] and list(df.columns) == tables.columns("attack")
+
+
+def _cli_table(tmp_path, capsys, command: str, *args) -> pd.DataFrame:
+    out = tmp_path / f"cli-{command}"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, str(CKPT), "--out", str(out), "-q", "-f", "csv", *map(str, args)])
+    capsys.readouterr()
+    assert exit_info.value.code == 0
+    return api.read_table(out, command)
+
+
+def _same_rows(cli: pd.DataFrame, py: pd.DataFrame, order: list[str], numbers: list[str]):
+    cli, py = (df.sort_values(order).reset_index(drop=True) for df in (cli, py))
+    assert len(cli) == len(py) > 0
+    assert list(py.columns) == list(cli.columns)
+    assert (py.config_hash == cli.config_hash).all() and (py.run == cli.run).all()
+    pd.testing.assert_frame_equal(py[order + numbers], cli[order + numbers])
+
+
+def test_attack_equals_the_cli_and_writes_when_out_is_given(tmp_path, capsys):
+    cli = _cli_table(tmp_path, capsys, "attack", "--attacks", "pgd3x2,pgd2", "--n-examples", 32)
+    out = tmp_path / "py"
+    py = api.attack(CKPT, out=out, attacks="pgd3x2,pgd2", n_examples=32)
+    _same_rows(cli, py, ["attack"], ["clean_err", "clean_loss", "robust_err", "robust_loss"])
+    assert set(py.attack) == {"pgd3x2", "pgd2", "worst"}
+    # written like the CLI's, and a second call reads them back instead of recomputing
+    assert len(api.read_table(out, "attack")) == 3
+    events = []
+    again = api.attack(
+        [str(CKPT)], out=out, attacks=["pgd3x2", "pgd2"], n_examples=32, on_event=events.append
+    )
+    assert [e.kind for e in events] == ["skipped"]
+    assert sorted(again.robust_loss) == sorted(py.robust_loss)
+
+
+def test_flatness_equals_the_cli(tmp_path, capsys):
+    args = ["--measure", "average", "--xi", "0.5", "--samples", 2, "--attack", "pgd3"]
+    cli = _cli_table(tmp_path, capsys, "flatness", *args, "--n-examples", 32)
+    py = api.flatness(CKPT, measures="average", xi=0.5, samples=2, attack="pgd3", n_examples=32)
+    assert py.measure.tolist() == ["average"] and py.xi.tolist() == [0.5]
+    _same_rows(cli, py, ["measure", "xi"], ["robust_loss", "perturbed_robust_loss", "flatness"])
+
+
+def test_landscape_equals_the_cli(tmp_path, capsys):
+    args = ["--n-directions", 1, "--steps", 3, "--attack", "pgd2", "--n-examples", 16]
+    cli = _cli_table(tmp_path, capsys, "landscape", *args, "--plot", "none")
+    py = api.landscape(CKPT, n_directions=1, steps=3, attack="pgd2", n_examples=16)
+    assert sorted(py.alpha) == [-1.0, 0.0, 1.0]
+    _same_rows(cli, py, ["direction", "alpha"], ["clean_loss", "robust_loss", "robust_err"])
+
+
+def test_options_are_the_config_fields_written_as_a_script_would():
+    config = api.make_config(AttackConfig, eps="8/255", attacks="pgd10, aa-lite", seed=3)
+    assert config.eps == 8 / 255 and config.attacks == ("pgd10", "aa-lite") and config.seed == 3
+    assert api.make_config(FlatnessConfig, xi=[0.25, "1/2"]).xi == (0.25, 0.5)
+    assert api.make_config(FlatnessConfig, xi=0.5).xi == (0.5,)
+    with pytest.raises(UsageError, match="no option 'n_exemples'"):
+        api.make_config(AttackConfig, n_exemples=10)
+    with pytest.raises(UsageError, match="eps='eight'"):
+        api.make_config(AttackConfig, eps="eight")
+
+
+def test_bad_input_is_a_usage_error_before_any_work(tmp_path):
+    with pytest.raises(UsageError):
+        api.attack(CKPT, attacks="pgd3", n_examples=8, eps=2.0)
