@@ -5,6 +5,7 @@ with the real CLI; one step of each runs for real as a subprocess, the way a use
 """
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -199,3 +200,51 @@ def test_study_makefile_plans_the_study_and_runs_it_on_digits(tmp_path, capsys, 
     assert report.test_robust_loss.notna().all() and report.rce_gap.notna().all()
     assert report.flatness_average.notna().all() and report.flatness_worst.notna().all()
     assert _make(tmp_path, "-q", *tiny).returncode == 0  # nothing left to do
+
+
+def test_data_doc_md5_sums_are_torchvisions():
+    """docs/data.md's checksum table, row by row, against torchvision's published md5 sums."""
+    datasets = pytest.importorskip("torchvision.datasets")
+    published = {
+        "cifar-10-python.tar.gz": datasets.CIFAR10.tgz_md5,
+        "cifar-100-python.tar.gz": datasets.CIFAR100.tgz_md5,
+        **{
+            f"cifar-10-batches-py/{f}": m
+            for f, m in datasets.CIFAR10.train_list + datasets.CIFAR10.test_list
+        },
+        **{
+            f"cifar-100-python/{f}": m
+            for f, m in datasets.CIFAR100.train_list + datasets.CIFAR100.test_list
+        },
+        **{
+            entry[1]: entry[2]
+            for split, entry in datasets.SVHN.split_list.items()
+            if split != "extra"
+        },
+        **{f"MNIST/raw/{f}": m for f, m in datasets.MNIST.resources},
+        **{f"FashionMNIST/raw/{f}": m for f, m in datasets.FashionMNIST.resources},
+    }
+    text = (ROOT / "docs" / "data.md").read_text()
+    rows = re.findall(
+        r"^\| [\w-]+ \| `([^`]+)`(?: \(archive\))? \| `([0-9a-f]{32})` \|$", text, re.M
+    )
+    assert dict(rows) == published
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", markdown, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_docs_links_resolve_and_paper_md_is_gone():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        assert "PAPER.md" not in text, page
+        for target, anchor in re.findall(r"\]\(([^)#]+)(?:#([^)]*))?\)", text):
+            if target.startswith("http"):
+                continue
+            path = page.parent / target
+            assert path.exists(), (page.name, target)
+            if anchor:
+                assert anchor in _anchors(path.read_text()), (page.name, target, anchor)
