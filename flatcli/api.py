@@ -24,6 +24,7 @@ from flatcli import checkpoints, data, tables
 from flatcli.errors import CheckpointError, UsageError
 
 PathLike = str | os.PathLike
+_CLI_NAMES = {"measure": "measures"}  # CLI option -> config field, where they differ
 
 
 def load_model(
@@ -161,8 +162,14 @@ def landscape(
 def make_config(config_type, **options):
     """A config dataclass from keyword values as a script writes them: `"8/255"` or 0.0314 for a
     float, `"pgd10,aa-lite"` or a list for a tuple, a Path for a str. Unknown names are a
-    UsageError naming the valid ones."""
+    UsageError naming the valid ones. `measure=` (the CLI's --measure) is accepted for
+    `measures=`."""
     fields = {f.name: f for f in dataclasses.fields(config_type)}
+    for cli_name, field_name in _CLI_NAMES.items():  # the CLI's spelling works too
+        if cli_name in options and cli_name not in fields and field_name in fields:
+            if field_name in options:
+                raise UsageError(f"give {field_name} or {cli_name}, not both")
+            options[field_name] = options.pop(cli_name)
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise UsageError(

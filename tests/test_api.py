@@ -90,6 +90,9 @@ def test_options_are_the_config_fields_written_as_a_script_would():
     assert config.eps == 8 / 255 and config.attacks == ("pgd10", "aa-lite") and config.seed == 3
     assert api.make_config(FlatnessConfig, xi=[0.25, "1/2"]).xi == (0.25, 0.5)
     assert api.make_config(FlatnessConfig, xi=0.5).xi == (0.5,)
+    assert api.make_config(FlatnessConfig, measure="worst").measures == ("worst",)
+    with pytest.raises(UsageError, match="not both"):
+        api.make_config(FlatnessConfig, measure="worst", measures="average")
     with pytest.raises(UsageError, match="no option 'n_exemples'"):
         api.make_config(AttackConfig, n_exemples=10)
     with pytest.raises(UsageError, match="eps='eight'"):

@@ -238,7 +238,8 @@ def _anchors(markdown: str) -> set[str]:
 
 
 def test_docs_links_resolve_and_paper_md_is_gone():
-    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    pages = [ROOT / "README.md", ROOT / "examples" / "README.md"]
+    for page in pages + sorted((ROOT / "docs").glob("*.md")):
         text = page.read_text()
         assert "PAPER.md" not in text, page
         for target, anchor in re.findall(r"\]\(([^)#]+)(?:#([^)]*))?\)", text):
