@@ -95,7 +95,7 @@ def available_width(out) -> int | None:
         return int(columns)
     try:
         if out.isatty():
-            return os.get_terminal_size(out.fileno()).columns
+            return os.get_terminal_size(out.fileno()).columns or None  # 0: size never set
     except (AttributeError, OSError, ValueError):
         pass
     return None
