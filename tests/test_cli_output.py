@@ -235,3 +235,15 @@ def test_help_shows_metavars_panels_and_true_defaults(command, capsys, monkeypat
         assert f"─ {panel} ─" in out, panel
     assert "[default: (checkpoint's training eps, else the dataset's)]" in out
     assert out.index("─ Inputs ─") < out.index("─ Threat model ─") < out.index("─ Output ─")
+
+
+def test_a_failed_checkpoint_is_named_once_end_to_end(tmp_path, capsys):
+    bad = tmp_path / "run" / "epoch_0001.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes(CHECKPOINT.read_bytes()[:100])
+    code, _, err = flatcli(
+        capsys, "attack", bad, "--out", tmp_path / "o", *FAST, "--dataset", "digits"
+    )
+    failed = [line for line in err.splitlines() if "failed:" in line]
+    assert code == 1 and len(failed) == 1 and failed[0].count(str(bad)) == 1, err
+    assert err.splitlines()[-1].startswith("attack: 0 done, 0 skipped, 1 failed (")
