@@ -6,10 +6,14 @@ inside each command, so `flatcli --help` answers without importing torch.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from flatcli import __version__
 from flatcli.cli import attack as _attack
@@ -21,13 +25,82 @@ from flatcli.cli.options import debug_enabled
 from flatcli.cli.output import error
 from flatcli.errors import FlatcliError
 
+
+class _Argument(TyperArgument):
+    """A positional argument shown by its metavar alone: `CHECKPOINTS...` in the usage line
+    and in the Arguments panel, not typer's `{paths}...` and `<list[Path]>`."""
+
+    def display_type_rich(self, ctx):
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or self.name.upper()
+        if self.nargs != 1 and not name.endswith("..."):
+            name += "..."
+        return name if self.required else f"[{name}]"
+
+
+PANEL_ORDER = ("Inputs", "Threat model", "Attack", "Measure", "Output", "Runtime")
+
+
+def _panel_rank(param) -> int:
+    """Positional arguments first, then the shared panels in PANEL_ORDER, a command's own
+    panels (train's Method, ...) before Output and Runtime."""
+    if isinstance(param, TyperArgument):
+        return -1
+    panel = getattr(param, "rich_help_panel", None)
+    if panel in PANEL_ORDER:
+        rank = PANEL_ORDER.index(panel)
+        return rank if rank < PANEL_ORDER.index("Output") else rank + 1
+    return PANEL_ORDER.index("Output")
+
+
+def _prose(text: str | None) -> str | None:
+    """Help text as paragraphs: single line breaks of the source joined (the terminal wraps),
+    rich markup escaped (help is plain text, `[...]` included)."""
+    if text is None:
+        return None
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return escape("\n\n".join(" ".join(p.split()) for p in paragraphs))
+
+
+class _BareIsHelp:
+    """A bare command shows its help on stderr (exit 2), as before rich help, which prints
+    itself on stdout while click builds the error."""
+
+    def parse_args(self, ctx, args):
+        if args or not self.no_args_is_help:
+            return super().parse_args(ctx, args)
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().parse_args(ctx, args)
+
+
+class _Group(_BareIsHelp, TyperGroup):
+    pass
+
+
+class _Command(_BareIsHelp, TyperCommand):
+    """A subcommand whose --help groups options by panel in a fixed order and shows its
+    positional arguments by metavar."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help = _prose(self.help)
+        for param in self.params:
+            if type(param) is TyperArgument:  # typer builds the params; only their display changes
+                param.__class__ = _Argument
+            param.help = _prose(param.help)
+        self.params.sort(key=_panel_rank)  # stable: within a panel, the signature's order
+
+
 app = typer.Typer(
     name="flatcli",
     help="Robust overfitting and flatness of the robust loss (Stutz, Hein & Schiele, ICCV 2021).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",  # the panels (rich_help_panel) need it
+    cls=_Group,
 )
 
 
@@ -46,12 +119,19 @@ def root(
     """Robust overfitting and flatness of the robust loss, per checkpoint, as Parquet tables."""
 
 
-app.command("attack", no_args_is_help=True)(_attack.attack)
-app.command("flatness", no_args_is_help=True)(_flatness.flatness)
-app.command("landscape", no_args_is_help=True)(_landscape.landscape)
-app.command("train", no_args_is_help=True)(_train.train)
-app.command("report", no_args_is_help=True)(_report.report)
+# One line each, so `flatcli --help` lists every command without cutting a description.
+COMMANDS = {
+    "attack": (_attack.attack, "Clean/robust error and robust loss of every checkpoint."),
+    "flatness": (_flatness.flatness, "Average- and worst-case flatness of the robust loss."),
+    "landscape": (_landscape.landscape, "Robust and clean loss along weight directions."),
+    "train": (_train.train, "Adversarial training, a checkpoint every epoch."),
+    "report": (_report.report, "Per-epoch table, correlations, figures, report.md/html."),
+}
+for _name, (_function, _short) in COMMANDS.items():
+    app.command(_name, cls=_Command, short_help=_short, no_args_is_help=True)(_function)
 
+EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted; rerun the same command to resume"
 EXIT_INTERNAL = 3
 
 
@@ -78,12 +158,15 @@ def main(argv: list[str] | None = None) -> None:
     # which are printed here as one line like every other bad input.
     try:
         code = app(args=argv, prog_name="flatcli", standalone_mode=False)
+    except KeyboardInterrupt:  # outside the command (Typer maps one inside it to 130)
+        code = EXIT_INTERRUPTED
     except FlatcliError as err:
         error(str(err))
         sys.exit(err.exit_code)
     except Exception as err:
-        if type(err).__name__ == "NoArgsIsHelpError":  # a bare command: its help
-            print(err.format_message(), file=sys.stderr)
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare command: its help, shown
+            if err.format_message().strip():
+                print(err.format_message(), file=sys.stderr)
             sys.exit(err.exit_code)
         if type(err).__name__ == "Abort":  # end of input at a prompt
             error("aborted")
@@ -95,4 +178,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         error(f"internal error: {type(err).__name__}: {err} (set FLATCLI_DEBUG=1 for a traceback)")
         sys.exit(EXIT_INTERNAL)
+    if code == EXIT_INTERRUPTED:  # Typer returns 130 for a Ctrl-C, silently
+        print(f"flatcli: {INTERRUPTED}", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -84,5 +84,5 @@ def attack(
             f"eps={config.eps:g} ({config.norm}), attacks={','.join(config.attacks)}, "
             f"device={device}"
         ),
-        measure=lambda device: evaluation.attack_measure(config, device),
+        measure=lambda device, on_batch: evaluation.attack_measure(config, device, on_batch),
     )

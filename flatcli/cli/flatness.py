@@ -189,5 +189,5 @@ def flatness(
             f"eps={config.eps:g} ({config.norm}), {xis}, samples={config.samples}, "
             f"attack={config.attack}, device={device}"
         ),
-        measure=lambda device: flatness.flatness_measure(config, device),
+        measure=lambda device, on_batch: flatness.flatness_measure(config, device, on_batch),
     )

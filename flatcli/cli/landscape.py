@@ -214,6 +214,8 @@ def landscape(
             f"{config.split} n={config.n_examples}, eps={config.eps:g} ({config.norm}), "
             f"loss={config.loss}, attack={config.attack}, device={device}"
         ),
-        measure=lambda device: core.landscape_measure(config, device),
+        measure=lambda device, on_batch: core.landscape_measure(
+            config, device, lambda done, total: on_batch(done, total, "grid points")
+        ),
         after=write_figures,
     )

@@ -55,20 +55,39 @@ def csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+# Help panels, spelled the same in every command (train adds Method, Optimization, Data).
+INPUTS = "Inputs"
+THREAT = "Threat model"
+ATTACK = "Attack"
+MEASURE = "Measure"
+OUTPUT = "Output"
+RUNTIME = "Runtime"
+
 Paths = Annotated[
     list[Path],
     typer.Argument(
-        help="Checkpoint files or directories (searched recursively).", show_default=False
+        metavar="CHECKPOINTS...",
+        help="Checkpoint files or directories (searched recursively).",
+        show_default=False,
     ),
 ]
 Out = Annotated[
-    Path, typer.Option("--out", "-o", help="Output directory; tables go to OUT/<table>/.")
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Output directory; tables go to OUT/<table>/.",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 Dataset = Annotated[
     str | None,
     typer.Option(
-        help="digits (bundled), cifar10, cifar100, svhn, mnist, fashion-mnist, or npz:PATH. "
-        "Default: from the checkpoints' flatcli metadata."
+        metavar="NAME",
+        help="digits (bundled), cifar10, cifar100, svhn, mnist, fashion-mnist, or npz:PATH.",
+        show_default="the checkpoints' flatcli metadata",
+        rich_help_panel=INPUTS,
     ),
 ]
 DataDir = Annotated[
@@ -76,72 +95,141 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="FLATCLI_DATA_DIR",
+        metavar="DIR",
         help="Root of the torchvision-layout data folders (never downloaded).",
+        rich_help_panel=INPUTS,
     ),
 ]
 SplitOpt = Annotated[
-    Split, typer.Option(help="test (without the held-out part), train, or heldout.")
+    Split,
+    typer.Option(
+        help="test (without the held-out part), train, or heldout.", rich_help_panel=INPUTS
+    ),
 ]
 NExamples = Annotated[
     int | None,
     typer.Option(
-        help="First N examples of the split. Default: 1000, or the whole split if smaller."
+        metavar="N",
+        help="First N examples of the split.",
+        show_default="1000, or the whole split if smaller",
+        rich_help_panel=INPUTS,
     ),
 ]
 Eps = Annotated[
     str | None,
-    typer.Option(help="Radius, e.g. 8/255 or 0.0314 (exact float stored). Default: the dataset's."),
+    typer.Option(
+        metavar="EPS",
+        help="Radius, e.g. 8/255 or 0.0314 (the exact float is stored).",
+        show_default="checkpoint's training eps, else the dataset's",
+        rich_help_panel=THREAT,
+    ),
 ]
 StepSize = Annotated[
     str | None,
     typer.Option(
-        help="Absolute PGD step size (e.g. 2/255); default: the preset's ratio times eps."
+        metavar="STEP",
+        help="Absolute PGD step size, e.g. 2/255.",
+        show_default="the preset's ratio times eps",
+        rich_help_panel=ATTACK,
     ),
 ]
-NormOpt = Annotated[Norm, typer.Option(help="Threat model of the input perturbation.")]
-Seed = Annotated[
-    int, typer.Option(help="Seed; every checkpoint derives its own generator from it.")
+NormOpt = Annotated[
+    Norm, typer.Option(help="Threat model of the input perturbation.", rich_help_panel=THREAT)
 ]
-Device = Annotated[str, typer.Option(envvar="FLATCLI_DEVICE", help="auto | cpu | cuda | cuda:N.")]
+Seed = Annotated[
+    int,
+    typer.Option(
+        metavar="INT",
+        help="Seed; every checkpoint derives its own generator from it.",
+        rich_help_panel=RUNTIME,
+    ),
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        envvar="FLATCLI_DEVICE",
+        metavar="DEVICE",
+        help="auto | cpu | cuda | cuda:N.",
+        rich_help_panel=RUNTIME,
+    ),
+]
 BatchSize = Annotated[
-    int, typer.Option(help="Examples per batch (halved automatically on out-of-memory).", min=1)
+    int,
+    typer.Option(
+        metavar="N",
+        help="Examples per batch (halved automatically on out-of-memory).",
+        min=1,
+        rich_help_panel=RUNTIME,
+    ),
 ]
 Arch = Annotated[
     str | None,
     typer.Option(
-        help="Architecture of foreign checkpoints (e.g. preact-resnet18, resnet18, wrn-34-10)."
+        metavar="ARCH",
+        help="Architecture of foreign checkpoints (e.g. preact-resnet18, resnet18, wrn-34-10).",
+        show_default="the checkpoint's flatcli metadata",
+        rich_help_panel=INPUTS,
     ),
 ]
 Normalize = Annotated[
     str | None,
     typer.Option(
+        metavar="NAME|MEAN,STD",
         help="Input normalization of foreign checkpoints: cifar10 | cifar100 | svhn | none | "
-        "MEAN,STD (per channel: m1,m2,m3,s1,s2,s3)."
+        "MEAN,STD (per channel: m1,m2,m3,s1,s2,s3).",
+        show_default="the checkpoint's flatcli metadata, else none",
+        rich_help_panel=INPUTS,
     ),
 ]
 FormatOpt = Annotated[
-    Format, typer.Option("--format", "-f", help="How results are printed on stdout.")
+    Format,
+    typer.Option(
+        "--format", "-f", help="How results are printed on stdout.", rich_help_panel=OUTPUT
+    ),
 ]
 Quiet = Annotated[
     bool,
-    typer.Option("--quiet", "-q", envvar="FLATCLI_QUIET", help="No progress or logs on stderr."),
+    typer.Option(
+        "--quiet",
+        "-q",
+        envvar="FLATCLI_QUIET",
+        help="No progress or logs on stderr (failures still).",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 Force = Annotated[
-    bool, typer.Option("--force", help="Recompute checkpoints already done for this configuration.")
+    bool,
+    typer.Option(
+        "--force",
+        help="Recompute checkpoints already done for this configuration.",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 DryRun = Annotated[
-    bool, typer.Option("--dry-run", help="Show what would be computed and skipped, then exit.")
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Show what would be computed and skipped, then exit.",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 ShardOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="I/N|auto",
         help="i/n: this process takes every n-th checkpoint from the i-th (0-based); "
-        "auto: from SLURM_ARRAY_TASK_ID/COUNT."
+        "auto: from SLURM_ARRAY_TASK_ID/COUNT.",
+        show_default="all checkpoints",
+        rich_help_panel=OUTPUT,
     ),
 ]
 Attacks = Annotated[
     str,
-    typer.Option(help="Comma-separated presets: " + ", ".join(PRESETS) + ", or pgd<S>x<R>."),
+    typer.Option(
+        metavar="PRESETS",
+        help="Comma-separated presets: " + ", ".join(PRESETS) + ", or pgd<S>x<R>.",
+        rich_help_panel=ATTACK,
+    ),
 ]
 
 

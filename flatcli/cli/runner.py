@@ -1,8 +1,9 @@
 """What every evaluation command does once its config is resolved: plan, dry-run, run the sweep
-with progress on stderr, print the rows, exit with the sweep's code (DESIGN.md's data flow)."""
+with progress on stderr, print the rows, exit with the sweep's code."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -42,13 +43,16 @@ def run_command(
     quiet: bool,
     summary_columns: Sequence[str],
     describe: Callable[[object, int], str],
-    measure: Callable[[object], Callable],
+    measure: Callable[..., Callable],
     after: Callable[[list[dict], Progress], None] | None = None,
 ) -> None:
     """Sweep `measure(device)` over this shard's `units` into OUT/<table>; always raises Exit.
 
-    `describe(device, n_units)` is the one stderr line that says what will run; `after(rows,
-    progress)` may write extras (figures) from the rows before they are printed.
+    `describe(device, n_units)` is the one stderr line that says what will run. `measure(device)`
+    or `measure(device, on_batch)` builds the per-checkpoint measure; the second form gets
+    `on_batch(done, total, label="examples")` for progress inside a checkpoint. `after(rows,
+    progress)` may write extras (figures) from the rows before they are printed. Ends with
+    `N done, N skipped, N failed (Xs)` on stderr (not with --quiet).
     """
     from flatcli import runtime, sweep, tables
     from flatcli.config import config_hash
@@ -77,7 +81,7 @@ def run_command(
     with progress:
         summary = sweep.run(
             units,
-            measure(device),
+            _build_measure(measure, device, progress.on_batch),
             table,
             out,
             chash,
@@ -89,4 +93,13 @@ def run_command(
     if after is not None:
         after(summary.rows, progress)
     render(summary.rows, tables.columns(table), fmt.value, summary_columns)
+    progress.summary(len(summary.done), len(summary.skipped), len(summary.failed))
     raise Exit(summary.exit_code)
+
+
+def _build_measure(measure: Callable[..., Callable], device, on_batch) -> Callable:
+    """`measure(device, on_batch)` where the command's builder takes a progress callback;
+    `measure(device)` where it does not yet (then only per-checkpoint progress shows)."""
+    if len(inspect.signature(measure).parameters) >= 2:
+        return measure(device, on_batch)
+    return measure(device)
