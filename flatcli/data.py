@@ -19,11 +19,12 @@ downloads; a missing file is a `DataError` naming the expected path.
     mnist          DATA_DIR/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
     fashion-mnist  DATA_DIR/FashionMNIST/raw/...                    (same file names as MNIST)
 
-CIFAR batches are Python pickles. They are read with a restricted unpickler that resolves only
-the few numpy names an array needs (`_reconstruct`, `_frombuffer`, `scalar`, `ndarray`, `dtype`)
-and `_codecs.encode` for latin-1 only; any other global (`os.system`, ...) is refused with a
-`DataError` before anything is called. SVHN's `.mat` files are read with `scipy.io.loadmat` as
-torchvision does (label 10 -> 0); MNIST's idx files are parsed from their headers, gzipped or not.
+CIFAR batches are Python pickles. They are read with the restricted unpickler checkpoints share
+(`flatcli.checkpoints.safe_load`), which resolves only plain data (numpy arrays, dtypes, scalars,
+containers, `_codecs.encode` for latin-1 only); any other global (`os.system`, ...) is refused
+with a `DataError` before anything is called. SVHN's `.mat` files are read with
+`scipy.io.loadmat` as torchvision does (label 10 -> 0); MNIST's idx files are parsed from their
+headers, gzipped or not.
 
 Checksum rule: a file that holds exactly as many examples as the official file of that name
 (10000 per CIFAR-10 batch, 50000/10000 for CIFAR-100, 73257/26032 for SVHN, 60000/10000 for
@@ -45,12 +46,10 @@ min(500, len(x_test) // 5) test examples held out.
 
 from __future__ import annotations
 
-import codecs
 import functools
 import gzip
 import hashlib
 import os
-import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +58,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flatcli.errors import DataError, UsageError
+from flatcli.checkpoints.safe_load import Refused, RestrictedUnpickler
+from flatcli.errors import DataError, UsageError, one_line
 
 SPLITS = ("train", "test", "heldout")
 
@@ -110,10 +110,6 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     """`--data-dir` if given, else `FLATCLI_DATA_DIR`, else None."""
     value = explicit if explicit is not None else os.environ.get("FLATCLI_DATA_DIR")
     return Path(value).expanduser() if value else None
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +179,7 @@ def _labels_array(labels, n: int, where: str) -> np.ndarray:
     try:
         arr = np.asarray(labels)
     except Exception as err:  # a ragged or odd object
-        raise DataError(f"{where}: labels are not an integer array ({_one_line(err)})") from None
+        raise DataError(f"{where}: labels are not an integer array ({one_line(err)})") from None
     if arr.dtype.kind not in "iu" or arr.ndim != 1 or len(arr) != n:
         raise DataError(
             f"{where}: expected {n} integer labels, got {arr.dtype} array of shape {arr.shape}"
@@ -194,58 +190,14 @@ def _labels_array(labels, n: int, where: str) -> np.ndarray:
 # CIFAR pickles -------------------------------------------------------------------------------
 
 
-def _latin1_encode(text, encoding="utf-8"):
-    """`_codecs.encode` as Python 3 protocol-2 pickles use it for bytes (latin-1 only)."""
-    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
-        raise _Refused("_codecs.encode is allowed for latin-1 text only")
-    return codecs.encode(text, "latin1")
-
-
-@functools.lru_cache(maxsize=1)
-def _safe_globals() -> dict[tuple[str, str], object]:
-    probe = np.zeros(1, dtype=np.uint8)
-    reconstruct = probe.__reduce__()[0]
-    frombuffer = probe.__reduce_ex__(5)[0]
-    scalar = np.uint8(0).__reduce__()[0]
-    allowed: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return allowed
-
-
-class _Refused(pickle.UnpicklingError):
-    """A global outside the allow-list: the file is refused, nothing was called."""
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles dicts/lists/bytes/numbers and numpy arrays; refuses every other global."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _safe_globals()[(module, name)]
-        except KeyError:
-            raise _Refused(
-                f"global {module}.{name} is not allowed (a CIFAR batch holds only numpy arrays)"
-            ) from None
-
-    def persistent_load(self, pid):
-        raise _Refused("persistent ids are not allowed")
-
-
 def _unpickle_restricted(path: Path):
     with open(path, "rb") as f:
         try:
-            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
-        except _Refused as err:
-            raise DataError(f"refusing to unpickle {path}: {_one_line(err)}") from None
+            return RestrictedUnpickler(f, encoding="latin1").load()
+        except Refused as err:
+            raise DataError(f"refusing to unpickle {path}: {one_line(str(err))}") from None
         except Exception as err:  # truncated or not a pickle at all
-            raise DataError(f"cannot read {path} as a CIFAR batch: {_one_line(err)}") from None
+            raise DataError(f"cannot read {path} as a CIFAR batch: {one_line(err)}") from None
 
 
 def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -327,7 +279,7 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as err:  # not a .mat, truncated, or MATLAB v7.3 (HDF5)
-        raise DataError(f"cannot read {path} with scipy.io.loadmat: {_one_line(err)}") from None
+        raise DataError(f"cannot read {path} with scipy.io.loadmat: {one_line(err)}") from None
     images, labels = mat.get("X"), mat.get("y")
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
         raise DataError(
@@ -382,7 +334,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError) as err:
-        raise DataError(f"cannot read {path}: {_one_line(err)}") from None
+        raise DataError(f"cannot read {path}: {one_line(err)}") from None
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:4] != bytes((0, 0, 0x08, ndim)):
         raise DataError(
@@ -542,7 +494,7 @@ def _load_npz(path: Path, mtime_ns: int, size: int) -> RawData:
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as err:
-        raise DataError(f"cannot read npz dataset {path}: {_one_line(err)}") from None
+        raise DataError(f"cannot read npz dataset {path}: {one_line(err)}") from None
     if not hasattr(archive, "files"):
         raise DataError(f"{path} holds a single array; expected an .npz with {', '.join(NPZ_KEYS)}")
     with archive:
@@ -554,7 +506,7 @@ def _load_npz(path: Path, mtime_ns: int, size: int) -> RawData:
         try:
             arrays = {key: archive[key] for key in NPZ_KEYS}
         except Exception as err:  # a corrupt member, an object array (pickles are refused)
-            raise DataError(f"cannot read npz dataset {path}: {_one_line(err)}") from None
+            raise DataError(f"cannot read npz dataset {path}: {one_line(err)}") from None
     geometry = {}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from flatcli import runtime, tables
-from flatcli.errors import UsageError
+from flatcli.errors import UsageError, one_line
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def run(
         except Exception as err:  # one bad checkpoint must not stop the sweep
             if debug:
                 raise
-            message = _one_line(err)
+            message = one_line(err)
             summary.failed.append((ref, message))
             emit(SweepEvent("failed", ref, i, total, message))
             continue
@@ -142,9 +142,3 @@ def run(
         emit(SweepEvent("done", ref, i, total, f"{wall:.1f}s", rows))
     return summary
 
-
-def _one_line(err: Exception) -> str:
-    from flatcli.errors import FlatcliError
-
-    text = str(err) if isinstance(err, FlatcliError) else f"{type(err).__name__}: {err}"
-    return " ".join(text.split()) or type(err).__name__
