@@ -71,6 +71,8 @@ def resolve_common(config, refs: Sequence):
     spec = data.get_spec(dataset)
     eps = config.eps if config.eps is not None else default_eps(refs, config.norm, spec.eps)
     eps = check_eps(eps, config.norm, dataset)
+    if config.n_examples is not None and config.n_examples <= 0:
+        raise UsageError(f"--n-examples must be positive, got {config.n_examples}")
     n = config.n_examples or data.default_n_examples(dataset, config.split, config.data_dir)
     data.load_split(dataset, config.split, n, config.data_dir)  # fails early on missing data
     if config.step_size is not None and not (
@@ -91,6 +93,7 @@ def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
     return {
         "run": ref.run,
         "checkpoint": str(ref.path),
+        "checkpoint_digest": seed_ref(ref).digest or None,
         "epoch": ref.epoch,
         "dataset": config.dataset,
         "arch": info.arch,
@@ -103,6 +106,18 @@ def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
         "schema_version": tables.SCHEMA_VERSION,
         **runtime.provenance(device),
     }
+
+
+def seed_ref(unit):
+    """The checkpoint ref behind a work unit (landscape units wrap one as `.ref`)."""
+    return getattr(unit, "ref", unit)
+
+
+def seed_keys(config, ref) -> tuple:
+    """What a work unit's random draws (starts, directions) derive from: the configured seed and
+    the checkpoint's content digest, so the same file gives the same numbers under any run name
+    or path, and a retrained file gets fresh draws."""
+    return (config.seed, seed_ref(ref).digest)
 
 
 def load_for_eval(ref, config, device: torch.device):
@@ -144,7 +159,7 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None):
         model, info = load_for_eval(ref, config, device)
         note = nonfinite_note(model)
         result = engine.robust_losses(
-            model, x, y, attacks, (config.seed, ref.run, ref.epoch), config.batch_size, on_batch
+            model, x, y, attacks, seed_keys(config, ref), config.batch_size, on_batch
         )
         base = key_columns(ref, info, config, chash, device)
         clean = {
