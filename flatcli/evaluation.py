@@ -129,7 +129,9 @@ def load_for_eval(ref, config, device: torch.device):
         dataset=config.dataset,
         device=device,
     )
-    if info.dataset not in (None, config.dataset):
+    # A user's npz may hold another sample of the training distribution (CIFAR-10.1 as npz):
+    # load_model has checked its classes and channels against the checkpoint.
+    if info.dataset not in (None, config.dataset) and not config.dataset.startswith("npz:"):
         raise CheckpointError(f"{ref.path}: trained on {info.dataset}, not {config.dataset}")
     for p in model.parameters():
         p.requires_grad_(False)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flatcli.checkpoints.format import FORMAT, FORMAT_VERSION, CheckpointInfo, read_sidecar
 from flatcli.checkpoints.names import epoch_from_name
 from flatcli.checkpoints.safe_load import read_checkpoint
-from flatcli.checkpoints.state_dict import fit_state, pop_normalization, unwrap
+from flatcli.checkpoints.state_dict import classifier_width, fit_state, pop_normalization, unwrap
 from flatcli.errors import CheckpointError, UsageError, first_sentence
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def _load_own(path, label, obj, meta, arch, explicit_norm, dataset, arch_kwargs)
         from flatcli.data import get_spec
 
         spec = get_spec(dataset)
-        if (spec.num_classes, spec.in_channels) != (num_classes, in_channels):
+        if spec.in_channels != in_channels or not _classes_fit(spec, num_classes):
             raise CheckpointError(
                 f"{label}: trained on {stored_dataset!r} ({num_classes} classes, {in_channels} "
                 f"channel(s)); {dataset!r} has {spec.num_classes} and {spec.in_channels}"
@@ -187,6 +187,14 @@ def _load_own(path, label, obj, meta, arch, explicit_norm, dataset, arch_kwargs)
     return model, info
 
 
+def _classes_fit(spec, num_classes: int) -> bool:
+    """A checkpoint's class count serves a dataset: equal, or at least the labels' count when
+    the dataset only knows its labels (an npz without `n_classes`)."""
+    if spec.classes_from_labels:
+        return num_classes >= spec.num_classes
+    return num_classes == spec.num_classes
+
+
 def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
     from flatcli.data import get_spec
 
@@ -207,7 +215,10 @@ def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
     std = _channels(std, spec.in_channels, "std", label)
     if any(s <= 0 or not math.isfinite(s) for s in std):
         raise CheckpointError(f"{label}: normalization std must be positive, got {list(std)}")
-    model = _build(arch, spec.num_classes, spec.in_channels, mean, std, kwargs, label, own=False)
+    num_classes = spec.num_classes
+    if spec.classes_from_labels:  # labels give a lower bound; the model's own head decides
+        num_classes = max(classifier_width(state) or 0, spec.num_classes)
+    model = _build(arch, num_classes, spec.in_channels, mean, std, kwargs, label, own=False)
     hint = (f" (num_classes {spec.num_classes} and {spec.in_channels} channel(s) of default "
             f"dataset '{dataset}'; pass --dataset)") if defaulted else ""
     fit = fit_state(model, state, label, arch, hint)

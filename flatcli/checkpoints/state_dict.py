@@ -59,6 +59,13 @@ def unwrap(obj: Any, label: str) -> tuple[dict, str | None, dict]:
     return tensors, "/".join(wrapper) or None, extras
 
 
+def classifier_width(state: Mapping) -> int | None:
+    """Rows of the last 2-D weight in the state dict (its output layer: state dicts list modules
+    in definition order), i.e. the model's class count; None without one."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
+    return int(matrices[-1].shape[0]) if matrices else None
+
+
 def _holds_tensors(mapping: Mapping, depth: int = 0) -> bool:
     for value in mapping.values():
         if _is_tensor(value):
