@@ -81,10 +81,8 @@ def resolve_common(config, refs: Sequence):
         raise UsageError(f"--step-size must be positive, got {config.step_size:g}")
     if config.normalize is not None:
         checkpoints.parse_normalize(config.normalize)
-    if config.arch is not None and config.arch not in models.ARCHITECTURES:
-        raise UsageError(
-            f"unknown --arch {config.arch!r}; choose one of {', '.join(models.ARCHITECTURES)}"
-        )
+    if config.arch is not None:
+        models.parse_arch(config.arch)  # name and arguments, checked before any work
     return dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
 
 

@@ -311,3 +311,20 @@ def test_n_examples_zero_is_a_usage_error(run_dir, tmp_path, capsys):
                                 "--n-examples", "0", "-q")
     assert code == 2 and stdout == "" and "--n-examples must be positive" in err
     assert not (tmp_path / "o" / "attack").exists()
+
+
+def test_arch_arguments_load_a_foreign_checkpoint_of_another_width(tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "narrow" / "model_2.pt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": models.build("small-cnn", 10, 1, width=8).net.state_dict()}, ckpt)
+    common = [ckpt, "--dataset", "digits", "--out", tmp_path / "o", *FAST]
+    code, _, err = flatcli(capsys, "attack", *common, "--arch", "small-cnn")
+    assert code == 1 and "shape(s) differ" in err  # the default width does not fit
+    code, stdout, err = flatcli(capsys, "attack", *common, "--arch", "small-cnn:width=8",
+                                "-f", "json")
+    assert code == 0, err
+    assert json.loads(stdout)[0]["arch"] == "small-cnn"
+    code, stdout, err = flatcli(capsys, "attack", *common, "--arch", "small-cnn:widht=8")
+    assert code == 2 and stdout == "" and "'widht=8' is not key=value" in err
+    assert len(err.strip().splitlines()) == 1

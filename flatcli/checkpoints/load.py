@@ -111,6 +111,14 @@ def load_model(
         else (tuple(normalize[0]), tuple(normalize[1]))
     if not path.is_file():
         raise CheckpointError(f"cannot read {label}: no such file")
+    if arch is not None:  # `name:key=value,...`; arguments given both ways must agree
+        from flatcli.models import parse_arch
+
+        arch, parsed = parse_arch(arch)
+        clash = {k for k in parsed if k in (arch_kwargs or {}) and arch_kwargs[k] != parsed[k]}
+        if clash:
+            raise UsageError(f"--arch {arch}: {', '.join(sorted(clash))} given twice, differently")
+        arch_kwargs = {**parsed, **(arch_kwargs or {})}
     obj, embedded = read_checkpoint(path, label)
     meta = embedded or read_sidecar(path)
     if meta is not None:
@@ -131,8 +139,11 @@ def _load_own(path, label, obj, meta, arch, explicit_norm, dataset, arch_kwargs)
     if arch is not None and arch != stored_arch:
         raise CheckpointError(f"{label}: saved as arch '{stored_arch}', not '{arch}' (drop --arch)")
     kwargs = dict(meta.get("arch_kwargs") or {})
+    from flatcli.models import ARCHITECTURES, arch_defaults
+
+    saved = {**(arch_defaults(stored_arch) if stored_arch in ARCHITECTURES else {}), **kwargs}
     for key, value in (arch_kwargs or {}).items():
-        if kwargs.get(key) != value:
+        if saved.get(key) != value:
             raise CheckpointError(
                 f"{label}: saved with {key}={kwargs.get(key)!r}, not {value!r} (drop the option)"
             )
