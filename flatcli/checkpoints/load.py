@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flatcli.checkpoints import zoos
 from flatcli.checkpoints.format import FORMAT, FORMAT_VERSION, CheckpointInfo, read_sidecar
 from flatcli.checkpoints.names import epoch_from_name
 from flatcli.checkpoints.safe_load import read_checkpoint
@@ -210,16 +211,30 @@ def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
     from flatcli.data import get_spec
 
     state, wrapper, extras = unwrap(obj, label)
-    defaulted = dataset is None
+    madry = zoos.drop_madry_attacker(state)
+    zoo = zoos.robustbench_entry(path)
+    entry = zoo[1] if zoo else None
+    if zoo and entry is None and arch is None:
+        raise CheckpointError(
+            f"{label}: {zoo[0]} is not an entry flatcli can build ({zoos.served()}); pass "
+            "--arch if its architecture is one of flatcli's"
+        )
+    defaulted = dataset is None and zoo is None
+    if dataset is None and zoo is not None:
+        dataset = zoo[0].split(":")[1].split("/")[0]
     dataset = dataset or DEFAULT_FOREIGN_DATASET
     spec = get_spec(dataset)
-    arch = arch or spec.default_arch
     kwargs = dict(arch_kwargs or {})
+    if entry is not None and arch is None:
+        arch, kwargs = entry.arch, {**entry.kwargs, **kwargs}
+    arch = arch or spec.default_arch
     found = pop_normalization(state)
     if explicit_norm is not None:
         mean, std, source = explicit_norm[0], explicit_norm[1], "--normalize"
     elif found is not None:
         mean, std, source = found[0], found[1], f"file ({found[2]})"
+    elif entry is not None and entry.mean is not None:
+        mean, std, source = entry.mean, entry.std, f"{zoo[0]} (in its code)"
     else:
         mean, std, source = (0.0,), (1.0,), "identity (default)"
     mean = _channels(mean, spec.in_channels, "mean", label)
@@ -237,5 +252,6 @@ def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
     stored_epoch = extras.get("epoch")
     if epoch is None and isinstance(stored_epoch, int) and not isinstance(stored_epoch, bool):
         epoch = stored_epoch
-    meta = {"wrapper": wrapper, **fit, "normalization": source, "extras": extras}
+    meta = {"wrapper": wrapper, **fit, "normalization": source, "extras": extras,
+            "zoo": zoo[0] if zoo else ("madrylab-robustness" if madry else None)}
     return model, CheckpointInfo(arch, kwargs, dataset, mean, std, epoch, "foreign", meta)

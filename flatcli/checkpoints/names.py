@@ -6,7 +6,10 @@ import re
 from pathlib import Path
 
 # A checkpoint extension, optionally followed by a number (`classifier.pth.tar.10`).
-_EXT_RE = re.compile(r"\.(?:safetensors|pth\.tar|pth|pt|t7|ckpt|bin)(?:\.(\d+))?$", re.IGNORECASE)
+# MadryLab `robustness` adds `.best` / `.latest` (`checkpoint.pt.best`).
+_EXT_RE = re.compile(
+    r"\.(?:safetensors|pth\.tar|pth|pt|t7|ckpt|bin)(?:\.(\d+)|\.(best|latest))?$", re.IGNORECASE
+)
 _EPOCH_WORD_RE = re.compile(r"epoch[_\-.=]?(\d+)")
 _EPOCH_SHORT_RE = re.compile(r"(?:^|[_\-.])(?:ep|e)[_\-]?(\d+)(?=$|[_\-.])")
 _TRAILING_RE = re.compile(r"[_\-.](\d+)$")
@@ -32,7 +35,8 @@ def checkpoint_stem(name: str) -> str:
     """The file name without its checkpoint extension (`classifier.pth.tar` -> `classifier`)."""
     match = _EXT_RE.search(name)
     if match and match.start() > 0:
-        return name[: match.start()]
+        tag = f"_{match.group(2)}" if match.group(2) else ""
+        return name[: match.start()] + tag
     return Path(name).stem or name
 
 
