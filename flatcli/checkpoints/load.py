@@ -1,8 +1,9 @@
 """`load_model`: a checkpoint file -> an eval-mode `Classifier` and what was learned about it.
 
-flatcli's own format describes itself; a foreign file gets its dataset, arch and normalization
-from the caller, from the model zoo's layout it sits in (`zoos.py`), from tensors it stores, or
-from the defaults below, in that order (docs: README "Checkpoints").
+flatcli's own format describes itself; explicit arch/normalize must agree with it. A foreign
+file takes dataset and arch from the caller, else its zoo layout (`zoos`), else cifar10 and that
+dataset's default arch; normalization from the caller, else tensors it stores, else its zoo
+entry, else the identity. Its state dict loads strictly (only `num_batches_tracked` may lack).
 """
 
 from __future__ import annotations
