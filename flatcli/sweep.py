@@ -103,6 +103,7 @@ def plan(
     rather than renaming keeps a run's name independent of what an OUT already holds.
     """
     result = Plan([], [])
+    said: set[str] = set()  # a run's naming note once, not for each of its checkpoints
     for ref in shard.take(refs):
         part = tables.part_path(out, table, ref.key, config_hash)
         notes = []
@@ -112,8 +113,10 @@ def plan(
                 result.skipped.append(ref)
                 continue
             notes.append(f"unreadable part {part} ({reason}); recomputing it")
-        if getattr(_ref_of(ref), "note", ""):
-            notes.append(_ref_of(ref).note)
+        note = getattr(_ref_of(ref), "note", "")
+        if note and note not in said:
+            said.add(note)
+            notes.append(note)
         stale = tables.other_parts(out, table, ref.key, _digest8(ref), config_hash)
         others = sorted({c for c in map(_written_for, stale) if not _same_file(c, ref.path)})
         if others and not force:
