@@ -4,6 +4,8 @@ The CLI maps them to exit codes: `UsageError` (and subclasses) -> 2 before any w
 `CheckpointError` -> the checkpoint is reported and skipped, the sweep goes on (exit 1 at the end).
 """
 
+import re
+
 
 class FlatcliError(Exception):
     """Base class: `str(err)` is a complete one-line message for the user."""
@@ -24,3 +26,26 @@ class CheckpointError(FlatcliError):
 
     In a sweep this fails only that checkpoint; for a single explicit load it is exit 2.
     """
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(err: BaseException | str, limit: int | None = None) -> str:
+    """One line for the user: a flatcli error's own message, else `Type: message` (a bare
+    string as is); ANSI codes dropped, whitespace runs joined, cut to `limit` with '...'."""
+    if isinstance(err, BaseException) and not isinstance(err, FlatcliError):
+        text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    else:
+        text = str(err)
+    text = " ".join(_ANSI_RE.sub("", text).split())
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text or type(err).__name__
+
+
+def first_sentence(err: BaseException, limit: int = 160) -> str:
+    """The first line and sentence of a third-party error (long library messages cut short)."""
+    lines = [ln.strip() for ln in _ANSI_RE.sub("", str(err)).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return one_line(text.split(". ")[0], limit)

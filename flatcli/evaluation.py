@@ -71,6 +71,8 @@ def resolve_common(config, refs: Sequence):
     spec = data.get_spec(dataset)
     eps = config.eps if config.eps is not None else default_eps(refs, config.norm, spec.eps)
     eps = check_eps(eps, config.norm, dataset)
+    if config.n_examples is not None and config.n_examples <= 0:
+        raise UsageError(f"--n-examples must be positive, got {config.n_examples}")
     n = config.n_examples or data.default_n_examples(dataset, config.split, config.data_dir)
     data.load_split(dataset, config.split, n, config.data_dir)  # fails early on missing data
     if config.step_size is not None and not (
@@ -79,10 +81,8 @@ def resolve_common(config, refs: Sequence):
         raise UsageError(f"--step-size must be positive, got {config.step_size:g}")
     if config.normalize is not None:
         checkpoints.parse_normalize(config.normalize)
-    if config.arch is not None and config.arch not in models.ARCHITECTURES:
-        raise UsageError(
-            f"unknown --arch {config.arch!r}; choose one of {', '.join(models.ARCHITECTURES)}"
-        )
+    if config.arch is not None:
+        models.parse_arch(config.arch)  # name and arguments, checked before any work
     return dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
 
 
@@ -91,6 +91,7 @@ def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
     return {
         "run": ref.run,
         "checkpoint": str(ref.path),
+        "checkpoint_digest": seed_ref(ref).digest or None,
         "epoch": ref.epoch,
         "dataset": config.dataset,
         "arch": info.arch,
@@ -105,6 +106,18 @@ def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
     }
 
 
+def seed_ref(unit):
+    """The checkpoint ref behind a work unit (landscape units wrap one as `.ref`)."""
+    return getattr(unit, "ref", unit)
+
+
+def seed_keys(config, ref) -> tuple:
+    """What a work unit's random draws (starts, directions) derive from: the configured seed and
+    the checkpoint's content digest, so the same file gives the same numbers under any run name
+    or path, and a retrained file gets fresh draws."""
+    return (config.seed, seed_ref(ref).digest)
+
+
 def load_for_eval(ref, config, device: torch.device):
     """The checkpoint's model (eval mode, frozen weights, on device) and its info."""
     model, info = checkpoints.load_model(
@@ -114,7 +127,9 @@ def load_for_eval(ref, config, device: torch.device):
         dataset=config.dataset,
         device=device,
     )
-    if info.dataset not in (None, config.dataset):
+    # A user's npz may hold another sample of the training distribution (CIFAR-10.1 as npz):
+    # load_model has checked its classes and channels against the checkpoint.
+    if info.dataset not in (None, config.dataset) and not config.dataset.startswith("npz:"):
         raise CheckpointError(f"{ref.path}: trained on {info.dataset}, not {config.dataset}")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -144,7 +159,7 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None):
         model, info = load_for_eval(ref, config, device)
         note = nonfinite_note(model)
         result = engine.robust_losses(
-            model, x, y, attacks, (config.seed, ref.run, ref.epoch), config.batch_size, on_batch
+            model, x, y, attacks, seed_keys(config, ref), config.batch_size, on_batch
         )
         base = key_columns(ref, info, config, chash, device)
         clean = {

@@ -621,7 +621,7 @@ def flatness_measure(
                 f"{ref.path}: no perturbable layers (weights or biases outside normalization)"
             )
         model_note = evaluation.nonfinite_note(model)
-        keys = (config.seed, ref.run, ref.epoch)
+        keys = evaluation.seed_keys(config, ref)
         needs_reference = robust and any(m in measures for m in ("average", "worst"))
         reference = engine.robust_losses(
             model, x, y, [attack] if needs_reference else [], keys, config.batch_size, on_batch

@@ -445,7 +445,7 @@ def landscape_measure(
     def measure(unit) -> list[dict]:
         model, info = load(unit.ref)
         model_note = evaluation.nonfinite_note(model)
-        keys = (config.seed, unit.run, unit.epoch)  # the same as `flatcli attack`
+        keys = evaluation.seed_keys(config, unit)  # the same as `flatcli attack`
         directions = directions_of(unit, model, keys)
         values = evaluate_grid(
             model,

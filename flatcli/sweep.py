@@ -13,8 +13,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from flatcli import runtime, tables
-from flatcli.errors import UsageError
+from flatcli.errors import UsageError, one_line
 
 
 @dataclass(frozen=True)
@@ -77,19 +80,87 @@ class SweepSummary:
 
 @dataclass(frozen=True)
 class Plan:
+    """This shard's units: to compute, already written, refused (unit, why), and per unit key
+    the notes to say when it starts and the parts its new rows replace."""
+
     todo: list
     skipped: list
+    refused: list = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+    replaces: dict = field(default_factory=dict)
 
 
 def plan(
     refs: Sequence, table: str, out, config_hash: str, shard: Shard = Shard(), force: bool = False
 ) -> Plan:
-    """This shard's refs, split into those to compute and those already written."""
-    mine = shard.take(refs)
-    if force:
-        return Plan(mine, [])
-    done = [r for r in mine if tables.is_done(out, table, r.key, config_hash)]
-    return Plan([r for r in mine if r not in done], done)
+    """This shard's refs, split into those to compute, those already written and those refused.
+
+    A unit is done when its part (named by run, epoch and content digest) exists and reads. An
+    unreadable part is recomputed. A part of the same run and epoch but another digest holds rows
+    of another content: when it was written for this very file (retrained in place) it is
+    replaced; when for another file that got the same run name and epoch (another directory
+    called `at`), the unit is refused, naming both, unless `force` (which replaces it). Refusing
+    rather than renaming keeps a run's name independent of what an OUT already holds.
+    """
+    result = Plan([], [])
+    said: set[str] = set()  # a run's naming note once, not for each of its checkpoints
+    for ref in shard.take(refs):
+        part = tables.part_path(out, table, ref.key, config_hash)
+        notes = []
+        if part.is_file() and not force:
+            reason = tables.unreadable_reason(part)
+            if reason is None:
+                result.skipped.append(ref)
+                continue
+            notes.append(f"unreadable part {part} ({reason}); recomputing it")
+        note = getattr(_ref_of(ref), "note", "")
+        if note and note not in said:
+            said.add(note)
+            notes.append(note)
+        stale = tables.other_parts(out, table, ref.key, _digest8(ref), config_hash)
+        others = sorted({c for c in map(_written_for, stale) if not _same_file(c, ref.path)})
+        if others and not force:
+            result.refused.append((ref, (
+                f"{out} already holds {table} rows of run {ref.run!r} epoch {ref.epoch} for "
+                f"another file, {others[0]}; use another --out, or --force to replace them"
+            )))
+            continue
+        if stale:
+            result.replaces[ref.key] = stale
+            notes.append(f"replacing {len(stale)} part(s) written for earlier contents of this "
+                         "name (" + ", ".join(p.name for p in stale) + ")")
+        result.notes[ref.key] = notes
+        result.todo.append(ref)
+    return result
+
+
+def _ref_of(unit):
+    """The checkpoint ref behind a work unit (landscape units wrap one as `.ref`)."""
+    return getattr(unit, "ref", unit)
+
+
+def _digest8(unit) -> str:
+    from flatcli.checkpoints import DIGEST_CHARS
+
+    return (getattr(_ref_of(unit), "digest", "") or "")[:DIGEST_CHARS]
+
+
+def _written_for(part) -> str:
+    """The checkpoint path a part's rows were computed from ('' if it cannot be read)."""
+    try:
+        rows = pq.read_table(part, columns=["checkpoint"]).column("checkpoint").to_pylist()
+    except (OSError, pa.ArrowException, KeyError):
+        return ""
+    return rows[0] if rows and rows[0] else ""
+
+
+def _same_file(written: str, path) -> bool:
+    if not written:
+        return True  # an unreadable old part: nothing to protect, it is replaced
+    try:
+        return os.path.samefile(written, path)
+    except OSError:
+        return os.path.abspath(written) == os.path.abspath(path)
 
 
 def run(
@@ -112,11 +183,16 @@ def run(
     work = plan(refs, table, out, config_hash, shard, force)
     todo, skipped = work.todo, work.skipped
     summary = SweepSummary(skipped=list(skipped))  # rows: the skipped ones' too, as written
-    total = len(todo) + len(skipped)
+    total = len(todo) + len(skipped) + len(work.refused)
     for i, ref in enumerate(skipped):
         summary.rows.extend(tables.read_part(out, table, ref.key, config_hash))
         emit(SweepEvent("skipped", ref, i, total, "already done"))
-    for i, ref in enumerate(todo, start=len(skipped)):
+    for i, (ref, message) in enumerate(work.refused, start=len(skipped)):
+        summary.failed.append((ref, message))
+        emit(SweepEvent("failed", ref, i, total, message))
+    for i, ref in enumerate(todo, start=len(skipped) + len(work.refused)):
+        for note in work.notes.get(ref.key, []):
+            emit(SweepEvent("warning", ref, i, total, note))
         emit(SweepEvent("start", ref, i, total))
         started = time.perf_counter()
         try:
@@ -126,7 +202,7 @@ def run(
         except Exception as err:  # one bad checkpoint must not stop the sweep
             if debug:
                 raise
-            message = _one_line(err)
+            message = one_line(err)
             summary.failed.append((ref, message))
             emit(SweepEvent("failed", ref, i, total, message))
             continue
@@ -134,6 +210,8 @@ def run(
         stamp = runtime.now_iso()
         rows = [{**row, "wall_time_s": wall, "created_at": stamp} for row in rows]
         tables.write_part(out, table, ref.key, config_hash, rows)
+        for stale in work.replaces.get(ref.key, []):
+            stale.unlink(missing_ok=True)
         summary.done.append(ref)
         summary.rows.extend(rows)
         notes = sorted({r["note"] for r in rows if r.get("note")})
@@ -142,9 +220,3 @@ def run(
         emit(SweepEvent("done", ref, i, total, f"{wall:.1f}s", rows))
     return summary
 
-
-def _one_line(err: Exception) -> str:
-    from flatcli.errors import FlatcliError
-
-    text = str(err) if isinstance(err, FlatcliError) else f"{type(err).__name__}: {err}"
-    return " ".join(text.split()) or type(err).__name__

@@ -1,9 +1,10 @@
 """Table schemas (one explicit pyarrow schema per table), atomic part writes, done keys, reading.
 
 Every table is a directory of part files, one per work unit:
-`OUT/<table>/<key>__<hash8>.parquet`, where `key` names the checkpoint (`<run>__e<epoch:04d>`)
-and `hash8` the configuration. Temp files start with `.` and are renamed with `os.replace`, so a
-reader (pyarrow ignores dot-files) never sees a half-written part and a killed writer leaves none.
+`OUT/<table>/<key>__<hash8>.parquet`, where `key` names the checkpoint and its content
+(`<run>__e<epoch:04d>__<digest8>`) and `hash8` the configuration. Temp files start with `.` and
+are renamed with `os.replace`, so a reader (pyarrow ignores dot-files) never sees a half-written
+part and a killed writer leaves none.
 The explicit schema is applied on every write: `pd.read_parquet("OUT/<table>")` then returns the
 whole table whatever mix of runs, shards and reruns wrote it.
 """
@@ -25,6 +26,7 @@ SCHEMA_VERSION = 1
 COMMON = [
     pa.field("run", pa.string()),
     pa.field("checkpoint", pa.string()),
+    pa.field("checkpoint_digest", pa.string()),  # sha256 of the file; results follow content
     pa.field("epoch", pa.int64()),
     pa.field("dataset", pa.string()),
     pa.field("arch", pa.string()),
@@ -212,7 +214,36 @@ def part_path(out: str | os.PathLike, table: str, key: str, config_hash: str) ->
 
 
 def is_done(out: str | os.PathLike, table: str, key: str, config_hash: str) -> bool:
-    return part_path(out, table, key, config_hash).is_file()
+    """The work unit's part exists and is readable (`unreadable_reason` is None)."""
+    path = part_path(out, table, key, config_hash)
+    return path.is_file() and unreadable_reason(path) is None
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a part file cannot be read (truncated, not Parquet), or None when its footer reads.
+
+    The footer is written last, so a part cut short by a full disk or a copy fails here."""
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
+def other_parts(
+    out: str | os.PathLike, table: str, key: str, digest8: str, config_hash: str
+) -> list[Path]:
+    """Parts of the same name and configuration as `key` but another content digest (and
+    parts written before keys carried a digest): rows of a file that has since changed."""
+    if not digest8 or f"__{digest8}" not in key:
+        return []
+    directory = Path(out) / table
+    wildcard = key.replace(f"__{digest8}", "__" + "?" * len(digest8), 1)
+    legacy = key.replace(f"__{digest8}", "", 1)
+    found = list(directory.glob(f"{wildcard}__{config_hash[:8]}.parquet"))
+    found += [p for p in [directory / f"{legacy}__{config_hash[:8]}.parquet"] if p.is_file()]
+    mine = part_path(out, table, key, config_hash)
+    return sorted(p for p in found if p != mine)
 
 
 def _clean(value):

@@ -473,9 +473,10 @@ def test_discover_nested_sorted_and_filtered(tmp_path):
         ("runC", 40, "pytorch_model.bin"),
         ("runC", 500, "pytorch_model.bin"),
     ]
-    keys = [r.key for r in refs]
+    keys = [r.name_key for r in refs]
     assert len(set(keys)) == len(keys)
     assert keys[0] == "runA__e0003" and keys[5] == "runB__model_best"
+    assert refs[0].key == f"runA__e0003__{ck.content_digest(refs[0].path)[:8]}"
     assert all(k.replace("_", "").replace("-", "").replace(".", "").isalnum() for k in keys)
 
 
@@ -532,6 +533,8 @@ def test_discover_keys_unique_for_duplicate_run_names(tmp_path):
 
 
 def test_checkpoint_ref_key():
-    assert ck.CheckpointRef("run 1", 7, Path("x/model_7.pt")).key == "run_1__e0007"
-    assert ck.CheckpointRef("r", None, Path("x/model_best.pth")).key == "r__model_best"
-    assert ck.CheckpointRef(".r", None, Path("x/classifier.pth.tar")).key == "_r__classifier"
+    assert ck.CheckpointRef("run 1", 7, Path("x/model_7.pt")).name_key == "run_1__e0007"
+    assert ck.CheckpointRef("r", None, Path("x/model_best.pth")).name_key == "r__model_best"
+    assert ck.CheckpointRef(".r", None, Path("x/classifier.pth.tar")).name_key == "_r__classifier"
+    assert ck.CheckpointRef("r", 7, Path("x/missing.pt")).key == "r__e0007__nodigest"
+    assert ck.CheckpointRef("r", 7, Path("x"), digest="0123456789ab").key == "r__e0007__01234567"

@@ -267,3 +267,64 @@ def test_ctrl_c_exits_130(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sweep, "run", interrupted)
     code, stdout, _ = flatcli(capsys, "attack", *FAST, run_dir, "--out", tmp_path / "o")
     assert code == 130 and stdout == ""
+
+
+def _digits_npz(path: Path, classes: int, **extra) -> str:
+    """digits restricted to labels 0..classes-1, as a user's npz (float NCHW)."""
+    import numpy as np
+
+    from flatcli import data
+
+    arrays = {}
+    for split, key in (("train", "train"), ("test", "test")):
+        x, y = data.load_split("digits", split)
+        keep = y < classes
+        arrays[f"x_{key}"], arrays[f"y_{key}"] = x[keep].numpy(), y[keep].numpy()
+    np.savez(path, **arrays, **extra)
+    return f"npz:{path}"
+
+
+def test_a_ten_class_checkpoint_evaluates_on_an_npz_labelled_0_to_6(tmp_path, capsys):
+    torch.manual_seed(0)
+    foreign = tmp_path / "foreign" / "model_3.pt"
+    foreign.parent.mkdir()
+    torch.save(models.build("small-cnn", 10, 1).net.state_dict(), foreign)
+    own = _save(tmp_path / "own", 3)
+    npz = _digits_npz(tmp_path / "seven.npz", 7)
+    for ckpt, extra in ((foreign, ["--arch", "small-cnn"]), (own, [])):
+        code, stdout, err = flatcli(
+            capsys, "attack", ckpt, "--dataset", npz, "--out", tmp_path / "o", *FAST, *extra,
+            "-f", "json",
+        )
+        assert code == 0, err
+        (row,) = json.loads(stdout)
+        assert row["dataset"] == npz and 0 <= row["robust_err"] <= 1
+    # an npz that states its class count is held to it
+    stated = _digits_npz(tmp_path / "stated.npz", 7, n_classes=7)
+    code, _, err = flatcli(capsys, "attack", own, "--dataset", stated, "--out", tmp_path / "s",
+                           *FAST)
+    assert code == 1 and "10 classes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_n_examples_zero_is_a_usage_error(run_dir, tmp_path, capsys):
+    code, stdout, err = flatcli(capsys, "attack", run_dir, "--out", tmp_path / "o",
+                                "--n-examples", "0", "-q")
+    assert code == 2 and stdout == "" and "--n-examples must be positive" in err
+    assert not (tmp_path / "o" / "attack").exists()
+
+
+def test_arch_arguments_load_a_foreign_checkpoint_of_another_width(tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "narrow" / "model_2.pt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": models.build("small-cnn", 10, 1, width=8).net.state_dict()}, ckpt)
+    common = [ckpt, "--dataset", "digits", "--out", tmp_path / "o", *FAST]
+    code, _, err = flatcli(capsys, "attack", *common, "--arch", "small-cnn")
+    assert code == 1 and "shape(s) differ" in err  # the default width does not fit
+    code, stdout, err = flatcli(capsys, "attack", *common, "--arch", "small-cnn:width=8",
+                                "-f", "json")
+    assert code == 0, err
+    assert json.loads(stdout)[0]["arch"] == "small-cnn"
+    code, stdout, err = flatcli(capsys, "attack", *common, "--arch", "small-cnn:widht=8")
+    assert code == 2 and stdout == "" and "'widht=8' is not key=value" in err
+    assert len(err.strip().splitlines()) == 1

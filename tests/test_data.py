@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 import torch
 
-from flatcli import data
+from flatcli import data, data_files
 from flatcli.errors import DataError, UsageError
 
 N_TRAIN, N_TEST = 24, 510  # the registered datasets hold out the last 500 test examples
@@ -212,7 +212,7 @@ def test_python2_written_batch(tmp_path):
                b"cnumpy\nndarray\nK\x00\x85" + _py2_string("b") + b"\x87R" + array_state
                + _py2_string("labels") + b"](K\x01K\x02eu.")
     (tmp_path / "batch").write_bytes(payload)
-    entry = data._unpickle_restricted(tmp_path / "batch")
+    entry = data_files._unpickle_restricted(tmp_path / "batch")
     assert entry["labels"] == [1, 2]
     assert entry["data"].dtype == np.uint8 and entry["data"].tolist() == [[1, 2, 3], [4, 5, 255]]
 
@@ -258,8 +258,9 @@ def test_official_sized_file_must_match_torchvision_md5(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz has the official"):
         data.load_split("mnist", "test", directory=tmp_path / "b")
     # the same file passes when its md5 is the published one (stand-in list)
-    published = {"test_batch": data._md5(tmp_path / "a" / "cifar-10-batches-py" / "test_batch")}
-    monkeypatch.setattr(data, "_cifar_official_md5", lambda name: published)
+    batch = tmp_path / "a" / "cifar-10-batches-py" / "test_batch"
+    published = {"test_batch": data_files._md5(batch)}
+    monkeypatch.setattr(data_files, "_cifar_official_md5", lambda name: published)
     assert data.split_size("cifar10", "test", tmp_path / "a") == 9500
 
 

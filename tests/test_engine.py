@@ -47,7 +47,10 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(
     ref = engine.robust_losses(trained_digits_model, x, y, [_attack()], (0,), batch_size=40)
     small = _OOMAbove(trained_digits_model, limit=24)  # PGD batches restarts: 2 x examples
     got = engine.robust_losses(small, x, y, [_attack()], (0,), batch_size=40)
-    assert max(s for s in small.sizes if s <= 24) <= 24 and any(s > 24 for s in small.sizes)
+    failed = [i for i, size in enumerate(small.sizes) if size > 24]
+    assert small.sizes[0] == 40 and failed  # the whole batch was tried first and ran out
+    assert all(small.sizes[i + 1] <= small.sizes[i] // 2 for i in failed)  # retried halved
+    assert len(failed) == 2  # once in the clean pass, once in the attack: the half then sticks
     torch.testing.assert_close(
         got.robust["pgd5x2"].loss, ref.robust["pgd5x2"].loss, atol=1e-5, rtol=1e-5
     )

@@ -234,3 +234,23 @@ def test_wide_resnet_rejects_bad_settings(kwargs):
 def test_unknown_architecture():
     with pytest.raises(UsageError):
         models.build("resnet-does-not-exist")
+
+
+def test_parse_arch_takes_checked_typed_arguments():
+    assert models.parse_arch("small-cnn") == ("small-cnn", {})
+    assert models.parse_arch("small-cnn:width=8, hidden=16") == (
+        "small-cnn", {"width": 8, "hidden": 16}
+    )
+    assert models.parse_arch("wide-resnet:depth=16,widen_factor=2,dropout=0.1,sub_block1=true") == (
+        "wide-resnet", {"depth": 16, "widen_factor": 2, "dropout": 0.1, "sub_block1": True}
+    )
+    for bad, says in [
+        ("small-cnn:depth=3", "'depth=3' is not key=value for small-cnn (width=32, hidden=128)"),
+        ("small-cnn:width", "'width' is not key=value"),
+        ("small-cnn:width=eight", "width must be int, got 'eight'"),
+        ("wide-resnet:sub_block1=maybe", "sub_block1 must be bool"),
+        ("nope:width=8", "unknown --arch 'nope'"),
+    ]:
+        with pytest.raises(UsageError) as err:
+            models.parse_arch(bad)
+        assert says in str(err.value) and "\n" not in str(err.value)

@@ -8,6 +8,7 @@ state dicts load into `model.net` unchanged (see `flatcli.checkpoints`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,46 @@ def build(
     mean = [0.0] * in_channels if mean is None else mean
     std = [1.0] * in_channels if std is None else std
     return Classifier(net, mean, std)
+
+
+def parse_arch(text: str) -> tuple[str, dict]:
+    """`name[:key=value,...]` (e.g. `small-cnn:width=8`) -> (name, kwargs), each key checked
+    against the factory's signature and its value converted to the type of the key's default
+    (int, float, bool as true/false/1/0, str). Bad input: `UsageError` with one line."""
+    name, _, args = str(text).partition(":")
+    name = name.strip()
+    if name not in ARCHITECTURES:
+        raise UsageError(f"unknown --arch {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    params = {
+        k: p for k, p in inspect.signature(ARCHITECTURES[name].factory).parameters.items()
+        if k not in ("num_classes", "in_channels")
+    }
+    kwargs: dict = {}
+    for item in filter(None, (part.strip() for part in args.split(","))):
+        key, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or key not in params:
+            known = ", ".join(f"{k}={p.default}" for k, p in params.items()) or "none"
+            raise UsageError(f"--arch {text}: {item!r} is not key=value for {name} ({known})")
+        kwargs[key] = _arch_value(text, key, value, params[key].default)
+    return name, kwargs
+
+
+def arch_defaults(name: str) -> dict:
+    """The keyword defaults of an architecture's factory (num_classes, in_channels excluded)."""
+    params = inspect.signature(ARCHITECTURES[name].factory).parameters.items()
+    return {k: p.default for k, p in params if k not in ("num_classes", "in_channels")}
+
+
+def _arch_value(text: str, key: str, value: str, default):
+    kind = type(default) if default is not inspect.Parameter.empty else str
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        return kind(value)
+    except ValueError:
+        raise UsageError(f"--arch {text}: {key} must be {kind.__name__}, got {value!r}") from None
 
 
 # Families register themselves on import; keep this list the table of contents.

@@ -1,0 +1,50 @@
+"""Checkpoints: finding them (`discover`), reading them safely (`safe_load`), fitting foreign
+state dicts to our architectures (`state_dict`, `zoos`), flatcli's own format (`format`) and
+`load_model` (`load`). Importing this package does not import torch.
+
+Loading never runs code from a file: safetensors, or `torch.load(weights_only=True)` after the
+pickle's imports were checked against an allow-list without unpickling it.
+"""
+
+from flatcli.checkpoints.discover import (
+    CHECKPOINT_PATTERNS,
+    DIGEST_CHARS,
+    CheckpointRef,
+    content_digest,
+    discover,
+)
+from flatcli.checkpoints.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointInfo,
+    read_sidecar,
+    save_checkpoint,
+    sidecar_path,
+)
+from flatcli.checkpoints.load import DEFAULT_FOREIGN_DATASET, load_model, parse_normalize
+from flatcli.checkpoints.names import checkpoint_name, checkpoint_stem, epoch_from_name, safe_name
+from flatcli.checkpoints.state_dict import NORMALIZATION_KEYS, PREFIXES, WRAPPER_KEYS
+
+__all__ = [
+    "CHECKPOINT_PATTERNS",
+    "DEFAULT_FOREIGN_DATASET",
+    "DIGEST_CHARS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "NORMALIZATION_KEYS",
+    "PREFIXES",
+    "WRAPPER_KEYS",
+    "CheckpointInfo",
+    "CheckpointRef",
+    "checkpoint_name",
+    "checkpoint_stem",
+    "content_digest",
+    "discover",
+    "epoch_from_name",
+    "load_model",
+    "parse_normalize",
+    "read_sidecar",
+    "safe_name",
+    "save_checkpoint",
+    "sidecar_path",
+]

@@ -1,0 +1,300 @@
+"""Reading datasets from disk: digits from scikit-learn, and torchvision's on-disk layouts under
+the data directory (flatcli never downloads; a missing file is a `DataError` naming its path).
+
+    cifar10        DATA_DIR/cifar-10-batches-py/{data_batch_1..data_batch_5, test_batch}
+    cifar100       DATA_DIR/cifar-100-python/{train, test}          (fine labels)
+    svhn           DATA_DIR/{train_32x32.mat, test_32x32.mat}       (or under DATA_DIR/svhn/)
+    mnist          DATA_DIR/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
+    fashion-mnist  DATA_DIR/FashionMNIST/raw/...                    (same file names as MNIST)
+
+CIFAR batches are pickles, read with the restricted unpickler checkpoints share
+(`flatcli.checkpoints.safe_load`): plain data only, any other global refused before anything is
+called. SVHN's `.mat` files are read with `scipy.io.loadmat` as torchvision does (label 10 -> 0);
+MNIST's idx files are parsed from their headers, gzipped or not.
+
+Checksum rule: a file that holds exactly as many examples as the official file of that name
+(10000 per CIFAR-10 batch, 50000/10000 for CIFAR-100, 73257/26032 for SVHN, 60000/10000 for
+MNIST and Fashion-MNIST) presents itself as the official download, so its md5 must equal the one
+torchvision publishes (`torchvision.datasets.CIFAR10.train_list`, `SVHN.split_list`,
+`MNIST.resources`, ...); a mismatch is a `DataError` (a corrupt or altered download). Files with
+other counts (subsets, your own data in these layouts, test fixtures) are not the official files
+and are read without an md5 check. torchvision publishes md5s only for MNIST's `.gz` files, so
+uncompressed idx files are checked by their headers and sizes only. Every dataset's structure is
+validated on read either way: image geometry, label range, and a test set larger than `heldout`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flatcli.checkpoints.safe_load import Refused, RestrictedUnpickler
+from flatcli.errors import DataError, one_line
+
+NO_DOWNLOAD = "--data-dir or FLATCLI_DATA_DIR sets DATA_DIR; flatcli never downloads"
+
+
+@dataclass(frozen=True)
+class RawData:
+    """A dataset as read from disk: images uint8 NHWC or float NCHW in [0, 1]; labels int."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def _layout(name: str) -> str:
+    from flatcli.data import DATASETS
+
+    return DATASETS[name].layout
+
+
+# ---------------------------------------------------------------------------------------------
+# digits (bundled)
+
+
+def read_digits(_: Path | None) -> RawData:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)[:, None]  # [1797, 1, 8, 8] in [0, 1]
+    labels = bunch.target.astype(np.int64)
+    order = np.random.RandomState(0).permutation(len(labels))
+    train, test = order[:1200], order[1200:]
+    return RawData(images[train], labels[train], images[test], labels[test])
+
+
+
+# ---------------------------------------------------------------------------------------------
+# files under the data directory
+
+
+def _root(name: str, layout: str, directory: Path | None) -> Path:
+    if directory is None:
+        raise DataError(f"{name}: no data directory; expected DATA_DIR/{layout}; {NO_DOWNLOAD}")
+    return Path(directory)
+
+
+def _missing(name: str, layout: str, path: Path) -> DataError:
+    return DataError(f"{name}: {path} not found; expected DATA_DIR/{layout}; {NO_DOWNLOAD}")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_md5(name: str, path: Path, expected: str) -> None:
+    actual = _md5(path)
+    if actual != expected:
+        raise DataError(
+            f"{name}: {path} has the official example count but md5 {actual}, not torchvision's "
+            f"{expected}: the download is corrupt or altered; replace it"
+        )
+
+
+def _labels_array(labels, n: int, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(labels)
+    except Exception as err:  # a ragged or odd object
+        raise DataError(f"{where}: labels are not an integer array ({one_line(err)})") from None
+    if arr.dtype.kind not in "iu" or arr.ndim != 1 or len(arr) != n:
+        raise DataError(
+            f"{where}: expected {n} integer labels, got {arr.dtype} array of shape {arr.shape}"
+        )
+    return arr.astype(np.int64)
+
+
+# CIFAR pickles -------------------------------------------------------------------------------
+
+
+def _unpickle_restricted(path: Path):
+    with open(path, "rb") as f:
+        try:
+            return RestrictedUnpickler(f, encoding="latin1").load()
+        except Refused as err:
+            raise DataError(f"refusing to unpickle {path}: {one_line(str(err))}") from None
+        except Exception as err:  # truncated or not a pickle at all
+            raise DataError(f"cannot read {path} as a CIFAR batch: {one_line(err)}") from None
+
+
+def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One torchvision-format CIFAR batch -> (uint8 NHWC [N, 32, 32, 3], int64 labels [N])."""
+    entry = _unpickle_restricted(path)
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    if "data" not in entry or label_key not in entry:
+        keys = sorted(map(str, entry))
+        raise DataError(f"{path}: expected keys 'data' and {label_key!r}, got {keys}")
+    images = entry["data"]
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim < 1
+        or images.size != len(images) * 3072
+    ):
+        shape = getattr(images, "shape", None)
+        raise DataError(
+            f"{path}: 'data' must be a uint8 array of shape [N, 3072], got "
+            f"{getattr(images, 'dtype', type(images).__name__)} {shape}"
+        )
+    images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # as torchvision: HWC
+    return images, _labels_array(entry[label_key], len(images), str(path))
+
+
+_CIFAR = {
+    # name: (folder, train files, test files, label key, official examples per file)
+    "cifar10": (
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "labels",
+        {**{f"data_batch_{i}": 10000 for i in range(1, 6)}, "test_batch": 10000},
+    ),
+    "cifar100": ("cifar-100-python", ("train",), ("test",), "fine_labels",
+                 {"train": 50000, "test": 10000}),
+}
+
+
+def _cifar_official_md5(name: str) -> dict[str, str]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    return {file: md5 for file, md5 in cls.train_list + cls.test_list}
+
+
+def read_cifar(name: str, directory: Path | None) -> RawData:
+    folder, train_files, test_files, label_key, official = _CIFAR[name]
+    layout = _layout(name)
+    base = _root(name, layout, directory) / folder
+    for file in train_files + test_files:
+        if not (base / file).is_file():
+            raise _missing(name, layout, base / file)
+    parts = {file: _read_cifar_batch(base / file, label_key) for file in train_files + test_files}
+    claimed = [file for file, (_, y) in parts.items() if len(y) == official[file]]
+    if claimed:
+        md5s = _cifar_official_md5(name)
+        for file in claimed:
+            _verify_md5(name, base / file, md5s[file])
+
+    def join(files):
+        return (np.concatenate([parts[f][0] for f in files]),
+                np.concatenate([parts[f][1] for f in files]))
+
+    (x_train, y_train), (x_test, y_test) = join(train_files), join(test_files)
+    return RawData(x_train, y_train, x_test, y_test)
+
+
+# SVHN ----------------------------------------------------------------------------------------
+
+_SVHN_OFFICIAL = {"train": 73257, "test": 26032}
+
+
+def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as err:  # not a .mat, truncated, or MATLAB v7.3 (HDF5)
+        raise DataError(f"cannot read {path} with scipy.io.loadmat: {one_line(err)}") from None
+    images, labels = mat.get("X"), mat.get("y")
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
+        raise DataError(
+            f"{path}: 'X' must be an array of shape [32, 32, 3, N], got "
+            f"{getattr(images, 'shape', None)}"
+        )
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: 'X' must be uint8, got {images.dtype}")
+    if not isinstance(labels, np.ndarray) or labels.size != images.shape[3]:
+        raise DataError(
+            f"{path}: 'y' must hold {images.shape[3]} labels, got {getattr(labels, 'shape', None)}"
+        )
+    labels = labels.reshape(-1)
+    if labels.dtype.kind == "f" and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    labels = _labels_array(labels, images.shape[3], str(path))
+    labels[labels == 10] = 0  # SVHN stores the digit 0 as label 10, as torchvision maps it
+    return images.transpose(3, 0, 1, 2), labels  # [H, W, C, N] -> NHWC
+
+
+def read_svhn(directory: Path | None) -> RawData:
+    layout = _layout("svhn")
+    root = _root("svhn", layout, directory)
+    base = next((d for d in (root, root / "svhn") if (d / "train_32x32.mat").is_file()), root)
+    out = []
+    for split in ("train", "test"):
+        path = base / f"{split}_32x32.mat"
+        if not path.is_file():
+            raise _missing("svhn", layout, path)
+        images, labels = _read_svhn_mat(path)
+        if len(labels) == _SVHN_OFFICIAL[split]:
+            from torchvision.datasets import SVHN
+
+            _verify_md5("svhn", path, SVHN.split_list[split][2])
+        out += [images, labels]
+    return RawData(*out)
+
+
+# MNIST / Fashion-MNIST -----------------------------------------------------------------------
+
+_IDX_FILES = {"x_train": ("train-images-idx3-ubyte", 3), "y_train": ("train-labels-idx1-ubyte", 1),
+              "x_test": ("t10k-images-idx3-ubyte", 3), "y_test": ("t10k-labels-idx1-ubyte", 1)}
+_MNIST_OFFICIAL = {"x_train": 60000, "y_train": 60000, "x_test": 10000, "y_test": 10000}
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An idx file of unsigned bytes (LeCun's MNIST format), optionally gzipped."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {one_line(err)}") from None
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:4] != bytes((0, 0, 0x08, ndim)):
+        raise DataError(
+            f"{path}: not an idx file of unsigned bytes with {ndim} dimension(s) "
+            f"(magic {raw[:4].hex() or 'missing'}, expected 000008{ndim:02x})"
+        )
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} but the file holds {body.size} bytes of data")
+    return body.reshape(dims).copy()
+
+
+def read_mnist(name: str, folder: str, directory: Path | None) -> RawData:
+    layout = _layout(name)
+    raw_dir = _root(name, layout, directory) / folder / "raw"
+    arrays: dict[str, np.ndarray] = {}
+    for key, (file, ndim) in _IDX_FILES.items():
+        path = raw_dir / file
+        if not path.is_file():
+            path = raw_dir / f"{file}.gz"
+            if not path.is_file():
+                raise _missing(name, layout, raw_dir / file)
+        arrays[key] = _read_idx(path, ndim)
+        if path.suffix == ".gz" and len(arrays[key]) == _MNIST_OFFICIAL[key]:
+            from torchvision.datasets import MNIST, FashionMNIST
+
+            cls = MNIST if name == "mnist" else FashionMNIST
+            _verify_md5(name, path, dict(cls.resources)[path.name])
+    for split in ("train", "test"):
+        n_x, n_y = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
+        if n_x != n_y:
+            raise DataError(f"{name}: {split} has {n_x} images but {n_y} labels in {raw_dir}")
+    return RawData(arrays["x_train"], arrays["y_train"].astype(np.int64),
+                   arrays["x_test"], arrays["y_test"].astype(np.int64))
+
