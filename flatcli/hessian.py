@@ -177,9 +177,7 @@ def hessian_eigen(
     if iterations < 1 or probes < 1:
         raise UsageError("the Hessian needs --iterations >= 1 and --samples (probes) >= 1")
     paper = variant == "paper"
-    found = paper_layers(model) if paper else weights.require_layers(model)
-    names = [n for n, _ in found]
-    w = [p.detach() for _, p in found]
+    names, w = weights.named_weights(model, paper_layers(model) if paper else None)
     model.eval()
     use_attack = None if paper else attack
     points = (
@@ -233,9 +231,7 @@ def top_eigenvectors(
     w.r.t. the layers, at the attack's worst points (`adversarial_points`) or at x without an
     attack: `iterations` steps of subspace iteration, then a Rayleigh-Ritz rotation. Each vector
     is a list aligned with `weights.layers(model)`."""
-    found = weights.require_layers(model)
-    names = [n for n, _ in found]
-    w = [p.detach() for _, p in found]
+    names, w = weights.named_weights(model)
     model.eval()
     points = x if attack is None else adversarial_points(model, x, y, attack, seed_keys, batch_size)
     hvp = hvp_operator(model, points, y, names, w, batch_size)

@@ -72,6 +72,15 @@ def weights_of(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach() for _, p in layers(model)]
 
 
+def named_weights(
+    model: nn.Module, found: Sequence[tuple[str, nn.Parameter]] | None = None
+) -> tuple[list[str], list[torch.Tensor]]:
+    """(names, detached tensors) of `found` (default: `require_layers(model)`), for functional
+    calls: the tensors share storage with the model."""
+    found = require_layers(model) if found is None else found
+    return [n for n, _ in found], [p.detach() for _, p in found]
+
+
 def require_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """`layers(model)`, or a one-line `UsageError` when the model has none."""
     found = layers(model)
@@ -254,9 +263,7 @@ def call_perturbed(
     `names`/`weights` (from `layers`/`weights_of`) can be passed to save looking them up per call.
     """
     if names is None or weights is None:
-        found = layers(model)
-        names = [n for n, _ in found]
-        weights = [p.detach() for _, p in found]
+        names, weights = named_weights(model, layers(model))
     _check_offset(weights, offset)
     params = {n: w.float() + nu for n, w, nu in zip(names, weights, offset, strict=True)}
     return torch.func.functional_call(model, params, (x,))

@@ -82,9 +82,7 @@ def joint_ascent(
     (bound with `ball.around(w)`; normalized step `weight_lr`) and, with a `threat`, the batch's
     input perturbation from `delta0` (signed step `input_step`). Returns the largest batch-mean
     cross-entropy over the iterates (NaN once any is NaN) and the nu where it was reached."""
-    found = weights.require_layers(model)
-    names = [n for n, _ in found]
-    w = [p.detach() for _, p in found]
+    names, w = weights.named_weights(model)
     variables = [Variable(list(nu0), ball, w, weight_lr)]
     if threat is not None:
         variables.append(Variable(delta0, threat, x, input_step))
@@ -154,9 +152,7 @@ def worst_paper(
         return WorstResult(
             measure, xi, "paper", loss, loss, 0.0, 0.0, loss, None, err, err, iterations, restarts
         )
-    found = weights.require_layers(model)
-    names = [n for n, _ in found]
-    w = [p.detach() for _, p in found]
+    names, w = weights.named_weights(model)
     device = w[0].device
     ball = weights.RelativeL2Ball(xi).around(w)
     model.eval()
@@ -263,7 +259,7 @@ def worst_per_batch(
     xi = weights.check_xi(xi)
     _check(iterations, restarts, weight_batch, weight_lr)
     ref_loss, ref_correct = _reference(reference, y)
-    w = [p.detach() for _, p in weights.require_layers(model)]
+    _, w = weights.named_weights(model)
     ball = weights.ball_named(weight_norm)(xi).around(w)
     robust = eps > 0
     if robust and attack is None:
