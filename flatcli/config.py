@@ -197,6 +197,7 @@ class FlatnessConfig(EvalConfig):
     weight_norm: str = "l2"  # l2: ||nu_l|| <= xi ||w_l||; linf: |nu_i| <= xi |w_i|
     weight_batch: int = 128
     worst_estimator: str = "paper"  # paper | per-batch
+    worst_reattack: bool = False  # paper: also re-run the attack at the final nu (a column)
     conv_scale: float = 1.0
 
 

@@ -311,6 +311,11 @@ def _worst(model, x, y, xi, measure, config, keys, reference, attack) -> worst_c
     )
     if config.worst_estimator == "paper":
         result = worst_case.worst_paper(model, x, y, xi, ref, **common)
+        if config.worst_reattack and not clean and result.nu is not None:
+            # asked for: the attack behind RCE(w) re-run at the final nu, with the same starts
+            with weights.perturbed(model, result.nu):
+                again = engine.robust_losses(model, x, y, [attack], keys, config.batch_size)
+            result.reattack_loss = again.robust[attack.name].loss.mean().item()
     else:
         result = worst_case.worst_per_batch(
             model, x, y, xi, ref, attack=attack, weight_norm=config.weight_norm, **common

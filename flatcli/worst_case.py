@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ class WorstResult:
     iterations: int
     restarts: int
     note: str | None = None
+    nu: list[torch.Tensor] | None = field(default=None, repr=False)  # paper: the final offset
 
 
 def _check(iterations: int, restarts: int, weight_batch: int, weight_lr: float) -> None:
@@ -164,7 +165,7 @@ def worst_paper(
         step = input_step if input_step is not None else PAPER_STEP_RATIO * eps
         gen = runtime.generator(*seed_keys, "worst-input")
         starts = restart_starts(threat, x.cpu(), gen, restarts)
-    best_value, best_err = -math.inf, None
+    best_value, best_err, best_nu = -math.inf, None, None
     for r in range(restarts):
         nu = weights.uniform_norm_offset(w, xi, runtime.generator(*seed_keys, "worst-weights", r))
         deltas = [starts[r, i].to(device) if robust else None for i in batches]
@@ -176,7 +177,7 @@ def worst_paper(
                 )
         value, wrong = _final_value(model, names, w, nu, x, y, batches, deltas)
         if math.isnan(value) or value > best_value:
-            best_value, best_err = value, wrong / n
+            best_value, best_err, best_nu = value, wrong / n, nu
         if math.isnan(best_value):
             break
     note = None if math.isfinite(best_value) and math.isfinite(loss) else "non-finite loss"
@@ -196,6 +197,7 @@ def worst_paper(
         iterations,
         restarts,
         note,
+        best_nu,
     )
 
 

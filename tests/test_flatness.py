@@ -550,3 +550,13 @@ def test_cli_conv_scale_keeps_flatness_and_is_in_the_hash(run_dir, tmp_path, cap
     for a, b in zip(one, two, strict=True):
         assert b["conv_scale"] == 2.0 and b["note"] is None
         assert b["flatness"] == pytest.approx(a["flatness"], rel=0.02, abs=1e-3)
+
+
+def test_cli_worst_reattack_fills_its_column_and_keeps_the_paper_value(run_dir, tmp_path, capsys):
+    base = ["flatness", run_dir / "at", "--out", tmp_path / "o", *FAST, "-m", "worst", "-f", "json"]
+    code, plain, _ = flatcli(capsys, *base)
+    code2, asked, _ = flatcli(capsys, *base, "--worst-reattack")
+    assert code == code2 == 0
+    for a, b in zip(json.loads(plain), json.loads(asked), strict=True):
+        assert a["reattack_loss"] is None and isinstance(b["reattack_loss"], float)
+        assert a["flatness"] == b["flatness"] and a["config_hash"] != b["config_hash"]

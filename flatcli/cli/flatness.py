@@ -128,6 +128,15 @@ WorstEstimator = Annotated[
         rich_help_panel="Measure",
     ),
 ]
+WorstReattack = Annotated[
+    bool,
+    typer.Option(
+        "--worst-reattack/--no-worst-reattack",
+        help="paper estimator: also re-run --attack at the final nu (column reattack_loss; the "
+        "flatness stays the paper's).",
+        rich_help_panel="Measure",
+    ),
+]
 ConvScale = Annotated[
     float,
     typer.Option(
@@ -158,6 +167,7 @@ def flatness(
     weight_norm: WeightNormOpt = WeightNorm(D.weight_norm),
     weight_batch: WeightBatch = D.weight_batch,
     worst_estimator: WorstEstimator = Estimator(D.worst_estimator),
+    worst_reattack: WorstReattack = D.worst_reattack,
     conv_scale: ConvScale = D.conv_scale,
     dataset: o.Dataset = D.dataset,
     split: o.SplitOpt = o.Split(D.split),
@@ -207,6 +217,7 @@ def flatness(
         weight_norm=weight_norm.value,
         weight_batch=weight_batch,
         worst_estimator=worst_estimator.value,
+        worst_reattack=worst_reattack,
         conv_scale=conv_scale,
         step_size=o.parse_eps(step_size, "--step-size"),
         seed=seed,
