@@ -361,3 +361,12 @@ def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, extra, m
 def test_help_has_an_example(capsys):
     code, stdout, _ = flatcli(capsys, "landscape", "--help")
     assert code == 0 and "Example: flatcli landscape" in stdout
+
+
+def test_landscape_uses_the_shared_modules_not_flatness_internals():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(landscape))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert "flatness" not in imported and {"hessian", "worst_case"} <= imported
