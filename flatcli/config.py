@@ -179,9 +179,12 @@ class FlatnessConfig(EvalConfig):
     Average case: `samples` random offsets on the per-layer relative sphere, the attack re-run on
     each. Worst case: joint ascent over a weight offset (normalized step `weight_lr`, relative
     to each layer's norm; 0.01 in the code, 0.001 in the text) and the input (step 0.2229 * eps,
-    or `step_size`), `iterations` steps x `restarts`, one offset per `weight_batch` examples.
-    Hessian: `iterations` Lanczos steps, `samples` Hutchinson probes. `xi=None` means the paper's
-    default per measure (AVERAGE_XI, WORST_XI); eps/n_examples None: the dataset's defaults.
+    or `step_size`), `iterations` steps x `restarts`, by `worst_estimator`: paper (one offset for
+    the set, updated per batch of `weight_batch`, final iterate, unclamped) or per-batch (one
+    offset per batch, best iterate, re-attack, clamped). Hessian: `iterations` Lanczos steps,
+    `samples` Hutchinson probes. `conv_scale`: conv weights multiplied before measuring (the
+    paper's scale-invariance check). `xi=None`: the paper's default per measure (AVERAGE_XI,
+    WORST_XI); eps/n_examples None: the dataset's defaults.
     """
 
     measures: tuple[str, ...] = ("average", "worst")
@@ -193,9 +196,13 @@ class FlatnessConfig(EvalConfig):
     weight_lr: float = 0.01
     weight_norm: str = "l2"  # l2: ||nu_l|| <= xi ||w_l||; linf: |nu_i| <= xi |w_i|
     weight_batch: int = 128
+    worst_estimator: str = "paper"  # paper | per-batch
+    worst_reattack: bool = False  # paper: also re-run the attack at the final nu (a column)
+    conv_scale: float = 1.0
 
 
 LANDSCAPE_SCALE = {"random": 0.5, "adversarial": 0.025}  # PAPER.md: relative direction lengths
+LANDSCAPE_SCALE_MAXABS = {"random": 0.5, "adversarial": 0.01}  # the code's, with layer-maxabs
 
 
 @dataclass(frozen=True)
@@ -204,10 +211,12 @@ class LandscapeConfig(EvalConfig):
 
     Robust and clean loss at w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D) on a `steps` (x
     `steps`) grid over `range`, for `n_directions` directions (planes in 2-D) of kind `directions`:
-    random | adversarial (worst-case ascent, `iterations` steps of `weight_lr`) | hessian (top
-    eigenvectors, `iterations` subspace steps) | interpolate (d = w_to - w). Directions are
-    normalized per filter or layer to the weights' norm and rescaled to `scale` (None: 0.5 random,
-    0.025 adversarial, 1 hessian; interpolate is never rescaled). n_examples None: 128 (PAPER.md).
+    random | adversarial (the weight attack on the `adversarial_loss`, clean as the code or robust,
+    radius `adversarial_xi`, `adversarial_iterations` steps of `weight_lr`) | hessian (top
+    eigenvectors, `iterations` subspace steps) | interpolate (d = w_to - w). `normalization`:
+    layer (each d_l to s ||w_l||, PAPER.md) | layer-maxabs (d_l s max|w_l| / max|d_l|, the code) |
+    filter | none; `scale` s None: 0.5 random, 0.025 adversarial (0.01 with layer-maxabs), 1
+    hessian; interpolate is never rescaled. n_examples None: 128 (PAPER.md).
     """
 
     n_examples: int | None = 128  # PAPER.md: one batch of 128 test examples
@@ -216,11 +225,15 @@ class LandscapeConfig(EvalConfig):
     steps: int = 51
     range: tuple[float, float] | None = None  # None: (-1, 1); (0, 1) for interpolate
     n_directions: int | None = None  # None: 10 in 1-D, 1 plane in 2-D
-    normalization: str = "filter"  # filter | layer | none
+    normalization: str = "layer"  # layer | layer-maxabs | filter | none
     scale: float | None = None
     loss: str = "both"  # robust | clean | both
     attack: str = "pgd20x10"
     to: str | None = None  # interpolate: the other checkpoint
     iterations: int = 20
     weight_lr: float = 0.01
+    adversarial_loss: str = "clean"  # the code's adversarial directions: clean-loss weight attack
+    adversarial_xi: float = 0.005  # the code's weight-attack radius for directions
+    adversarial_iterations: int = 7  # the code's weight-attack steps for directions
+    conv_scale: float = 1.0
     point_batch: int = _runtime(1)  # grid points per stacked pass (results equal up to rounding)

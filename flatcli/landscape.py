@@ -1,27 +1,9 @@
 """Landscapes of the robust (and clean) loss along weight directions, 1-D and 2-D (PAPER.md).
 
-A thin composition of the robust-loss engine (`flatcli.engine.robust_losses`), the weight-space
-geometry (`flatcli.weights`: layers, random directions, in-place offsets) and the flatness module
-(the worst-case ascent's pieces for adversarial directions, Hessian-vector products for Hessian
-directions):
-
-- **directions** (`direction(...)`): random (a Gaussian per layer), adversarial (one joint ascent
-  over a weight offset in the relative ball of radius `scale` and the input perturbation, from its
-  own random start), hessian (top eigenvectors of the Hessian of the robust loss at the attack's
-  adversarial examples, by subspace iteration on Hessian-vector products) or interpolate
-  (d = w_to - w, never rescaled: alpha = 1 is the other checkpoint).
-- **normalization** (`normalize_direction`): filter (each output filter / row of d scaled to the
-  norm of the same filter of w; biases per tensor), layer (each d_l to ||w_l||) or none (the whole
-  d to ||w||), then times `scale`: every layer then has ||d_l|| = scale * ||w_l|| (filter, layer).
-  Normalization layers are never directions: `weights.layers` decides.
-- **grid**: each point applies alpha d (+ beta d2) in place (`weights.perturbed`, no model copy)
-  and re-runs the attack on the moved weights with the work unit's seed keys (seed, run, epoch):
-  the very starts `flatcli attack` uses, so alpha = 0 reproduces its robust loss exactly.
-
-The unit of work is (checkpoint, direction): `units(refs, n)` wraps each checkpoint reference into
-one `DirectionRef` per direction (key `<ref.key>__d<k:03d>`), so `flatcli.sweep.run` writes one part
-per direction and a killed run resumes by computing only the missing ones. `landscape_measure`
-returns `measure(unit) -> rows`; `write_figures` draws the table (matplotlib, Agg).
+Directions come from the `DIRECTIONS` registry (random, adversarial, hessian, interpolate) and are
+rescaled per layer by a `NORMALIZATIONS` entry; each grid point moves the weights in place and
+re-runs the attack with the work unit's seed keys, so alpha = 0 reproduces `flatcli attack`.
+The unit of work is (checkpoint, direction) (`units`), so a killed run resumes per direction.
 """
 
 from __future__ import annotations
@@ -41,17 +23,21 @@ from flatcli import (
     engine,
     evaluation,
     files,
-    flatness,
+    hessian,
+    registries,
     runtime,
     tables,
     weights,
+    worst_case,
 )
 from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
-from flatcli.config import LANDSCAPE_SCALE, LandscapeConfig, config_hash
+from flatcli.config import LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 
-KINDS = ("random", "adversarial", "hessian", "interpolate")
-NORMALIZATIONS = ("filter", "layer", "none")
+ADVERSARIAL_LOSSES = registries.ADVERSARIAL_LOSSES
+DIRECTIONS = registries.DIRECTIONS
+NORMALIZATIONS = registries.NORMALIZATIONS
+KINDS = tuple(DIRECTIONS)
 LOSSES = ("robust", "clean", "both")
 PLOT_FORMATS = ("png", "svg", "none")
 TABLE = "landscape"
@@ -99,14 +85,15 @@ def units(refs: Sequence, n_directions: int) -> list[DirectionRef]:
 def normalize_direction(
     d: Sequence[torch.Tensor], w: Sequence[torch.Tensor], normalization: str, scale: float
 ) -> list[torch.Tensor]:
-    """`d` (float32, aligned with `w`) rescaled relative to the weights, times `scale`.
+    """`d` (float32, aligned with `w`) rescaled relative to the weights by `scale` = s.
 
-    filter: every output filter (first-axis slice) of a tensor with 2+ dimensions to the norm of
-    the same filter of w, 0-/1-D tensors (biases) as a whole; layer: each tensor to ||w_l||;
-    none: the whole d to ||w|| (one global factor). A zero filter or layer of w stays 0.
+    layer: ||d_l|| = s ||w_l|| per tensor; layer-maxabs: max|d_l| = s max|w_l| per tensor;
+    filter: every output filter (first-axis slice) of a 2+-D tensor to s times the norm of the
+    same filter of w, 0-/1-D tensors as a whole; none: the whole d to s ||w||. A zero filter or
+    layer of w stays 0.
     """
     if normalization not in NORMALIZATIONS:
-        raise UsageError(f"--normalization {normalization!r}: choose filter, layer or none")
+        raise UsageError(f"--normalization {normalization!r}: choose {', '.join(NORMALIZATIONS)}")
     d = [t.detach().float() for t in d]
     if normalization == "none":
         factor = weights.flatten(w).norm() / weights.flatten(d).norm().clamp_min(_TINY)
@@ -114,7 +101,9 @@ def normalize_direction(
     out = []
     for dl, wl in zip(d, w, strict=True):
         wl = wl.detach().float()
-        if normalization == "filter" and dl.dim() >= 2:
+        if normalization == "layer-maxabs":
+            wn, dn = wl.abs().max(), dl.abs().max().clamp_min(_TINY)
+        elif normalization == "filter" and dl.dim() >= 2:
             dims = tuple(range(1, dl.dim()))
             wn = torch.linalg.vector_norm(wl, dim=dims, keepdim=True)
             dn = torch.linalg.vector_norm(dl, dim=dims, keepdim=True).clamp_min(_TINY)
@@ -139,12 +128,13 @@ def adversarial_direction(
     weight_lr: float,
     generator: torch.Generator,
 ) -> list[torch.Tensor]:
-    """The weight offset of the worst-case ascent (PAPER.md; `flatness.joint_ascent`): projected
-    ascent jointly over nu in the relative ball ||nu_l|| <= xi ||w_l|| (normalized step
-    `weight_lr`) and, with an `attack`, the input perturbation in its threat ball (the attack's
-    signed step), from a random start of both drawn from `generator` (nu first); returns the
-    offset of the iterate with the largest mean loss."""
-    w = [p.detach() for _, p in weights.require_layers(model)]
+    """The weight offset of the weight attack (`worst_case.joint_ascent`): projected ascent over
+    nu in the relative ball ||nu_l|| <= xi ||w_l|| (normalized step `weight_lr`) and, with an
+    `attack`, jointly over the input perturbation (the attack's signed step); without one, of the
+    clean loss (the paper's code). Starts drawn from `generator` (nu first); returns the offset of
+    the iterate with the largest mean loss."""
+    w = weights.weights_of(model)
+    weights.require_layers(model)
     device = w[0].device
     ball = weights.RelativeL2Ball(xi).around(w)
     nu0 = ball.random_start(w, generator)
@@ -153,49 +143,10 @@ def adversarial_direction(
         threat = attack.threat
         step = getattr(attack, "step_size", None) or PAPER_STEP_RATIO * attack.eps
         delta0 = threat.random_start(x.cpu(), generator).to(device)
-    _, nu = flatness.joint_ascent(
+    _, nu = worst_case.joint_ascent(
         model, x.to(device), y.to(device), ball, nu0, weight_lr, iterations, threat, delta0, step
     )
     return nu
-
-
-def hessian_directions(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack,
-    k: int,
-    iterations: int,
-    generator: torch.Generator,
-    seed_keys: tuple,
-    batch_size: int,
-) -> list[list[torch.Tensor]]:
-    """The top-`k` eigenvectors (largest |eigenvalue|) of the Hessian of the mean cross-entropy
-    w.r.t. the layers, at the attack's adversarial examples (`flatness.adversarial_examples`, the
-    points behind RCE) or at x without an attack: `iterations` steps of subspace iteration on the
-    flatness module's Hessian-vector products, then a Rayleigh-Ritz rotation."""
-    found = weights.require_layers(model)
-    names = [n for n, _ in found]
-    w = [p.detach() for _, p in found]
-    model.eval()
-    points = (
-        x
-        if attack is None
-        else flatness.adversarial_examples(model, x, y, attack, seed_keys, batch_size)
-    )
-    hvp = flatness.hvp_operator(model, points, y, names, w, batch_size)
-    size = sum(t.numel() for t in w)
-    k = min(k, size)
-    basis = torch.randn(size, k, generator=generator, dtype=torch.float32).to(w[0].device)
-    basis, _ = torch.linalg.qr(basis)
-    for _ in range(max(1, iterations)):
-        basis, _ = torch.linalg.qr(torch.stack([hvp(basis[:, j]) for j in range(k)], 1))
-    hv = torch.stack([hvp(basis[:, j]) for j in range(k)], 1)
-    small = basis.T @ hv
-    values, vectors = torch.linalg.eigh((small + small.T) / 2)
-    order = values.abs().argsort(descending=True)
-    top = basis @ vectors[:, order]
-    return [[t.clone() for t in weights.unflatten(top[:, j], w)] for j in range(k)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,13 +217,14 @@ def _grid_row(result: engine.ExampleLosses, attack) -> dict:
 
 
 def scale_for(config: LandscapeConfig) -> float:
-    """--scale, or the paper's default for the kind (0.5 random, 0.025 adversarial, 1 otherwise);
-    interpolation is never rescaled (1)."""
+    """--scale, or the default for the kind: PAPER.md's 0.5 random / 0.025 adversarial, the code's
+    0.5 / 0.01 with layer-maxabs, 1 otherwise; interpolation is never rescaled (1)."""
     if config.directions == "interpolate":
         return 1.0
     if config.scale is not None:
         return config.scale
-    return LANDSCAPE_SCALE.get(config.directions, 1.0)
+    table = LANDSCAPE_SCALE_MAXABS if config.normalization == "layer-maxabs" else LANDSCAPE_SCALE
+    return table.get(config.directions, 1.0)
 
 
 def _int(value, name: str, low: int) -> int:
@@ -296,7 +248,14 @@ def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> Landsca
     _int(config.iterations, "iterations", 1)
     _int(config.point_batch, "point-batch", 1)
     if config.normalization not in NORMALIZATIONS:
-        raise UsageError(f"--normalization {config.normalization!r}: choose filter, layer or none")
+        raise UsageError(
+            f"--normalization {config.normalization!r}: choose {', '.join(NORMALIZATIONS)}"
+        )
+    if config.adversarial_loss not in ADVERSARIAL_LOSSES:
+        raise UsageError(f"--adversarial-loss {config.adversarial_loss!r}: choose clean or robust")
+    weights.check_xi(config.adversarial_xi)
+    _int(config.adversarial_iterations, "adversarial-iterations", 1)
+    weights.check_conv_scale(config.conv_scale)
     if config.loss not in LOSSES:
         raise UsageError(f"--loss {config.loss!r}: choose robust, clean or both")
     if config.scale is not None and not (config.scale > 0 and math.isfinite(config.scale)):
@@ -327,7 +286,10 @@ def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> Landsca
         n_directions=n_dirs,
         to=None if config.to is None else str(config.to),
     )
-    if resolved.loss != "clean" or config.directions in ("adversarial", "hessian"):
+    robust_directions = config.directions == "hessian" or (
+        config.directions == "adversarial" and config.adversarial_loss == "robust"
+    )
+    if resolved.loss != "clean" or robust_directions:
         attack = build_attack(resolved.attack, resolved.norm, resolved.eps, resolved.step_size)
         if not attack.estimates_loss:
             raise UsageError(
@@ -383,7 +345,11 @@ def landscape_measure(
     kind = config.directions
     scale = scale_for(config)
     robust = config.loss != "clean"
-    needs_attack = robust or kind in ("adversarial", "hessian")
+    needs_attack = (
+        robust
+        or kind == "hessian"
+        or (kind == "adversarial" and config.adversarial_loss == "robust")
+    )
     attack = (
         build_attack(config.attack, config.norm, config.eps, config.step_size, config.seed)
         if needs_attack
@@ -403,7 +369,11 @@ def landscape_measure(
                 raise CheckpointError(
                     f"{ref.path}: no perturbable layers (weights or biases outside normalization)"
                 )
-            cache.update(path=ref.path, model=model, info=info)
+            change = weights.scale_conv(model, config.conv_scale, x[:64].to(device))
+            scale_note = None
+            if change > 1e-2:  # BN eps is not scaled, so tiny changes are expected
+                scale_note = f"--conv-scale changed the logits by {change:.2g} (relative)"
+            cache.update(path=ref.path, model=model, info=info, note=scale_note)
         return cache["model"], cache["info"]
 
     def directions_of(unit, model, keys) -> list[list[torch.Tensor]]:
@@ -423,11 +393,18 @@ def landscape_measure(
                 d = random_direction(w, gen)
             elif kind == "adversarial":
                 d = adversarial_direction(
-                    model, x, y, scale, attack, config.iterations, config.weight_lr, gen
+                    model,
+                    x,
+                    y,
+                    config.adversarial_xi,
+                    attack if config.adversarial_loss == "robust" else None,
+                    config.adversarial_iterations,
+                    config.weight_lr,
+                    gen,
                 )
             else:
                 if "hessian" not in cache:
-                    cache["hessian"] = hessian_directions(
+                    cache["hessian"] = hessian.top_eigenvectors(
                         model,
                         x,
                         y,
@@ -444,7 +421,7 @@ def landscape_measure(
 
     def measure(unit) -> list[dict]:
         model, info = load(unit.ref)
-        model_note = evaluation.nonfinite_note(model)
+        model_note = evaluation.nonfinite_note(model) or cache.get("note")
         keys = evaluation.seed_keys(config, unit)  # the same as `flatcli attack`
         directions = directions_of(unit, model, keys)
         values = evaluate_grid(
@@ -477,6 +454,8 @@ def landscape_measure(
                 **row,
                 "normalization": "none" if kind == "interpolate" else config.normalization,
                 "scale": scale,
+                "adversarial_loss": config.adversarial_loss if kind == "adversarial" else None,
+                "conv_scale": config.conv_scale,
                 "note": note or None,
             }
             for point, row in zip(points, values, strict=True)

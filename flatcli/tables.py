@@ -85,15 +85,22 @@ SCHEMAS: dict[str, pa.Schema] = {
     "flatness": pa.schema(
         COMMON
         + [
-            pa.field("measure", pa.string()),  # average | worst | clean-* | hessian | clean-hessian
+            pa.field("measure", pa.string()),  # registries.MEASURES
+            pa.field("estimator", pa.string()),  # mean (average) | paper | per-batch | flatcli
             pa.field("xi", pa.float64()),  # relative radius; null for the Hessian
+            pa.field("conv_scale", pa.float64()),  # conv weights multiplied by this before
             pa.field("samples", pa.int64()),  # offsets (average) or Hutchinson probes (hessian)
             pa.field("iterations", pa.int64()),  # attack steps / joint ascent steps / Lanczos
             pa.field("restarts", pa.int64()),
             pa.field("attack", pa.string()),  # the attack behind robust_loss; null when clean
             pa.field("weight_lr", pa.float64()),  # worst case: normalized relative weight step
             pa.field("robust_loss", pa.float64()),  # at the checkpoint's weights, nats
+            pa.field("robust_err", pa.float64()),  # at the checkpoint's weights, fraction
             pa.field("perturbed_robust_loss", pa.float64()),  # mean (average) / worst found
+            pa.field("perturbed_robust_err", pa.float64()),  # mean (average) / at the worst point
+            pa.field("joint_loss", pa.float64()),  # worst: the joint ascent's own value
+            pa.field("reattack_loss", pa.float64()),  # worst per-batch: the attack re-run at nu*
+            pa.field("unclamped_flatness", pa.float64()),  # worst: before any clamp at RCE(w)
             pa.field("flatness", pa.float64()),  # perturbed_robust_loss - robust_loss
             pa.field("flatness_std", pa.float64()),  # over samples (average)
             pa.field("lambda_max", pa.float64()),  # Hessian's largest eigenvalue (Lanczos)
@@ -116,8 +123,10 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("clean_err", pa.float64()),
             pa.field("robust_loss", pa.float64()),  # nats; null for --loss clean
             pa.field("robust_err", pa.float64()),
-            pa.field("normalization", pa.string()),  # filter | layer | none
+            pa.field("normalization", pa.string()),  # layer | layer-maxabs | filter | none
             pa.field("scale", pa.float64()),  # relative length of the directions
+            pa.field("adversarial_loss", pa.string()),  # adversarial: clean | robust weight attack
+            pa.field("conv_scale", pa.float64()),  # conv weights multiplied by this before
             pa.field("note", pa.string()),
         ]
     ),

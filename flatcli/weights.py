@@ -72,6 +72,15 @@ def weights_of(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach() for _, p in layers(model)]
 
 
+def named_weights(
+    model: nn.Module, found: Sequence[tuple[str, nn.Parameter]] | None = None
+) -> tuple[list[str], list[torch.Tensor]]:
+    """(names, detached tensors) of `found` (default: `require_layers(model)`), for functional
+    calls: the tensors share storage with the model."""
+    found = require_layers(model) if found is None else found
+    return [n for n, _ in found], [p.detach() for _, p in found]
+
+
 def require_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """`layers(model)`, or a one-line `UsageError` when the model has none."""
     found = layers(model)
@@ -254,9 +263,7 @@ def call_perturbed(
     `names`/`weights` (from `layers`/`weights_of`) can be passed to save looking them up per call.
     """
     if names is None or weights is None:
-        found = layers(model)
-        names = [n for n, _ in found]
-        weights = [p.detach() for _, p in found]
+        names, weights = named_weights(model, layers(model))
     _check_offset(weights, offset)
     params = {n: w.float() + nu for n, w, nu in zip(names, weights, offset, strict=True)}
     return torch.func.functional_call(model, params, (x,))
@@ -306,3 +313,93 @@ class Stacked(nn.Module):
 
     def _call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(self.model, params, (x,))
+
+
+def check_xi(xi) -> float:
+    """`xi` as a float, or a one-line `UsageError` unless it is a finite number >= 0."""
+    if isinstance(xi, bool) or not isinstance(xi, (int, float)):
+        raise UsageError(f"--xi must be a number, got {xi!r}")
+    if not (xi == xi and abs(xi) != float("inf")) or xi < 0:
+        raise UsageError(f"--xi must be a finite number >= 0, got {xi:g}")
+    return float(xi)
+
+
+def ball_named(weight_norm: str):
+    """The relative ball class for `--weight-norm` (l2 | linf)."""
+    if weight_norm not in WEIGHT_NORMS:
+        raise UsageError(f"--weight-norm {weight_norm!r}: choose {' or '.join(WEIGHT_NORMS)}")
+    return WEIGHT_NORMS[weight_norm]
+
+
+def uniform_norm_offset(
+    w: Sequence[torch.Tensor], xi: float, generator: torch.Generator | None
+) -> list[torch.Tensor]:
+    """A random offset inside the relative L2 ball: per layer a direction uniform on the sphere
+    and a norm uniform in [0, xi ||w_l||] (the paper's code, `LayerWiseL2UniformNormInitialization`:
+    the worst-case ascent's start). Direction drawn first, then the radius, layer after layer."""
+    out = []
+    for wl in w:
+        g = _draw(wl.shape, generator, wl.device, "normal")
+        r = _draw(torch.Size([]), generator, wl.device, "uniform")
+        out.append(g * (r * xi * wl.detach().float().norm() / g.norm().clamp_min(_TINY)))
+    return out
+
+
+def check_conv_scale(factor) -> float:
+    """`factor` as a float, or a one-line `UsageError` unless it is finite and > 0."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise UsageError(f"--conv-scale must be a number, got {factor!r}")
+    if not (0 < factor < float("inf")):
+        raise UsageError(f"--conv-scale must be a finite number > 0, got {factor:g}")
+    return float(factor)
+
+
+def scale_conv(model: nn.Module, factor: float, x: torch.Tensor) -> float:
+    """Multiply the weight (and bias) of every convolution of `model` by `factor`, in place, and
+    the running statistics of each BatchNorm fed directly by one (mean x a, var x a^2, as they
+    would have been measured): the paper's scale-invariance check (`scale_fixed`, x0.5 / x2).
+
+    With BN after every convolution the function is unchanged, so relative-ball flatness stays
+    while the Hessian's block of those weights scales by 1 / a^2. `x` [B, ...] (a few examples on
+    the model's device) finds which BN follows which conv; returns the largest change of the
+    logits on x relative to their largest magnitude (0 for an invariant network; callers note
+    anything else). factor 1 changes nothing and returns 0.
+    """
+    factor = check_conv_scale(factor)
+    if factor == 1.0:
+        return 0.0
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    conv_out: list[torch.Tensor] = []
+    fed: list[nn.Module] = []
+
+    def after_conv(module, inputs, output):
+        conv_out.append(output)
+
+    def before_norm(module, inputs):
+        if any(inputs[0] is t for t in conv_out):
+            fed.append(module)
+
+    hooks = [c.register_forward_hook(after_conv) for c in convs]
+    hooks += [
+        m.register_forward_pre_hook(before_norm)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    with torch.no_grad():
+        try:
+            before = model(x).float()
+        finally:
+            for h in hooks:
+                h.remove()
+        conv_out.clear()
+        for c in convs:
+            c.weight.mul_(factor)
+            if c.bias is not None:
+                c.bias.mul_(factor)
+        for bn in dict.fromkeys(fed):
+            if bn.running_mean is not None:
+                bn.running_mean.mul_(factor)
+                bn.running_var.mul_(factor**2)
+        after = model(x).float()
+    scale = before.abs().max().clamp_min(_TINY)
+    return ((after - before).abs().max() / scale).item()

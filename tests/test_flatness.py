@@ -1,6 +1,7 @@
-"""Flatness of the robust loss: exact and closed-form properties, scale invariance against the
-Hessian, an explicit Hessian, an independent deep-copy + torchattacks reference, bad input, and
-`flatcli flatness` end to end."""
+"""Flatness of the robust loss: exact and closed-form properties, the paper's worst-case estimator
+against an independent re-implementation, scale invariance against the Hessian, an explicit
+Hessian, an independent deep-copy + torchattacks reference, bad input, and `flatcli flatness` end
+to end."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from conftest import quick_adversarial_training
 from torch import nn
 
-from flatcli import data, engine, flatness, models, tables, weights
+from flatcli import data, engine, flatness, hessian, models, registries, runtime, tables, weights
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
 from flatcli.cli import main
@@ -83,10 +84,17 @@ def test_xi_zero_gives_exactly_zero_and_flatness_grows_with_xi(grid):
     assert r.flatness_std == pytest.approx(statistics.stdev(r.per_sample))
 
 
-def test_worst_case_is_at_least_average_case_at_the_same_xi(trained, examples, grid):
+def test_per_batch_worst_case_is_at_least_average_case_at_the_same_xi(trained, examples, grid):
     x, y = examples
     before = _state_bytes(trained)
-    common = dict(iterations=5, restarts=1, weight_batch=32, seed_keys=KEYS, attack=_pgd())
+    common = dict(
+        iterations=5,
+        restarts=1,
+        weight_batch=32,
+        seed_keys=KEYS,
+        attack=_pgd(),
+        estimator="per-batch",
+    )
     worst = flatness.worst_flatness(trained, x, y, 0.1, eps=EPS, **common)
     clean = flatness.worst_flatness(trained, x, y, 0.1, eps=0.0, **common)
     assert _state_bytes(trained) == before
@@ -97,6 +105,88 @@ def test_worst_case_is_at_least_average_case_at_the_same_xi(trained, examples, g
     # the paper's tiny xi moves the robust loss a little, never below RCE(w) (nu = 0 is a point)
     tiny = flatness.worst_flatness(trained, x, y, 0.00075, eps=EPS, **common)
     assert 0 <= tiny.flatness < worst.flatness
+    assert worst.estimator == "per-batch" and worst.reattack_loss is not None
+    assert worst.flatness >= worst.unclamped - 1e-12
+
+
+def _reference_paper_worst(model, x, y, xi, eps, step, iterations, restarts, lr, batch, keys):
+    """The paper code's worst-case update written out: one offset nu for the whole set (direction
+    normal, norm uniform in [0, xi ||w_l||] per layer), in each pass every batch takes one step of
+    nu (grad_l / ||grad_l|| * ||w_l|| * lr, then scaled back into the ball) and of its own delta
+    (signed step, L-inf ball and [0, 1] box); the set-mean loss at the final iterate, max over
+    attempts. The same generators as flatcli, so the draws are equal."""
+    found = weights.layers(model)
+    names = [n for n, _ in found]
+    w = [p.detach().float() for _, p in found]
+    radius = [xi * t.norm() for t in w]
+    gen_in = runtime.generator(*keys, "worst-input")
+    starts = []
+    for _ in range(restarts):
+        u = torch.rand(x.shape, generator=gen_in)
+        starts.append((x + (2 * u - 1) * eps).clamp(0, 1) - x)
+    chunks = [slice(b, min(len(y), b + batch)) for b in range(0, len(y), batch)]
+
+    def logits_at(nu, inputs):
+        params = {n: t + v for n, t, v in zip(names, w, nu, strict=True)}
+        return torch.func.functional_call(model, params, (inputs,))
+
+    best = -math.inf
+    for r in range(restarts):
+        gen = runtime.generator(*keys, "worst-weights", r)
+        nu = []
+        for t, rad in zip(w, radius, strict=True):
+            g = torch.randn(t.shape, generator=gen)
+            nu.append(g / g.norm() * torch.rand((), generator=gen) * rad)
+        deltas = [starts[r][c].clone() for c in chunks]
+        for _ in range(iterations):
+            for b, c in enumerate(chunks):
+                nu = [v.clone().requires_grad_(True) for v in nu]
+                d = deltas[b].clone().requires_grad_(True)
+                loss = nn.functional.cross_entropy(logits_at(nu, x[c] + d), y[c])
+                grads = torch.autograd.grad(loss, [*nu, d])
+                with torch.no_grad():
+                    new = []
+                    for v, g, t, rad in zip(nu, grads[:-1], w, radius, strict=True):
+                        v = v + lr * t.norm() * g / g.norm()
+                        new.append(v * min(1.0, (rad / v.norm()).item()))
+                    nu = new
+                    d = (d + step * grads[-1].sign()).clamp(-eps, eps)
+                    deltas[b] = (x[c] + d).clamp(0, 1) - x[c]
+        with torch.no_grad():
+            total = sum(
+                nn.functional.cross_entropy(logits_at(nu, x[c] + deltas[b]), y[c], reduction="sum")
+                for b, c in enumerate(chunks)
+            )
+        best = max(best, total.item() / len(y))
+    return best
+
+
+def test_paper_worst_case_equals_an_independent_reimplementation(trained, examples):
+    x, y = examples[0][:40], examples[1][:40]
+    before = _state_bytes(trained)
+    common = dict(iterations=3, restarts=2, weight_lr=0.01, weight_batch=16, seed_keys=KEYS)
+    res = flatness.worst_flatness(trained, x, y, 0.02, eps=EPS, input_step=EPS / 4, **common)
+    assert _state_bytes(trained) == before
+    expected = _reference_paper_worst(trained, x, y, 0.02, EPS, EPS / 4, 3, 2, 0.01, 16, KEYS)
+    assert res.estimator == "paper" and res.reattack_loss is None
+    assert res.perturbed_loss == pytest.approx(expected, abs=1e-5)
+    assert res.joint_loss == res.perturbed_loss
+    assert res.flatness == res.unclamped == pytest.approx(expected - res.loss, abs=1e-12)
+    assert 0 <= res.err <= 1 and 0 <= res.perturbed_err <= 1
+    # xi = 0: the ball is {w}, so flatness is 0 exactly
+    zero = flatness.worst_flatness(trained, x, y, 0.0, eps=EPS, input_step=EPS / 4, **common)
+    assert zero.flatness == 0.0 and zero.perturbed_loss == zero.loss == res.loss
+
+
+def test_paper_worst_case_is_not_clamped_and_stays_negative(trained, examples):
+    """One signed step from a random start finds less than PGD-5 per example at w (RCE(w)):
+    the paper's estimate is then below RCE(w) and reported as such, not clamped at 0."""
+    x, y = examples[0][:40], examples[1][:40]
+    res = flatness.worst_flatness(
+        trained, x, y, 1e-6, eps=EPS, iterations=1, restarts=1, seed_keys=KEYS, attack=_pgd(5, 2)
+    )
+    assert res.flatness < 0 and res.unclamped == res.flatness
+    assert res.perturbed_loss < res.loss
 
 
 def test_average_flatness_does_not_depend_on_batch_size(trained, examples):
@@ -108,17 +198,13 @@ def test_average_flatness_does_not_depend_on_batch_size(trained, examples):
         assert ra.flatness == pytest.approx(rb.flatness, abs=1e-5)
 
 
-def _scaled(model: nn.Module, factor: float) -> nn.Module:
-    """The same function with every conv weight x factor: the BN running statistics after each
-    conv scale along (mean x a, var x a^2), as they would have been measured (eval mode)."""
+def _scaled(model: nn.Module, factor: float, x: torch.Tensor) -> nn.Module:
+    """A copy with every conv weight x factor (`weights.scale_conv`, the --conv-scale option);
+    its function must be unchanged (BN after every conv)."""
     model = copy.deepcopy(model)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_(factor)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.mul_(factor)
-                m.running_var.mul_(factor**2)
+    assert weights.scale_conv(model, factor, x) < 1e-3  # BN eps is not scaled: nearly equal
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(not torch.equal(m.weight, m.weight * 0) for m in convs)
     return model
 
 
@@ -130,7 +216,7 @@ def test_scale_invariance_of_flatness_while_hessian_lambda_max_swings(trained, e
     attack = _pgd(3)
     out = {}
     for factor in (0.5, 1.0, 2.0):
-        model = _scaled(trained, factor)
+        model = _scaled(trained, factor, x)
         avg = flatness.average_flatness(model, x, y, 0.25, 2, attack, KEYS)[0]
         worst = flatness.worst_flatness(
             model,
@@ -144,7 +230,7 @@ def test_scale_invariance_of_flatness_while_hessian_lambda_max_swings(trained, e
             seed_keys=KEYS,
             attack=attack,
         )
-        hess = flatness.hessian_eigen(model, x, y, attack, iterations=10, probes=1, seed_keys=KEYS)
+        hess = hessian.hessian_eigen(model, x, y, attack, iterations=10, probes=1, seed_keys=KEYS)
         out[factor] = (avg.flatness, worst.flatness, hess.lambda_max)
     avg1, worst1, lam1 = out[1.0]
     assert avg1 > 0.01 and worst1 > 0.01
@@ -163,11 +249,11 @@ def test_hessian_matches_an_explicit_hessian_of_a_tiny_model(examples):
         p.requires_grad_(False)
     x, y = examples[0][:32], examples[1][:32]
     attack = PGD("pgd3", "linf", EPS, 3, EPS / 2)
-    res = flatness.hessian_eigen(model, x, y, attack, iterations=40, probes=300, seed_keys=KEYS)
+    res = hessian.hessian_eigen(model, x, y, attack, iterations=40, probes=300, seed_keys=KEYS)
     # the points are the attack's worst per example: their loss is the engine's robust loss
     rce = engine.robust_losses(model, x, y, [attack], KEYS).robust["pgd3"].loss.mean().item()
     assert res.loss == pytest.approx(rce, abs=1e-5)
-    points = flatness.adversarial_examples(model, x, y, attack, KEYS)
+    points = hessian.adversarial_points(model, x, y, attack, KEYS)
     found = weights.layers(model)
     names, w = [n for n, _ in found], [p.detach() for _, p in found]
 
@@ -176,13 +262,37 @@ def test_hessian_matches_an_explicit_hessian_of_a_tiny_model(examples):
         logits = torch.func.functional_call(model, params, (points,))
         return nn.functional.cross_entropy(logits, y)
 
-    hessian = torch.autograd.functional.hessian(loss, weights.flatten(w)).double()
-    eig = torch.linalg.eigvalsh(hessian)
+    full = torch.autograd.functional.hessian(loss, weights.flatten(w)).double()
+    eig = torch.linalg.eigvalsh(full)
     assert res.lambda_max == pytest.approx(eig[-1].item(), rel=1e-3)
-    trace = hessian.trace().item()
+    trace = full.trace().item()
     assert abs(res.trace - trace) < 5 * res.trace_std / math.sqrt(res.probes) + 1e-6
-    clean = flatness.hessian_eigen(model, x, y, None, iterations=40, probes=10, seed_keys=KEYS)
+    clean = hessian.hessian_eigen(model, x, y, None, iterations=40, probes=10, seed_keys=KEYS)
     assert clean.measure == "clean-hessian" and clean.loss < res.loss
+
+
+def test_paper_hessian_is_the_batch_summed_clean_hessian_of_the_weight_matrices(examples):
+    """variant paper: clean loss, tensors with dim > 1 only, Hessian-vector products of each
+    batch's mean summed over batches of 128: an explicit Hessian of that sum agrees."""
+    torch.manual_seed(0)
+    model = models.build("tiny", 10, 1, width=2).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = data.load_split("digits", "test", 200)
+    res = hessian.hessian_eigen(model, x, y, iterations=60, probes=1, variant="paper")
+    assert res.variant == "paper" and res.examples == 200
+    found = [(n, p) for n, p in weights.layers(model) if p.dim() > 1]
+    assert len(found) < len(weights.layers(model))  # the biases are left out
+    names, w = [n for n, _ in found], [p.detach() for _, p in found]
+
+    def loss(theta):
+        params = dict(zip(names, weights.unflatten(theta, w), strict=True))
+        logits = torch.func.functional_call(model, params, (x,))
+        per = nn.functional.cross_entropy(logits, y, reduction="none")
+        return per[:128].mean() + per[128:].mean()
+
+    full = torch.autograd.functional.hessian(loss, weights.flatten(w)).double()
+    assert res.lambda_max == pytest.approx(torch.linalg.eigvalsh(full)[-1].item(), rel=1e-3)
 
 
 @pytest.mark.reference
@@ -232,7 +342,7 @@ def test_bad_input_is_a_one_line_usage_error(trained, examples):
     for call in (
         lambda: flatness.average_flatness(norm_only, x, y, 0.5, 2, None),
         lambda: flatness.worst_flatness(norm_only, x, y, 0.5),
-        lambda: flatness.hessian_eigen(norm_only, x, y),
+        lambda: hessian.hessian_eigen(norm_only, x, y),
     ):
         with pytest.raises(UsageError, match="no perturbable layers"):
             call()
@@ -305,6 +415,12 @@ def test_cli_writes_every_measure_resumes_and_forces(run_dir, tmp_path, capsys):
     assert df[df.measure == "clean-average"].attack.isna().all()
     worst = df[df.measure == "worst"]
     assert (worst.weight_lr == 0.01).all() and (worst.restarts == 1).all()
+    assert (worst.estimator == "paper").all() and worst.reattack_loss.isna().all()
+    assert (worst.unclamped_flatness == worst.flatness).all() and worst.joint_loss.notna().all()
+    measured = df[df.measure.isin(["average", "worst", "clean-average", "clean-worst"])]
+    assert measured.robust_err.between(0, 1).all()
+    assert measured.perturbed_robust_err.between(0, 1).all()
+    assert (avg.estimator == "mean").all() and (df.conv_scale == 1.0).all()
     hess = df[df.measure.isin(["hessian", "clean-hessian"])]
     assert hess.lambda_max.notna().all() and hess.hessian_trace.notna().all()
     assert hess.xi.isna().all() and hess.flatness.isna().all()
@@ -359,6 +475,8 @@ def test_cli_defaults_dry_run_and_shards(run_dir, tmp_path, capsys):
         (["--attack", "apgd-t"], "does not estimate"),
         (["--attack", "apgd-ce", "-m", "hessian"], "pgd preset"),
         (["--eps", "2"], "--eps"),
+        (["--conv-scale", "0"], "--conv-scale"),
+        (["--weight-norm", "linf"], "l2 ball"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, extra, message):
@@ -392,3 +510,53 @@ def test_help_ends_with_an_example_and_root_help_imports_no_torch():
         [sys.executable, "-m", "flatcli", "flatness", "--help"], capture_output=True, text=True
     )
     assert helped.returncode == 0 and "Example: flatcli flatness" in helped.stdout
+
+
+def test_help_lists_every_registered_measure_and_estimator_and_defaults_are_the_configs():
+    import inspect
+
+    from flatcli.cli import flatness as cli_flatness
+    from flatcli.config import FlatnessConfig
+
+    helped = subprocess.run(
+        [sys.executable, "-m", "flatcli", "flatness", "--help"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    )
+    for name in [*registries.MEASURES, *registries.WORST_ESTIMATORS]:
+        assert name in helped.stdout, name
+    assert set(flatness.MEASURES) == set(registries.MEASURES)
+    defaults = FlatnessConfig()
+    for name, param in inspect.signature(cli_flatness.flatness).parameters.items():
+        if name in {f for f in defaults.__dataclass_fields__} and name not in ("eps", "step_size"):
+            value = getattr(param.default, "value", param.default)
+            config_value = getattr(defaults, name)
+            if name == "data_dir":
+                continue
+            assert value == config_value, (name, value, config_value)
+
+
+def test_cli_conv_scale_keeps_flatness_and_is_in_the_hash(run_dir, tmp_path, capsys):
+    """--conv-scale 2 on a BN-ReLU net: the same function, so the same flatness (up to BN eps),
+    under another configuration hash (a separate part file)."""
+    out = tmp_path / "o"
+    base = ["flatness", run_dir, "--out", out, *FAST, "-m", "average", "-f", "json"]
+    code, one, _ = flatcli(capsys, *base)
+    code2, two, _ = flatcli(capsys, *base, "--conv-scale", "2")
+    assert code == code2 == 0
+    one, two = json.loads(one), json.loads(two)
+    assert {r["config_hash"] for r in one}.isdisjoint({r["config_hash"] for r in two})
+    for a, b in zip(one, two, strict=True):
+        assert b["conv_scale"] == 2.0 and b["note"] is None
+        assert b["flatness"] == pytest.approx(a["flatness"], rel=0.02, abs=1e-3)
+
+
+def test_cli_worst_reattack_fills_its_column_and_keeps_the_paper_value(run_dir, tmp_path, capsys):
+    base = ["flatness", run_dir / "at", "--out", tmp_path / "o", *FAST, "-m", "worst", "-f", "json"]
+    code, plain, _ = flatcli(capsys, *base)
+    code2, asked, _ = flatcli(capsys, *base, "--worst-reattack")
+    assert code == code2 == 0
+    for a, b in zip(json.loads(plain), json.loads(asked), strict=True):
+        assert a["reattack_loss"] is None and isinstance(b["reattack_loss"], float)
+        assert a["flatness"] == b["flatness"] and a["config_hash"] != b["config_hash"]

@@ -244,3 +244,28 @@ def test_flatten_roundtrip():
     flat = weights.flatten(w)
     assert flat.numel() == sum(t.numel() for t in w)
     assert all(torch.equal(a, b) for a, b in zip(weights.unflatten(flat, w), w, strict=True))
+
+
+def test_uniform_norm_offset_is_inside_each_layers_ball_with_spread_norms():
+    """The worst-case start of the paper's code: per layer a norm uniform in [0, xi ||w_l||]."""
+    torch.manual_seed(0)
+    w = [torch.randn(64, 3, 3, 3), torch.randn(64), torch.randn(10, 256)]
+    nus = [weights.uniform_norm_offset(w, 0.1, torch.Generator().manual_seed(s)) for s in range(50)]
+    fractions = torch.stack([weights.norms(nu) / (0.1 * weights.norms(w)) for nu in nus])
+    assert (fractions <= 1 + 1e-6).all() and (fractions >= 0).all()
+    assert fractions.min() < 0.2 and fractions.max() > 0.8  # spread over the ball, not a sphere
+    again = weights.uniform_norm_offset(w, 0.1, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(again, nus[0], strict=True))
+
+
+def test_scale_conv_keeps_a_bn_network_and_reports_a_changed_one():
+    torch.manual_seed(0)
+    with_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()).eval()
+    with_bn[1].running_mean.uniform_(-1, 1)
+    without = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten()).eval()
+    x = torch.rand(5, 1, 6, 6)
+    conv = with_bn[0].weight.clone()
+    assert weights.scale_conv(with_bn, 2.0, x) < 1e-3
+    assert torch.equal(with_bn[0].weight, conv * 2)
+    assert weights.scale_conv(without, 2.0, x) > 0.1
+    assert weights.scale_conv(without, 1.0, x) == 0.0

@@ -7,14 +7,17 @@ from typing import Annotated
 
 import typer
 
+from flatcli import registries
 from flatcli.attacks.presets import PRESETS
 from flatcli.cli import options as o
 from flatcli.cli.runner import run_command
+from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig
 
 SUMMARY = [
     "run",
     "epoch",
     "measure",
+    "estimator",
     "xi",
     "n_examples",
     "eps",
@@ -22,11 +25,15 @@ SUMMARY = [
     "perturbed_robust_loss",
     "flatness",
     "flatness_std",
+    "robust_err",
+    "perturbed_robust_err",
     "lambda_max",
     "hessian_trace",
     "wall_time_s",
 ]
-MEASURE_NAMES = ("average", "worst", "clean-average", "clean-worst", "hessian", "clean-hessian")
+D = FlatnessConfig()  # the one source of defaults
+MEASURE_NAMES = tuple(registries.MEASURES)
+Estimator = Enum("Estimator", {n: n for n in registries.WORST_ESTIMATORS}, type=str)
 
 
 class WeightNorm(str, Enum):
@@ -39,9 +46,13 @@ Measures = Annotated[
     typer.Option(
         "--measure",
         "-m",
-        help="Repeatable or comma-separated: " + ", ".join(MEASURE_NAMES) + ". "
-        "Default: average,worst. clean-*: the same with eps = 0.",
+        help="Repeatable or comma-separated; default: "
+        + ",".join(D.measures)
+        + ". "
+        + registries.describe(registries.MEASURES)
+        + ".",
         show_default=False,
+        rich_help_panel="Measure",
     ),
 ]
 Xi = Annotated[
@@ -49,44 +60,90 @@ Xi = Annotated[
     typer.Option(
         "--xi",
         help="Relative radius of the weight ball (||nu_l|| <= xi ||w_l|| per layer); repeatable "
-        "or comma-separated, one row per value. Default: 0.5 (average), 0.00075 (worst).",
+        f"or comma-separated, one row per value. Default: {AVERAGE_XI:g} (average), "
+        f"{WORST_XI:g} (worst).",
         show_default=False,
+        rich_help_panel="Measure",
     ),
 ]
 Samples = Annotated[
     int,
-    typer.Option(help="Random offsets per xi (average); Hutchinson probes (hessian)."),
+    typer.Option(
+        help="Random offsets per xi (average); Hutchinson probes (hessian).",
+        rich_help_panel="Measure",
+    ),
 ]
 Attack = Annotated[
     str,
     typer.Option(
         help="Attack behind the robust loss, re-run on every perturbed model (average): "
         + ", ".join(p for p in PRESETS if p.startswith("pgd") or p == "apgd-ce")
-        + ", or pgd<S>x<R>."
+        + ", or pgd<S>x<R>.",
+        rich_help_panel="Attack",
     ),
 ]
 Iterations = Annotated[
-    int, typer.Option(help="Steps of the joint worst-case ascent; Lanczos steps (hessian).")
+    int,
+    typer.Option(
+        help="Steps of the joint worst-case ascent; Lanczos steps (hessian).",
+        rich_help_panel="Measure",
+    ),
 ]
-Restarts = Annotated[int, typer.Option(help="Random restarts of the worst-case ascent.")]
+Restarts = Annotated[
+    int,
+    typer.Option(
+        help="Attempts of the worst-case ascent (paper: the max over attempts).",
+        rich_help_panel="Measure",
+    ),
+]
 WeightLr = Annotated[
     float,
     typer.Option(
         "--weight-lr",
         help="Worst case: normalized weight step, relative to ||w_l|| (code 0.01, text 0.001).",
+        rich_help_panel="Measure",
     ),
 ]
 WeightNormOpt = Annotated[
     WeightNorm,
     typer.Option(
-        "--weight-norm", help="Weight ball: l2 (per layer, PAPER.md) or linf (per element)."
+        "--weight-norm",
+        help="Weight ball: l2 (per layer, PAPER.md) or linf (per element; per-batch only).",
+        rich_help_panel="Measure",
     ),
 ]
 WeightBatch = Annotated[
     int,
     typer.Option(
         "--weight-batch",
-        help="Worst case: examples sharing one adversarial weight offset (part of the measure).",
+        help="Worst case: examples per weight step (paper) or per offset (per-batch).",
+        rich_help_panel="Measure",
+    ),
+]
+WorstEstimator = Annotated[
+    Estimator,
+    typer.Option(
+        "--worst-estimator",
+        help=registries.describe(registries.WORST_ESTIMATORS) + ".",
+        rich_help_panel="Measure",
+    ),
+]
+WorstReattack = Annotated[
+    bool,
+    typer.Option(
+        "--worst-reattack/--no-worst-reattack",
+        help="paper estimator: also re-run --attack at the final nu (column reattack_loss; the "
+        "flatness stays the paper's).",
+        rich_help_panel="Measure",
+    ),
+]
+ConvScale = Annotated[
+    float,
+    typer.Option(
+        "--conv-scale",
+        help="Multiply every conv weight by this before measuring (the paper's x0.5 / x2 "
+        "scale-invariance check: flatness stays, lambda_max scales by 1/a^2).",
+        rich_help_panel="Inputs",
     ),
 ]
 
@@ -102,25 +159,28 @@ def flatness(
     out: o.Out,
     measure: Measures = None,
     xi: Xi = None,
-    samples: Samples = 10,
-    attack: Attack = "pgd20x10",
-    iterations: Iterations = 20,
-    restarts: Restarts = 10,
-    weight_lr: WeightLr = 0.01,
-    weight_norm: WeightNormOpt = WeightNorm.l2,
-    weight_batch: WeightBatch = 128,
-    dataset: o.Dataset = None,
-    split: o.SplitOpt = o.Split.test,
-    n_examples: o.NExamples = None,
+    samples: Samples = D.samples,
+    attack: Attack = D.attack,
+    iterations: Iterations = D.iterations,
+    restarts: Restarts = D.restarts,
+    weight_lr: WeightLr = D.weight_lr,
+    weight_norm: WeightNormOpt = WeightNorm(D.weight_norm),
+    weight_batch: WeightBatch = D.weight_batch,
+    worst_estimator: WorstEstimator = Estimator(D.worst_estimator),
+    worst_reattack: WorstReattack = D.worst_reattack,
+    conv_scale: ConvScale = D.conv_scale,
+    dataset: o.Dataset = D.dataset,
+    split: o.SplitOpt = o.Split(D.split),
+    n_examples: o.NExamples = D.n_examples,
     eps: o.Eps = None,
-    norm: o.NormOpt = o.Norm.linf,
+    norm: o.NormOpt = o.Norm(D.norm),
     step_size: o.StepSize = None,
-    seed: o.Seed = 0,
-    arch: o.Arch = None,
-    normalize: o.Normalize = None,
+    seed: o.Seed = D.seed,
+    arch: o.Arch = D.arch,
+    normalize: o.Normalize = D.normalize,
     data_dir: o.DataDir = None,
-    device: o.Device = "auto",
-    batch_size: o.BatchSize = 512,
+    device: o.Device = D.device,
+    batch_size: o.BatchSize = D.batch_size,
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: o.Force = False,
@@ -131,17 +191,16 @@ def flatness(
 
     average: mean over --samples random offsets nu with ||nu_l|| = xi ||w_l|| per layer of the
     robust loss re-computed on the perturbed weights, minus the robust loss (nats). worst: the
-    largest robust loss over the relative ball, by joint ascent on weights and inputs per batch,
-    minus the robust loss. hessian: the largest eigenvalue and trace of the Hessian of the robust
-    loss at fixed adversarial examples (not scale-invariant). One row per measure and xi.
+    largest robust loss over the relative ball by joint ascent on weights and inputs (default: the
+    paper's estimator, unclamped), minus the robust loss. hessian: the largest eigenvalue and trace
+    of the Hessian (not scale-invariant). Robust errors come with every average/worst row.
 
     Example: flatcli flatness sample_checkpoints --out out --measure average --xi 0.25,0.5
     --samples 5 --attack pgd10x2 --n-examples 300
     """
     from flatcli import checkpoints, flatness
-    from flatcli.config import FlatnessConfig
 
-    measures = tuple(m for text in (measure or ["average,worst"]) for m in o.csv_list(text))
+    measures = tuple(m for text in (measure or [",".join(D.measures)]) for m in o.csv_list(text))
     config = FlatnessConfig(
         dataset=dataset,
         split=split.value,
@@ -157,6 +216,9 @@ def flatness(
         weight_lr=weight_lr,
         weight_norm=weight_norm.value,
         weight_batch=weight_batch,
+        worst_estimator=worst_estimator.value,
+        worst_reattack=worst_reattack,
+        conv_scale=conv_scale,
         step_size=o.parse_eps(step_size, "--step-size"),
         seed=seed,
         arch=arch,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from flatcli import registries
 from flatcli.cli import options as o
 from flatcli.cli.runner import run_command
+from flatcli.config import LandscapeConfig
 
 SUMMARY = [
     "run",
@@ -23,21 +26,29 @@ SUMMARY = [
     "robust_err",
 ]
 
+D = LandscapeConfig()  # the one source of defaults
+Kind = Enum("Kind", {n: n for n in registries.DIRECTIONS}, type=str)
+NormalizationName = Enum("NormalizationName", {n: n for n in registries.NORMALIZATIONS}, type=str)
+AdversarialLoss = Enum("AdversarialLoss", {n: n for n in registries.ADVERSARIAL_LOSSES}, type=str)
+
 Directions = Annotated[
-    str,
+    Kind,
+    typer.Option(help=registries.describe(registries.DIRECTIONS) + ".", rich_help_panel="Measure"),
+]
+Dims = Annotated[
+    int,
     typer.Option(
-        help="random | adversarial (worst-case ascent) | hessian (top eigenvectors of the robust "
-        "loss) | interpolate (straight line to --to)."
+        help="1: a line per direction; 2: a steps x steps plane.", rich_help_panel="Measure"
     ),
 ]
-Dims = Annotated[int, typer.Option(help="1: a line per direction; 2: a steps x steps plane.")]
-Steps = Annotated[int, typer.Option(help="Grid points per axis (>= 2).")]
+Steps = Annotated[int, typer.Option(help="Grid points per axis (>= 2).", rich_help_panel="Measure")]
 Range = Annotated[
     str | None,
     typer.Option(
         "--range",
         help="MIN,MAX of alpha (and beta). Default: -1,1; 0,1 for interpolate.",
         show_default=False,
+        rich_help_panel="Measure",
     ),
 ]
 NDirections = Annotated[
@@ -46,40 +57,91 @@ NDirections = Annotated[
         "--n-directions",
         help="Directions (planes in 2-D), one work unit each. Default: 10 in 1-D, 1 in 2-D.",
         show_default=False,
+        rich_help_panel="Measure",
     ),
 ]
 Normalization = Annotated[
-    str,
+    NormalizationName,
     typer.Option(
-        help="filter | layer | none: each filter / layer of d scaled to the weights' norm "
-        "(normalization layers excluded), or d as a whole."
+        help=registries.describe(registries.NORMALIZATIONS)
+        + " (normalization layers are never directions).",
+        rich_help_panel="Measure",
     ),
 ]
 Scale = Annotated[
     str | None,
     typer.Option(
-        help="Relative length of the directions. Default: 0.5 random, 0.025 adversarial, "
-        "1 hessian (PAPER.md).",
+        help="Relative length s of the directions. Default: 0.5 random, 0.025 adversarial "
+        "(PAPER.md; 0.01 with layer-maxabs, the code), 1 hessian.",
         show_default=False,
+        rich_help_panel="Measure",
     ),
 ]
 Loss = Annotated[
     str,
-    typer.Option(help="robust (re-runs --attack at every point; clean comes free) | clean | both."),
+    typer.Option(
+        help="robust (re-runs --attack at every point; clean comes free) | clean | both.",
+        rich_help_panel="Measure",
+    ),
 ]
 Attack = Annotated[
-    str, typer.Option(help="Attack behind the robust loss: a pgd preset, pgd<S>x<R>, or apgd-ce.")
+    str,
+    typer.Option(
+        help="Attack behind the robust loss: a pgd preset, pgd<S>x<R>, or apgd-ce.",
+        rich_help_panel="Attack",
+    ),
 ]
 To = Annotated[
     Path | None,
-    typer.Option("--to", help="interpolate: the checkpoint at alpha = 1.", show_default=False),
+    typer.Option(
+        "--to",
+        help="interpolate: the checkpoint at alpha = 1.",
+        show_default=False,
+        rich_help_panel="Inputs",
+    ),
 ]
 Iterations = Annotated[
-    int, typer.Option(help="Ascent steps (adversarial); subspace-iteration steps (hessian).")
+    int, typer.Option(help="hessian: subspace-iteration steps.", rich_help_panel="Measure")
 ]
 WeightLr = Annotated[
     float,
-    typer.Option("--weight-lr", help="adversarial: normalized weight step, relative to ||w_l||."),
+    typer.Option(
+        "--weight-lr",
+        help="adversarial: normalized weight step, relative to ||w_l||.",
+        rich_help_panel="Measure",
+    ),
+]
+AdversarialLossOpt = Annotated[
+    AdversarialLoss,
+    typer.Option(
+        "--adversarial-loss",
+        help="adversarial: " + registries.describe(registries.ADVERSARIAL_LOSSES) + ".",
+        rich_help_panel="Measure",
+    ),
+]
+AdversarialXi = Annotated[
+    float,
+    typer.Option(
+        "--adversarial-xi",
+        help="adversarial: radius of the weight attack (relative, per layer; the code's 0.005).",
+        rich_help_panel="Measure",
+    ),
+]
+AdversarialIterations = Annotated[
+    int,
+    typer.Option(
+        "--adversarial-iterations",
+        help="adversarial: steps of the weight attack (the code's 7).",
+        rich_help_panel="Measure",
+    ),
+]
+ConvScale = Annotated[
+    float,
+    typer.Option(
+        "--conv-scale",
+        help="Multiply every conv weight by this first (the paper's scale-invariance check).",
+        rich_help_panel="Inputs",
+    ),
 ]
 PointBatch = Annotated[
     int,
@@ -87,12 +149,21 @@ PointBatch = Annotated[
         help="Grid points evaluated in one stacked pass (torch.func.vmap; same results up to "
         "float rounding). Needs an attack that attacks every example (pgd*, apgd-ce). "
         "On CPU 1 is fastest (benchmarks/landscape_speed.py).",
+        rich_help_panel="Runtime",
     ),
 ]
 Plot = Annotated[
-    str, typer.Option("--plot", help="Figures under OUT/landscape_plots/: png | svg | none.")
+    str,
+    typer.Option(
+        "--plot",
+        help="Figures under OUT/landscape_plots/: png | svg | none.",
+        rich_help_panel="Output",
+    ),
 ]
-NExamples = Annotated[int, typer.Option(help="First N examples of the split (PAPER.md: 128).")]
+NExamples = Annotated[
+    int,
+    typer.Option(help="First N examples of the split (PAPER.md: 128).", rich_help_panel="Inputs"),
+]
 
 
 def _range(text: str | None) -> tuple[float, float] | None:
@@ -110,32 +181,36 @@ def _range(text: str | None) -> tuple[float, float] | None:
 def landscape(
     paths: o.Paths,
     out: o.Out,
-    directions: Directions = "random",
-    dims: Dims = 1,
-    steps: Steps = 51,
+    directions: Directions = Kind(D.directions),
+    dims: Dims = D.dims,
+    steps: Steps = D.steps,
     span: Range = None,
-    n_directions: NDirections = None,
-    normalization: Normalization = "filter",
+    n_directions: NDirections = D.n_directions,
+    normalization: Normalization = NormalizationName(D.normalization),
     scale: Scale = None,
-    loss: Loss = "both",
-    attack: Attack = "pgd20x10",
+    loss: Loss = D.loss,
+    attack: Attack = D.attack,
     to: To = None,
-    iterations: Iterations = 20,
-    weight_lr: WeightLr = 0.01,
-    point_batch: PointBatch = 1,
+    iterations: Iterations = D.iterations,
+    weight_lr: WeightLr = D.weight_lr,
+    adversarial_loss: AdversarialLossOpt = AdversarialLoss(D.adversarial_loss),
+    adversarial_xi: AdversarialXi = D.adversarial_xi,
+    adversarial_iterations: AdversarialIterations = D.adversarial_iterations,
+    conv_scale: ConvScale = D.conv_scale,
+    point_batch: PointBatch = D.point_batch,
     plot: Plot = "png",
-    dataset: o.Dataset = None,
-    split: o.SplitOpt = o.Split.test,
-    n_examples: NExamples = 128,
+    dataset: o.Dataset = D.dataset,
+    split: o.SplitOpt = o.Split(D.split),
+    n_examples: NExamples = D.n_examples,
     eps: o.Eps = None,
-    norm: o.NormOpt = o.Norm.linf,
+    norm: o.NormOpt = o.Norm(D.norm),
     step_size: o.StepSize = None,
-    seed: o.Seed = 0,
-    arch: o.Arch = None,
-    normalize: o.Normalize = None,
+    seed: o.Seed = D.seed,
+    arch: o.Arch = D.arch,
+    normalize: o.Normalize = D.normalize,
     data_dir: o.DataDir = None,
-    device: o.Device = "auto",
-    batch_size: o.BatchSize = 512,
+    device: o.Device = D.device,
+    batch_size: o.BatchSize = D.batch_size,
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: o.Force = False,
@@ -146,16 +221,16 @@ def landscape(
     OUT/landscape and figures in OUT/landscape_plots.
 
     Every grid point w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D) re-runs the attack on the
-    moved weights (alpha = 0 is `flatcli attack`'s robust loss). Directions are normalized per
-    filter or layer to the weights' norm and rescaled to --scale. One work unit per (checkpoint,
-    direction): a rerun computes only missing directions. Losses in nats, errors as fractions.
+    moved weights (alpha = 0 is `flatcli attack`'s robust loss). Directions are rescaled per
+    layer relative to the weights (--normalization) to the length --scale. One work unit per
+    (checkpoint, direction): a rerun computes only missing directions. Losses in nats, errors as
+    fractions.
 
     Example: flatcli landscape runs/at --out out --directions random --n-directions 5 --steps 21
     --attack pgd10x2
     """
     from flatcli import checkpoints
     from flatcli import landscape as core
-    from flatcli.config import LandscapeConfig
     from flatcli.errors import UsageError
 
     if plot not in core.PLOT_FORMATS:
@@ -166,18 +241,22 @@ def landscape(
         n_examples=n_examples,
         eps=o.parse_eps(eps),
         norm=norm.value,
-        directions=directions,
+        directions=directions.value,
         dims=dims,
         steps=steps,
         range=_range(span),
         n_directions=n_directions,
-        normalization=normalization,
+        normalization=normalization.value,
         scale=o.parse_eps(scale, "--scale"),
         loss=loss,
         attack=attack,
         to=None if to is None else str(to),
         iterations=iterations,
         weight_lr=weight_lr,
+        adversarial_loss=adversarial_loss.value,
+        adversarial_xi=adversarial_xi,
+        adversarial_iterations=adversarial_iterations,
+        conv_scale=conv_scale,
         step_size=o.parse_eps(step_size, "--step-size"),
         seed=seed,
         arch=arch,

@@ -1,0 +1,72 @@
+"""Registries (name -> entry with its help) of flatness measures, worst-case estimators, Hessian
+variants and landscape directions/normalizations. Torch-free, so `--help` lists them without
+importing torch; `flatcli.flatness` and `flatcli.landscape` dispatch on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A named option value and its one-line help."""
+
+    name: str
+    help: str
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A flatness measure: its family (average | worst | hessian), whether it needs the robust
+    loss (an attack), and its help line."""
+
+    name: str
+    family: str
+    robust: bool
+    help: str
+
+
+def _table(*entries):
+    return {e.name: e for e in entries}
+
+
+MEASURES: dict[str, Measure] = _table(
+    Measure("average", "average", True, "mean RCE(w + nu) - RCE(w), nu on the relative sphere"),
+    Measure("worst", "worst", True, "max of the robust loss over the relative ball - RCE(w)"),
+    Measure("clean-average", "average", False, "the average case of the clean loss (eps 0)"),
+    Measure("clean-worst", "worst", False, "the worst case of the clean loss (eps 0)"),
+    Measure("hessian", "hessian", True, "lambda_max and trace at the PGD points, every layer"),
+    Measure("clean-hessian", "hessian", False, "lambda_max and trace of the clean loss"),
+    Measure(
+        "paper-hessian",
+        "hessian",
+        False,
+        "the paper's: clean loss on the held-out split, weights with dim > 1, summed batches",
+    ),
+)
+WORST_ESTIMATORS: dict[str, Choice] = _table(
+    Choice("paper", "the paper's code: one nu for the set, per-batch steps, final iterate"),
+    Choice("per-batch", "one nu per batch, best iterate, re-attack at nu*, clamped at RCE(w)"),
+)
+DIRECTIONS: dict[str, Choice] = _table(
+    Choice("random", "a Gaussian per layer"),
+    Choice("adversarial", "the weight attack's offset (clean loss as the code, or robust)"),
+    Choice("hessian", "top eigenvectors of the Hessian of the robust loss"),
+    Choice("interpolate", "the straight line to --to (never rescaled)"),
+)
+NORMALIZATIONS: dict[str, Choice] = _table(
+    Choice("layer", "each d_l to s ||w_l|| (PAPER.md)"),
+    Choice("layer-maxabs", "each d_l times s max|w_l| / max|d_l| (the paper's code)"),
+    Choice("filter", "each output filter to s times the same filter's norm of w"),
+    Choice("none", "the whole d to s ||w||"),
+)
+ADVERSARIAL_LOSSES: dict[str, Choice] = _table(
+    Choice("clean", "the clean-loss weight attack (the paper's code)"),
+    Choice("robust", "the joint weight and input attack on the robust loss"),
+)
+
+
+def describe(registry: dict) -> str:
+    """'name: help; name: help' for a `--help` text."""
+    return "; ".join(f"{name}: {entry.help}" for name, entry in registry.items())
