@@ -501,3 +501,22 @@ def test_page_in_headless_chromium(study, tmp_path):
     title = re.search(r"<title>([^<]*)</title>", done.stdout).group(1)
     images, shown, width = (int(v) for v in title.split(":"))
     assert images == 3 and shown == images and width <= 1280, title
+
+
+def test_every_relation_the_text_states_is_drawn(study):
+    from flatcli.report import figures
+
+    root, out, _ = study
+    result = report.build([out], how="last")
+    corr = result.correlations.copy()
+    pick = (corr.scope == "across runs") & (corr.measure == "flatness_worst")
+    pick &= corr.target == "test_robust_loss"
+    corr.loc[pick, ["kendall", "kendall_p_holm"]] = [0.9, 0.01]  # a relation the text states
+    chosen = report.select(result.table, "last")
+    pairs = figures._scatter_pairs(chosen, corr, "last")
+    assert ("flatness_worst", "test_robust_loss") in pairs
+    assert ("flatness_average", "rce_gap") in pairs  # flatness vs the gap, always drawn
+    finding = " ".join(report.across_runs_finding(corr, chosen, "last"))
+    assert "Kendall tau between worst-case flatness and test robust loss is 0.9" in finding
+    assert "flatter runs had a lower test robust loss" in finding
+    assert "and test robust loss (" not in finding.replace("worst-case flatness and test", "")

@@ -108,7 +108,7 @@ def _flatness(plt, df: pd.DataFrame, colors: dict):
             se = g.get(f"{column}_se")
             error = 2 * se if se is not None and se.notna().any() else None
             bars = bars or error is not None
-            ax.errorbar(
+            bars_ = ax.errorbar(
                 g.epoch,
                 g[column],
                 yerr=error,
@@ -118,6 +118,8 @@ def _flatness(plt, df: pd.DataFrame, colors: dict):
                 elinewidth=0.8,
                 capsize=2,
             )
+            for line in bars_[2]:  # light bars: overlapping runs stay readable
+                line.set_alpha(0.4)
             best = g[g.is_best]
             if not best.empty:
                 ax.plot(best.epoch, best[column], "*", color=colors[run], markersize=12)
