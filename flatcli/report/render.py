@@ -181,10 +181,18 @@ def inline(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
+def _align(value) -> str:
+    """Numbers right-aligned (digits line up), text left."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+    return " class='num'" if number else ""
+
+
 def _html_table(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td{_align(v)}>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
         for row in df.itertuples(index=False)
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -195,8 +203,8 @@ _STYLE = (
     f"body{{font-family:sans-serif;max-width:{_WIDTH}px;margin:2em auto;padding:0 1em;"
     "line-height:1.45;color:#222}"
     "table{border-collapse:collapse;font-size:13px;margin:.5em 0}"
-    "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-    "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}"
     "img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{font-size:14px;color:#444}"
     "code{background:#f3f3f3;padding:0 3px;border-radius:3px}"
     "details{margin:.3em 0}summary{cursor:pointer;font-weight:600}"

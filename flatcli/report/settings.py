@@ -20,7 +20,7 @@ THREAT = ["dataset", "eps", "norm"]
 ATTACK = [*THREAT, "n_examples", "attacks"]
 FLATNESS = [*THREAT, "n_examples", "xi", "samples", "iterations", "restarts", "attack", "weight_lr"]
 LANDSCAPE = [*THREAT, "n_examples", "direction_kind", "directions", "normalization", "scale"]
-_NAMES = {"n_examples": "examples", "attacks": "attacks", "weight_lr": "weight lr"}
+_NAMES = {"n_examples": "examples", "weight_lr": "weight lr", "direction_kind": "kind"}
 _MEASURE_NAMES = {
     "average": "Average-case flatness",
     "worst": "Worst-case flatness",
