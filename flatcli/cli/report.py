@@ -25,7 +25,7 @@ Outs = Annotated[
     typer.Argument(
         help="Output directories of attack/flatness/landscape (OUT of those commands).",
         show_default=False,
-        metavar="OUT...",
+        metavar="OUT",
     ),
 ]
 Runs = Annotated[
