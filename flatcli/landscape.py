@@ -3,7 +3,8 @@
 Directions come from the `DIRECTIONS` registry (random, adversarial, hessian, interpolate) and are
 rescaled per layer by a `NORMALIZATIONS` entry; each grid point moves the weights in place and
 re-runs the attack with the work unit's seed keys, so alpha = 0 reproduces `flatcli attack`.
-The unit of work is (checkpoint, direction) (`units`), so a killed run resumes per direction.
+The unit of work is (checkpoint, direction) (`units`), so a killed run resumes per direction;
+`flatcli.plots.landscape_figures` draws the table.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ from flatcli import (
     data,
     engine,
     evaluation,
-    files,
     hessian,
     registries,
     runtime,
-    tables,
     weights,
     worst_case,
 )
@@ -41,7 +40,6 @@ KINDS = tuple(DIRECTIONS)
 LOSSES = ("robust", "clean", "both")
 PLOT_FORMATS = ("png", "svg", "none")
 TABLE = "landscape"
-PLOTS = "landscape_plots"
 _TINY = 1e-12
 
 
@@ -462,123 +460,3 @@ def landscape_measure(
         ]
 
     return measure
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-
-
-def _atomic_savefig(fig, path: Path, fmt: str) -> None:
-    files.atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
-
-
-_LABELS = {"robust_loss": "robust loss (RCE, nats)", "clean_loss": "clean loss (CE, nats)"}
-
-
-def _losses(df) -> list[str]:
-    return [c for c in ("robust_loss", "clean_loss") if df[c].notna().any()]
-
-
-def write_figures(rows: Sequence[dict], out, fmt: str = "png") -> list[Path]:
-    """Figures of landscape rows under OUT/landscape_plots/ (atomic writes); returns the paths.
-
-    1-D: one figure per (run, kind, configuration), a panel per loss, one line per epoch coloured
-    by epoch: the mean over random/hessian directions with a +-1 std band, the max over
-    adversarial ones. 2-D: one contour figure per checkpoint (mean, or max for adversarial, over
-    planes).
-    """
-    if fmt == "none" or not rows:
-        return []
-    if fmt not in PLOT_FORMATS:
-        raise UsageError(f"--plot {fmt!r}: choose png, svg or none")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    df = tables.to_arrow(list(rows), TABLE).to_pandas()
-    directory = Path(out) / PLOTS
-    written = []
-    for (run, kind, chash), group in df.groupby(["run", "direction_kind", "config_hash"]):
-        reduce = "max" if kind == "adversarial" else "mean"
-        losses = _losses(group)
-        if not losses:
-            continue
-        tag = checkpoints.safe_name(f"{run}__{kind}")
-        if group.beta.isna().all():
-            fig, axes = plt.subplots(1, len(losses), figsize=(5 * len(losses), 3.8), squeeze=False)
-            epochs = sorted(group.epoch.dropna().unique())
-            cmap = plt.get_cmap("viridis")
-            for ax, loss in zip(axes[0], losses, strict=True):
-                for ckpt, curve in group.groupby("checkpoint", sort=False):
-                    stats = curve.groupby("alpha")[loss].agg([reduce, "std"]).sort_index()
-                    epoch = curve.epoch.iloc[0]
-                    if len(epochs) > 1 and pd.notna(epoch):
-                        color = cmap(epochs.index(epoch) / (len(epochs) - 1))
-                    else:
-                        color = "C0"
-                    label = f"epoch {int(epoch)}" if pd.notna(epoch) else Path(ckpt).name
-                    ax.plot(stats.index, stats[reduce], color=color, label=label)
-                    if reduce == "mean" and curve.direction.nunique() > 1:
-                        band = stats["std"].fillna(0)
-                        ax.fill_between(
-                            stats.index,
-                            stats[reduce] - band,
-                            stats[reduce] + band,
-                            color=color,
-                            alpha=0.15,
-                            linewidth=0,
-                        )
-                n = group.direction.nunique()
-                what = f"{reduce} over {n} {kind} direction{'s' if n > 1 else ''}"
-                if reduce == "mean" and n > 1:
-                    what += " (band: +-1 std)"
-                ax.set_xlabel("alpha (step along the direction)")
-                ax.set_ylabel(_LABELS[loss])
-                ax.set_title(f"{run}: {what}", fontsize=9)
-                ax.grid(alpha=0.3)
-                if group.checkpoint.nunique() <= 12:
-                    ax.legend(fontsize=7)
-            if len(epochs) > 12:
-                sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(min(epochs), max(epochs)))
-                fig.colorbar(sm, ax=axes[0].tolist(), label="epoch")
-            path = directory / f"{tag}__1d__{chash[:8]}.{fmt}"
-            _atomic_savefig(fig, path, fmt)
-            plt.close(fig)
-            written.append(path)
-            continue
-        for ckpt, plane in group.groupby("checkpoint", sort=False):
-            fig, axes = plt.subplots(
-                1,
-                len(losses),
-                figsize=(6.2 * len(losses), 4.6),
-                squeeze=False,
-                constrained_layout=True,
-            )
-            for ax, loss in zip(axes[0], losses, strict=True):
-                table = plane.groupby(["beta", "alpha"])[loss].agg(reduce).unstack("alpha")
-                contour = ax.contourf(
-                    table.columns.to_numpy(), table.index.to_numpy(), table.to_numpy(), levels=20
-                )
-                ax.contour(
-                    table.columns.to_numpy(),
-                    table.index.to_numpy(),
-                    table.to_numpy(),
-                    levels=10,
-                    colors="k",
-                    linewidths=0.4,
-                )
-                fig.colorbar(contour, ax=ax, label=_LABELS[loss])
-                ax.plot([0], [0], "w+", markersize=10, markeredgewidth=2)  # the checkpoint
-                ax.set_xlabel("alpha (direction 1)")
-                ax.set_ylabel("beta (direction 2)")
-                epoch = plane.epoch.iloc[0]
-                where = f"epoch {int(epoch)}" if pd.notna(epoch) else Path(ckpt).name
-                ax.set_title(f"{run} {where}: {reduce} over {kind} planes", fontsize=9)
-            key = checkpoints.safe_name(Path(ckpt).stem)
-            path = directory / f"{tag}__{key}__2d__{chash[:8]}.{fmt}"
-            _atomic_savefig(fig, path, fmt)
-            plt.close(fig)
-            written.append(path)
-    return written

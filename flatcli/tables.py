@@ -172,15 +172,19 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("is_last", pa.bool_()),
             pa.field("flatness_average", pa.float64()),
             pa.field("flatness_average_std", pa.float64()),
+            pa.field("flatness_average_se", pa.float64()),  # std / sqrt(samples), the mean's SE
             pa.field("flatness_average_xi", pa.float64()),
             pa.field("flatness_worst", pa.float64()),
             pa.field("flatness_worst_std", pa.float64()),
+            pa.field("flatness_worst_se", pa.float64()),
             pa.field("flatness_worst_xi", pa.float64()),
             pa.field("flatness_clean_average", pa.float64()),
             pa.field("flatness_clean_average_std", pa.float64()),
+            pa.field("flatness_clean_average_se", pa.float64()),
             pa.field("flatness_clean_average_xi", pa.float64()),
             pa.field("flatness_clean_worst", pa.float64()),
             pa.field("flatness_clean_worst_std", pa.float64()),
+            pa.field("flatness_clean_worst_se", pa.float64()),
             pa.field("flatness_clean_worst_xi", pa.float64()),
             pa.field("lambda_max", pa.float64()),
             pa.field("hessian_trace", pa.float64()),
@@ -189,7 +193,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("landscape_adversarial_rise", pa.float64()),
         ]
     ),
-    # `flatcli report`: one row per (scope, run, measure, target); scipy.stats, two-sided p.
+    # `flatcli report`: one row per (scope, run, measure, target) with 3 pairs or more; scipy.stats,
+    # two-sided p across runs only (the epochs of one run, or pooled, are not independent: no p).
     "correlations": pa.schema(
         [
             pa.field("scope", pa.string()),  # across runs | all checkpoints | within run
@@ -204,6 +209,10 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("spearman_p", pa.float64()),
             pa.field("pearson", pa.float64()),
             pa.field("pearson_p", pa.float64()),
+            pa.field("tests", pa.int64()),  # Holm's family: the p-values of this coefficient
+            pa.field("kendall_p_holm", pa.float64()),  # Holm-adjusted over `tests`
+            pa.field("spearman_p_holm", pa.float64()),
+            pa.field("pearson_p_holm", pa.float64()),
         ]
     ),
 }

@@ -79,6 +79,8 @@ def write_study(root: Path, numbers: dict, with_flatness=True, with_train=True, 
             tables.write_part(out, "flatness", key, "c" * 16, rows)
     if with_runs:
         for run, (method, ls, best) in RUNS.items():
+            if (run, EPOCHS[0]) not in numbers:
+                continue
             run_dir = root / "runs" / run
             config = {"method": method, "label_smoothing": ls, "weight_decay": 5e-4}
             if run == "at-wd":
@@ -145,17 +147,22 @@ def test_correlations_are_scipys_on_the_same_numbers(study, how):
         row = row[row.target == target].iloc[0]
         assert row.n == len(keys) and row.select == how
         tau, p = stats.kendalltau(flat, values)
-        assert row.kendall == pytest.approx(tau) and row.kendall_p == pytest.approx(p)
-        rho, p = stats.spearmanr(flat, values)
-        assert row.spearman == pytest.approx(rho) and row.spearman_p == pytest.approx(p)
-        r, p = stats.pearsonr(flat, values)
-        assert row.pearson == pytest.approx(r) and row.pearson_p == pytest.approx(p)
+        rho, p_rho = stats.spearmanr(flat, values)
+        r, p_r = stats.pearsonr(flat, values)
+        assert row.kendall == pytest.approx(tau)
+        assert row.spearman == pytest.approx(rho) and row.pearson == pytest.approx(r)
+        if how == "all":  # pooled epochs are not independent: coefficients only
+            assert pd.isna(row.kendall_p) and pd.isna(row.spearman_p) and pd.isna(row.pearson_p)
+        else:
+            assert row.kendall_p == pytest.approx(p)
+            assert row.spearman_p == pytest.approx(p_rho) and row.pearson_p == pytest.approx(p_r)
     within = corr[(corr.scope == "within run") & (corr.run == "awp")]
     row = within[(within.measure == "flatness_worst") & (within.target == "rce_gap")].iloc[0]
     worst = [numbers[("awp", e)]["worst"] for e in EPOCHS]
     gaps = [numbers[("awp", e)]["test_loss"] - numbers[("awp", e)]["train_loss"] for e in EPOCHS]
     assert row.kendall == pytest.approx(stats.kendalltau(worst, gaps)[0])
-    assert len(result.correlations) == len(corr)
+    assert within.kendall_p.isna().all() and within.kendall_p_holm.isna().all()
+    assert len(result.correlations) == len(corr) and (corr.n >= 3).all()
 
 
 def test_correlation_needs_three_pairs_and_variation():
@@ -174,18 +181,19 @@ def test_findings_state_the_numbers(study):
     low = min(v["test_loss"] for v in at)
     assert f"to its minimum {low:.3g}" in text
     across = result.findings["Flatness and robustness across runs"][0]
-    tau = stats.kendalltau(
-        [numbers[(r, 3)]["flat"] for r in RUNS], [numbers[(r, 3)]["test_err"] for r in RUNS]
-    )[0]
-    assert f"Kendall tau between average-case flatness and test robust error is {tau:.2g}" in (
-        across
-    )
-    p = stats.kendalltau(
-        [numbers[(r, 3)]["flat"] for r in RUNS], [numbers[(r, 3)]["test_err"] for r in RUNS]
-    )[1]
-    verb = "had" if p < 0.05 else "tended to have"
-    assert (f"flatter runs {verb} a lower robust error" in across) == (tau > 0)
-    assert (f"flatter runs {verb} a higher robust error" in across) == (tau < 0)
+    flat = [numbers[(r, 3)]["flat"] for r in RUNS]
+    tau, p = stats.kendalltau(flat, [numbers[(r, 3)]["test_err"] for r in RUNS])
+    holm_p = result.correlations.query(
+        "scope == 'across runs' and measure == 'flatness_average' and target == 'test_robust_err'"
+    ).kendall_p_holm.iloc[0]
+    assert holm_p >= p
+    if holm_p < 0.05:
+        side = "lower" if tau > 0 else "higher"
+        assert f"and test robust error is {tau:.2g}" in across
+        assert f"flatter runs had a {side} robust error" in across
+    else:
+        assert "no evidence of a relation between average-case flatness and test robust " in across
+        assert f"(Kendall tau {tau:.2g}, p = {p:.2g}" in across and "flatter runs" not in across
     for name in ("curves", "flatness", "scatter"):
         assert (out / "report_plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert "<svg" in (out / "report_plots" / f"{name}.svg").read_text()[:2000]
@@ -297,3 +305,218 @@ def test_overfitting_finding_follows_the_test_robust_loss(losses, verdict):
     assert verdict in text
     assert f"to its minimum {min(losses):.3g} at epoch {losses.index(min(losses)) + 1}" in text
     assert "Early stopping (held-out robust error) picks epoch 2" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics that claim only what they support (issue 12)
+
+
+def test_holm_step_down_equals_the_closed_form():
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4*0.005, 3*0.01, 2*0.03, max(2*0.03, 1*0.04)
+    got = report.holm([0.01, 0.04, 0.03, None, 0.005])
+    assert got[3] is None
+    assert got[:3] + got[4:] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert report.holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1, monotone
+    assert report.holm([]) == []
+
+
+def test_holm_columns_adjust_each_coefficient_over_the_pairs_tested(study):
+    root, out, _ = study
+    corr = report.build([out], how="last").correlations
+    across = corr[corr.scope == "across runs"]
+    assert (across.tests == len(across)).all() and len(across) > 1
+    for name in ("kendall", "spearman", "pearson"):
+        expected = report.holm(list(across[f"{name}_p"]))
+        assert list(across[f"{name}_p_holm"]) == pytest.approx(expected)
+        assert (across[f"{name}_p_holm"] >= across[f"{name}_p"]).all()
+    assert corr[corr.scope == "within run"].tests.isna().all()
+
+
+def test_three_runs_at_p_one_state_no_trend(tmp_path):
+    three = ("at", "awp", "trades")
+    numbers = {k: v for k, v in _numbers(1).items() if k[0] in three}
+    out = write_study(tmp_path, numbers)
+    result = report.build([out], how="last")
+    across = result.findings["Flatness and robustness across runs"]
+    corr = result.correlations[result.correlations.scope == "across runs"]
+    assert (corr[corr.kendall.abs() < 1].kendall_p == 1.0).all()  # n = 3: |tau| 1/3, p = 1
+    text = (out / "report.md").read_text()
+    assert "flatter runs" not in text and "tended" not in text
+    assert any("no evidence of a relation" in s and "n = 3" in s for s in across)
+    assert "Holm-adjusted p < 0.05" in text
+
+
+def test_mixed_eps_is_named_and_refuses_the_comparison(tmp_path, capsys):
+    numbers = _numbers()
+    out = write_study(tmp_path, numbers)
+    for part in (out / "attack").glob("trades__*"):
+        df = pd.read_parquet(part)
+        df["eps"] = 0.2
+        tables.write_table(out, "attack", df.to_dict("records"))  # a whole table ...
+        (out / "attack" / "attack.parquet").rename(part)  # ... written over the part
+    code, _, err = flatcli(capsys, "report", out, "-f", "csv")
+    assert code == 0
+    text = (out / "report.md").read_text()
+    for where in (text, err):
+        assert "eps differs: 0.1 (at; at-ls; at-wd; awp); 0.2 (trades)" in where
+    assert "Not compared across runs" in text and "flatter runs" not in text
+    corr = pd.read_parquet(out / "correlations")
+    assert set(corr.scope) == {"within run"}
+
+
+def test_a_checkpoint_measured_twice_uses_its_latest_setting_and_says_so(tmp_path):
+    out = write_study(tmp_path, _numbers())
+    again = {"run": "at", "epoch": 3, "checkpoint": _ckpt(tmp_path, "at", 3), "split": "test"}
+    again |= {"attack": "pgd20x10", "n_examples": 50, "eps": 0.1, "robust_err": 0.9}
+    again |= {"dataset": "digits", "norm": "linf"}
+    again |= {"robust_loss": 9.0, "created_at": "9999-01-01T00:00:00"}
+    tables.write_part(out, "attack", "at__e0003", "e" * 16, [again])
+    result = report.build([out], how="last")
+    row = result.table.query("run == 'at' and epoch == 3").iloc[0]
+    assert row.test_robust_loss == 9.0 and row.test_n == 50  # not the max over both settings
+    note = "at epoch 3 was measured more than once with different examples; the report uses"
+    assert any(note in w for w in result.warnings), result.warnings
+    differs = "examples differs: 400 (at epochs 1, 2; at-ls; at-wd; awp; trades); 50 (at epoch 3)"
+    assert any(differs in w for w in result.warnings), result.warnings
+
+
+@pytest.mark.parametrize(
+    "best, best_se, verdict",
+    [(1.0, 0.05, "flatter"), (1.9, 0.05, "no difference beyond noise"), (2.5, 0.05, "sharper")],
+)
+def test_flatter_only_beyond_two_standard_errors(best, best_se, verdict):
+    assert report.compare(best, best_se, 2.0, 0.05) == verdict  # 2 SE of the difference: 0.14
+    assert report.compare(best, None, 2.0, 0.05) is None
+    group = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "flatness_average": [best, 2.0],
+            "flatness_average_se": [best_se, 0.05],
+            "flatness_average_xi": [0.5, 0.5],
+            "rce_gap": [0.1, 0.2],
+            "is_best": [True, False],
+        }
+    )
+    text = report.flatness_finding("r", group, "flatness_average")
+    if verdict == "no difference beyond noise":
+        assert "no difference beyond noise" in text and "flatter" not in text
+    else:
+        assert f"The early-stopped epoch 1 is {verdict}" in text
+    assert "p =" not in text  # the epochs of one run: no p-value
+
+
+def test_p_values_are_never_printed_as_zero():
+    assert report.fmt_p(0.0) == "< 0.001" and report.fmt_p(3e-7) == "< 0.001"
+    assert report.fmt_p(0.0123) == "0.012" and report.fmt_p(None) == "n/a"
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiments kept apart (issue 14)
+
+
+def _two_experiments(tmp_path):
+    one = write_study(tmp_path / "one", _numbers(0), with_runs=False)
+    two = write_study(tmp_path / "two", _numbers(1), with_runs=False)
+    return one, two
+
+
+def test_two_outs_with_the_same_run_names_are_kept_apart(tmp_path):
+    one, two = _two_experiments(tmp_path)
+    result = report.build([one, two], how="last", report_dir=tmp_path / "r", labels=["a", "b"])
+    assert set(result.table.run) == {f"{x}/{r}" for x in "ab" for r in RUNS}
+    auto = report.build([one, two], how="last", report_dir=tmp_path / "r")
+    assert len(auto.table) == 2 * len(RUNS) * len(EPOCHS)
+    assert any("--label" in w and "out1/" in w and "out2/" in w for w in auto.warnings)
+    assert "a/at" not in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_one_experiment_split_over_two_outs_is_one_set_of_runs(tmp_path):
+    out = write_study(tmp_path, _numbers())
+    other = tmp_path / "flat_only"
+    (out / "flatness").rename(other / "flatness") if other.mkdir() is None else None
+    result = report.build([out, other], how="last")
+    assert set(result.table.run) == set(RUNS) and result.table.flatness_average.notna().all()
+    assert not any("--label" in w for w in result.warnings)
+
+
+def test_cli_label_needs_one_per_out(tmp_path, capsys):
+    one, two = _two_experiments(tmp_path)
+    code, _, err = flatcli(capsys, "report", one, two, "--label", "a")
+    assert code == 2 and "1 label(s) for 2 OUT" in err and len(err.strip().splitlines()) == 1
+    code, out, err = flatcli(capsys, "report", one, two, "--label", "x,y", "-f", "csv")
+    assert code == 0 and "x/at" in out and "y/at" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# The page (issue 14)
+
+
+def test_page_puts_settings_and_headline_first_and_renders_markdown(study):
+    root, out, _ = study
+    result = report.build([out], how="last", html_page=True)
+    page = (out / "report.html").read_text()
+    order = [page.index(s) for s in ("Settings", "Headline", "<figure", "<details")]
+    assert order == sorted(order)
+    assert "`" not in page and "<code>at</code>" in page
+    assert "eps 0.1" in page and "examples 400" in page and "xi 0.5" in page
+    assert "Holm p" in page and "spearman_p" not in page
+    assert "higher = sharper" in result.captions["flatness"]
+
+
+def test_figures_are_sized_for_the_page(study):
+    from PIL import Image
+
+    root, out, _ = study
+    result = report.build([out], how="last")
+    for path in result.figures.values():
+        width, _ = Image.open(path).size
+        assert width <= 1000, (path.name, width)  # shown at its own size, never shrunk
+
+
+def test_page_in_headless_chromium(study, tmp_path):
+    """Opens report.html in a real browser when one is installed (skipped otherwise): every
+    figure loads and is displayed at its natural width (text is never scaled down)."""
+    import shutil
+    import subprocess
+
+    browser = next(
+        (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
+    if browser is None:
+        pytest.skip("no headless Chromium installed")
+    root, out, _ = study
+    report.build([out], how="last", html_page=True)
+    page = (out / "report.html").read_text()
+    probe = (
+        "<script>window.onload=()=>{const i=[...document.images];document.title="
+        "i.length+':'+i.filter(x=>x.complete&&x.naturalWidth>0&&x.width==x.naturalWidth)"
+        ".length+':'+document.body.scrollWidth}</script>"
+    )
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+         "--dump-dom", (tmp_path / "probe.html").as_uri()],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    title = re.search(r"<title>([^<]*)</title>", done.stdout).group(1)
+    images, shown, width = (int(v) for v in title.split(":"))
+    assert images == 3 and shown == images and width <= 1280, title
+
+
+def test_every_relation_the_text_states_is_drawn(study):
+    from flatcli.report import figures
+
+    root, out, _ = study
+    result = report.build([out], how="last")
+    corr = result.correlations.copy()
+    pick = (corr.scope == "across runs") & (corr.measure == "flatness_worst")
+    pick &= corr.target == "test_robust_loss"
+    corr.loc[pick, ["kendall", "kendall_p_holm"]] = [0.9, 0.01]  # a relation the text states
+    chosen = report.select(result.table, "last")
+    pairs = figures._scatter_pairs(chosen, corr, "last")
+    assert ("flatness_worst", "test_robust_loss") in pairs
+    assert ("flatness_average", "rce_gap") in pairs  # flatness vs the gap, always drawn
+    finding = " ".join(report.across_runs_finding(corr, chosen, "last"))
+    assert "Kendall tau between worst-case flatness and test robust loss is 0.9" in finding
+    assert "flatter runs had a lower test robust loss" in finding
+    assert "and test robust loss (" not in finding.replace("worst-case flatness and test", "")

@@ -229,7 +229,7 @@ def landscape(
     Example: flatcli landscape runs/at --out out --directions random --n-directions 5 --steps 21
     --attack pgd10x2
     """
-    from flatcli import checkpoints
+    from flatcli import checkpoints, plots
     from flatcli import landscape as core
     from flatcli.errors import UsageError
 
@@ -270,7 +270,7 @@ def landscape(
     config = core.resolve_landscape_config(config, refs)
 
     def write_figures(rows, progress):
-        figures = core.write_figures(rows, out, plot)
+        figures = plots.landscape_figures(rows, out, plot)
         if figures:
             progress.log(f"figures: {', '.join(str(p) for p in figures)}")
 

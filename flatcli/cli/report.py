@@ -25,6 +25,7 @@ Outs = Annotated[
     typer.Argument(
         help="Output directories of attack/flatness/landscape (OUT of those commands).",
         show_default=False,
+        metavar="OUT",
     ),
 ]
 Runs = Annotated[
@@ -33,27 +34,53 @@ Runs = Annotated[
         "--runs",
         help="Run directories of `flatcli train` (run.json, train_log); repeat for several. "
         "Default: found from the checkpoints named in the tables and under each OUT.",
+        rich_help_panel="Inputs",
+        metavar="RUN_DIR",
     ),
 ]
 SelectOpt = Annotated[
     Select,
     typer.Option(
         help="The epoch of each run correlated across runs: last, best (early stopping on "
-        "held-out robust error), or all checkpoints pooled."
+        "held-out robust error), or all checkpoints pooled (coefficients only: the epochs "
+        "of a run are not independent).",
+        rich_help_panel="Measure",
     ),
 ]
 Html = Annotated[
-    bool, typer.Option("--html", help="Also write a self-contained report.html (figures inline).")
+    bool,
+    typer.Option(
+        "--html",
+        help="Also write a self-contained report.html (figures inline).",
+        rich_help_panel="Output",
+    ),
+]
+Label = Annotated[
+    str | None,
+    typer.Option(
+        "--label",
+        help="One label per OUT, comma-separated (e.g. a,b): run names become label/run, so two "
+        "experiments with runs of the same name stay apart. Default: none, unless two OUTs hold "
+        "different runs of one name (then each OUT's directory name, with a note).",
+        rich_help_panel="Inputs",
+        metavar="A,B,...",
+    ),
 ]
 ReportDir = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Where the report goes (default: the first OUT)."),
+    typer.Option(
+        "--out",
+        "-o",
+        help="Where the report goes (default: the first OUT).",
+        rich_help_panel="Output",
+    ),
 ]
 
 
 def report(
     outs: Outs,
     runs: Runs = None,
+    label: Label = None,
     select: SelectOpt = Select.last,
     fmt: o.FormatOpt = o.Format.table,
     html: Html = False,
@@ -66,6 +93,9 @@ def report(
 
     Missing tables are allowed: the report says what is missing and which command computes it.
 
+    Runs measured with different settings are named (stderr and report.md); a different
+    threat model (dataset, eps, norm) refuses the comparison across runs.
+
     Example: flatcli report demo_out --runs demo_out/runs/at --runs demo_out/runs/awp --html
     """
     from flatcli import report as core
@@ -76,7 +106,10 @@ def report(
             raise UsageError(f"{path}: no such directory")
     directory = out if out is not None else outs[0]
     ensure_writable(directory)
-    result = core.build(outs, runs or [], select.value, directory, html)
+    labels = None if label is None else label.split(",")
+    result = core.build(outs, runs or [], select.value, directory, html, labels)
+    for warning in result.warnings:  # even with --quiet: a comparison may be invalid
+        err_console.print(f"flatcli: warning: {warning}", markup=False)
     if not quiet:
         for note in result.missing:
             err_console.print(f"flatcli: note: {note}", markup=False)

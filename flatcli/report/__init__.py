@@ -1,0 +1,141 @@
+"""`flatcli report`: one wide row per (run, epoch), correlations of flatness with robust
+generalization, figures, and the findings in sentences that claim only what the numbers support
+(the paper's "Findings to reproduce"). Inputs may be missing: the report names the command that
+makes each. Modules: sources (read), settings (how each table was measured), join (the
+per-epoch table), stats (correlations, Holm), findings (sentences), figures, render (md/html).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from flatcli import files, tables
+from flatcli.errors import UsageError
+from flatcli.report.columns import (
+    ALPHA,
+    FLATNESS_COLUMNS,
+    FLATNESS_LABELS,
+    HESSIAN,
+    MEASURES,
+    PLOTS,
+    SELECTIONS,
+    SHARPNESS_COLUMNS,
+    SUMMARY,
+    TARGETS,
+    records,
+)
+from flatcli.report.figures import write_figures
+from flatcli.report.findings import (
+    across_runs_finding,
+    compare,
+    findings,
+    flatness_finding,
+    fmt_p,
+    overfitting_finding,
+)
+from flatcli.report.join import (
+    chosen_xi,
+    describe_regularizers,
+    flatness_rows,
+    per_epoch,
+    select,
+)
+from flatcli.report.render import Report, document, render_html, render_markdown, run_table
+from flatcli.report.settings import flatness_xis, settings_of
+from flatcli.report.sources import Sources, load_sources
+from flatcli.report.stats import correlation, correlations, holm
+
+__all__ = [
+    "ALPHA",
+    "FLATNESS_COLUMNS",
+    "FLATNESS_LABELS",
+    "HESSIAN",
+    "MEASURES",
+    "PLOTS",
+    "SELECTIONS",
+    "SHARPNESS_COLUMNS",
+    "SUMMARY",
+    "TARGETS",
+    "Report",
+    "Sources",
+    "across_runs_finding",
+    "build",
+    "compare",
+    "correlation",
+    "correlations",
+    "describe_regularizers",
+    "findings",
+    "flatness_finding",
+    "fmt_p",
+    "holm",
+    "load_sources",
+    "overfitting_finding",
+    "per_epoch",
+    "records",
+    "render_html",
+    "render_markdown",
+    "run_table",
+    "select",
+    "write_figures",
+]
+
+
+def build(
+    outs: Sequence[Path],
+    run_dirs: Sequence[Path] = (),
+    how: str = "last",
+    report_dir: Path | None = None,
+    html_page: bool = False,
+    labels: Sequence[str] | None = None,
+) -> Report:
+    """Read, join, correlate, draw and write the report under `report_dir` (default: OUT[0]).
+
+    `labels` (one per OUT) prefix the run names of each OUT (`label/run`); without them, a run
+    name two OUTs use for different checkpoints is prefixed by the OUT's directory name.
+    """
+    if how not in SELECTIONS:
+        raise UsageError(f"--select {how!r}: choose last, best or all")
+    if not outs:
+        raise UsageError("give at least one OUT directory (where attack/flatness wrote tables)")
+    sources = load_sources([Path(o) for o in outs], [Path(r) for r in run_dirs], labels)
+    warnings = list(sources.notes)
+    table = per_epoch(sources, warnings)
+    if table.empty:
+        raise UsageError(
+            f"no attack, flatness, landscape or train_log tables under {', '.join(map(str, outs))}"
+            "; run `flatcli attack RUNS --out OUT` first"
+        )
+    rows = flatness_rows(sources.flatness)
+    measured = settings_of(sources.attack, rows, sources.landscape, flatness_xis(rows, chosen_xi))
+    warnings += measured.differences
+    if measured.refused:
+        warnings.append(f"Not compared across runs: {measured.refused}.")
+    directory = Path(report_dir) if report_dir is not None else Path(outs[0])
+    corr = correlations(table, how, across=measured.refused is None)
+    figures, captions = write_figures(table, sources.landscape, directory / PLOTS, how, corr)
+    report = Report(
+        table=table,
+        correlations=corr,
+        runs=run_table(table),
+        findings=findings(table, corr, how, measured.refused),
+        missing=sources.missing(),
+        figures=figures,
+        written=[],
+        warnings=warnings,
+        settings=measured.lines,
+        captions=captions,
+    )
+    written = [
+        tables.write_table(directory, "report", records(table)),
+        tables.write_table(directory, "correlations", records(corr)),
+    ]
+    blocks = document(report, how, outs)
+    written.append(
+        files.atomic_write_text(directory / "report.md", render_markdown(blocks, directory))
+    )
+    if html_page:
+        written.append(files.atomic_write_text(directory / "report.html", render_html(blocks)))
+    figure_files = [p.with_suffix(s) for p in figures.values() for s in (".png", ".svg")]
+    report.written = written + figure_files
+    return report

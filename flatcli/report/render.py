@@ -1,0 +1,238 @@
+"""report.md and report.html from one list of blocks: the settings and headline numbers first,
+then the figures, then the per-run detail (collapsible in HTML) and the correlation tables."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flatcli import plots
+from flatcli.report.columns import FLATNESS_COLUMNS, SHORT_LABELS, TARGETS, is_missing
+from flatcli.report.findings import ACROSS, fmt_p, per_run, statistics_note
+
+
+@dataclass
+class Report:
+    """What `build` computed and wrote."""
+
+    table: pd.DataFrame  # per (run, epoch), `report` schema
+    correlations: pd.DataFrame  # `correlations` schema
+    runs: pd.DataFrame  # one row per run
+    findings: dict[str, list[str]]
+    missing: list[str]
+    figures: dict[str, Path]
+    written: list[Path]
+    warnings: list[str] = field(default_factory=list)  # settings that differ, renamed runs
+    settings: list[str] = field(default_factory=list)  # how each table was measured
+    captions: dict[str, str] = field(default_factory=dict)
+
+
+def run_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: early-stopping and last epoch side by side, flatness at both."""
+    rows = []
+    for run, group in df.groupby("run", sort=False):
+        last = group[group.is_last].iloc[0] if group.is_last.any() else group.iloc[-1]
+        best = group[group.is_best].iloc[0] if group.is_best.any() else None
+
+        def at(row, column):
+            return None if row is None else row[column]
+
+        row = {
+            "run": run,
+            "method": last.method,
+            "regularizers": last.regularizers,
+            "early-stop epoch": at(best, "epoch"),
+            "last epoch": last.epoch,
+            "test RErr (early stop)": at(best, "test_robust_err"),
+            "test RErr (last)": last.test_robust_err,
+            "test RCE (early stop)": at(best, "test_robust_loss"),
+            "test RCE (last)": last.test_robust_loss,
+            "RCE gap (last)": last.rce_gap,
+        }
+        for column in FLATNESS_COLUMNS:
+            if df[column].notna().any():
+                row[f"{SHORT_LABELS[column]} (early stop)"] = at(best, column)
+                row[f"{SHORT_LABELS[column]} (last)"] = last[column]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(value) -> str:
+    if isinstance(value, str):
+        return value
+    if is_missing(value):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def correlation_view(corr: pd.DataFrame, within: bool = False) -> pd.DataFrame:
+    """The across-run rows (with p and Holm p), or the within-run rows against the robust loss
+    gap (coefficients only), with display names and formatted p-values."""
+    if within:
+        rows = corr[(corr.scope == "within run") & (corr.target == "rce_gap")]
+    else:
+        rows = corr[corr.scope != "within run"]
+    rows = rows[rows.kendall.notna()]
+    view = pd.DataFrame(
+        {
+            **({"run": rows.run} if within else {}),
+            "measure": rows.measure.map(SHORT_LABELS),
+            "target": rows.target.map(TARGETS),
+            "n": rows.n,
+            "Kendall tau": rows.kendall,
+            **({} if within else {"p": rows.kendall_p.map(fmt_p)}),
+            **({} if within else {"Holm p": rows.kendall_p_holm.map(fmt_p)}),
+            "Spearman rho": rows.spearman,
+            "Pearson r": rows.pearson,
+        }
+    )
+    if not within and rows.kendall_p.isna().all():
+        view = view.drop(columns=["p", "Holm p"])
+    return view
+
+
+def document(report: Report, how: str, outs: Sequence[Path]) -> list[tuple[str, object]]:
+    """The report as blocks (kind, content), rendered to Markdown and HTML alike."""
+    df = report.table
+    blocks: list[tuple[str, object]] = [
+        ("h1", "flatcli report"),
+        (
+            "p",
+            f"Inputs: {', '.join(f'`{o}`' for o in outs)}: {df.run.nunique()} run(s), "
+            f"{len(df)} checkpoint(s). Losses in nats, errors as fractions. RErr: robust error, "
+            "the strongest attack's; RCE: robust loss, the largest estimate (PGD). Flatness: "
+            "higher = sharper.",
+        ),
+        ("h2", "Settings"),
+        ("ul", report.settings or ["No measurement rows."]),
+    ]
+    if report.warnings:
+        blocks += [("h2", "Warnings"), ("ul", report.warnings)]
+    if report.missing:
+        blocks += [("h2", "Missing inputs"), ("ul", report.missing)]
+    blocks += [("h2", "Headline"), ("table", report.runs)]
+    blocks += [("ul", report.findings[ACROSS] or ["Not enough data to compare runs."])]
+    if not report.correlations.empty:
+        blocks.append(("p", statistics_note(report.correlations, how)))
+    if report.figures:
+        blocks.append(("h2", "Figures"))
+        for name, path in report.figures.items():
+            blocks.append(("figure", (path, report.captions.get(name, name))))
+    detail = per_run(df)
+    for title in ("Robust overfitting", "Flatness over training"):
+        items = [(run, found[title]) for run, found in detail.items() if found[title]]
+        blocks += [("h2", title), ("details", items or [("", ["Not enough data (see above)."])])]
+    across = correlation_view(report.correlations)
+    if not across.empty:
+        which = "every checkpoint pooled" if how == "all" else f"the {how} epoch of each run"
+        blocks += [("h2", f"Correlations across runs ({which})"), ("table", across)]
+    within = correlation_view(report.correlations, within=True)
+    if not within.empty:
+        blocks += [
+            ("h2", "Correlations across the epochs of each run (with the robust loss gap)"),
+            ("p", "Coefficients only: the epochs of one run are not independent samples."),
+            ("table", within),
+        ]
+    return blocks
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "---|" * len(df.columns)
+    body = [
+        "| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |"
+        for row in df.itertuples(index=False)
+    ]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def render_markdown(blocks, directory: Path) -> str:
+    lines = []
+    for kind, content in blocks:
+        if kind == "h1":
+            lines.append(f"# {content}\n")
+        elif kind == "h2":
+            lines.append(f"\n## {content}\n")
+        elif kind == "p":
+            lines.append(f"\n{content}\n")
+        elif kind == "ul":
+            lines += [f"- {s}" for s in content]
+        elif kind == "details":
+            lines += [f"- {s}" for _, sentences in content for s in sentences]
+        elif kind == "table":
+            lines.append(_markdown_table(content))
+        elif kind == "figure":
+            path, caption = content
+            lines.append(f"![{caption}]({path.relative_to(directory).as_posix()})\n\n{caption}\n")
+    return "\n".join(lines) + "\n"
+
+
+def inline(text: str) -> str:
+    """Markdown's inline code as HTML: escaped text, `code` as <code>code</code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _align(value) -> str:
+    """Numbers right-aligned (digits line up), text left."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+    return " class='num'" if number else ""
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td{_align(v)}>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        for row in df.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_WIDTH = round(plots.PAGE_WIDTH * plots.DPI) + 40  # the column fits the widest figure unscaled
+_STYLE = (
+    f"body{{font-family:sans-serif;max-width:{_WIDTH}px;margin:2em auto;padding:0 1em;"
+    "line-height:1.45;color:#222}"
+    "table{border-collapse:collapse;font-size:13px;margin:.5em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}"
+    "img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{font-size:14px;color:#444}"
+    "code{background:#f3f3f3;padding:0 3px;border-radius:3px}"
+    "details{margin:.3em 0}summary{cursor:pointer;font-weight:600}"
+    ".scroll{overflow-x:auto}"
+)
+
+
+def render_html(blocks) -> str:
+    """A self-contained page: inline CSS, figures as base64 PNG data URIs, no external links."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>flatcli report</title>"]
+    parts.append(f"<style>{_STYLE}</style></head><body>")
+    for kind, content in blocks:
+        if kind in ("h1", "h2", "p"):
+            parts.append(f"<{kind}>{inline(content)}</{kind}>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{inline(s)}</li>" for s in content) + "</ul>")
+        elif kind == "details":
+            for summary, sentences in content:
+                body = "".join(f"<p>{inline(s)}</p>" for s in sentences)
+                parts.append(f"<details><summary>{inline(summary)}</summary>{body}</details>")
+        elif kind == "table":
+            parts.append(f"<div class='scroll'>{_html_table(content)}</div>")
+        elif kind == "figure":
+            path, caption = content
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{inline(caption)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "".join(parts)

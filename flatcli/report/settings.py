@@ -1,0 +1,197 @@
+"""How each table was measured: the settings the report states first, and the differences
+between checkpoints that a comparison must not hide (issue 12: join on the configuration too).
+
+A checkpoint measured twice with different settings keeps only its latest setting's rows
+(`latest_setting`); settings that differ between checkpoints are named (`Settings.differences`),
+and a different threat model (dataset, eps, norm) refuses the comparison across runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from flatcli.report.columns import MEASURES
+
+# columns that define the threat model: runs that differ here are not comparable at all
+THREAT = ["dataset", "eps", "norm"]
+ATTACK = [*THREAT, "n_examples", "attacks"]
+FLATNESS = [*THREAT, "n_examples", "xi", "samples", "iterations", "restarts", "attack", "weight_lr"]
+LANDSCAPE = [*THREAT, "n_examples", "direction_kind", "directions", "normalization", "scale"]
+_NAMES = {"n_examples": "examples", "weight_lr": "weight lr", "direction_kind": "kind"}
+_MEASURE_NAMES = {
+    "average": "Average-case flatness",
+    "worst": "Worst-case flatness",
+    "clean-average": "Average-case flatness of the clean loss",
+    "clean-worst": "Worst-case flatness of the clean loss",
+    "hessian": "Hessian",
+}
+
+
+@dataclass
+class Settings:
+    lines: list[str] = field(default_factory=list)  # "Test split: attacks ..., eps ..."
+    differences: list[str] = field(default_factory=list)  # one sentence per differing setting
+    refused: str | None = None  # why runs cannot be compared (a differing threat model)
+
+
+def show(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def latest_setting(rows: pd.DataFrame, keys: list[str], notes: list[str], what: str):
+    """Per (run, epoch), the rows of the setting (`keys`) of its newest row; the others dropped
+    and named in `notes`."""
+    if rows.empty:
+        return rows
+    rows = rows.assign(_setting=rows[keys].map(show).agg(" ".join, axis=1))
+    newest = (
+        rows.sort_values("created_at", na_position="first")
+        .groupby(["run", "epoch"], dropna=False)
+        .tail(1)
+    )
+    merged = rows.merge(
+        newest[["run", "epoch", "_setting", *keys]],
+        on=["run", "epoch"],
+        how="left",
+        suffixes=("", "_new"),
+    )
+    keep = (merged._setting == merged._setting_new).to_numpy()
+    for (run, epoch), group in merged[~keep].groupby(["run", "epoch"], dropna=False):
+        old = group.iloc[0]
+        differ = [_NAMES.get(k, k) for k in keys if show(old[k]) != show(old[f"{k}_new"])]
+        notes.append(
+            f"{what}: {run} epoch {epoch} was measured more than once with different "
+            f"{', '.join(differ)}; the report uses the latest."
+        )
+    return rows[keep].drop(columns="_setting")
+
+
+def _where(rows: pd.DataFrame, every: pd.DataFrame) -> str:
+    """The runs (and, for part of a run, its epochs) these checkpoint rows cover."""
+    out = []
+    for run, group in rows.groupby("run", sort=True):
+        if len(group) == (every.run == run).sum():
+            out.append(str(run))
+        else:
+            epochs = sorted(int(e) for e in group.epoch.dropna())
+            shown = ", ".join(map(str, epochs[:4])) + (", ..." if len(epochs) > 4 else "")
+            out.append(f"{run} epoch{'s' if len(epochs) > 1 else ''} {shown}")
+    return "; ".join(out[:6]) + (f"; and {len(out) - 6} more" if len(out) > 6 else "")
+
+
+def differences(what: str, per_checkpoint: pd.DataFrame, columns: list[str]) -> list[str]:
+    """One sentence per column whose value differs between checkpoints, naming who has which."""
+    out = []
+    for column in columns:
+        if column not in per_checkpoint:
+            continue
+        values = per_checkpoint[column].map(show)
+        if values.nunique() <= 1:
+            continue
+        parts = [
+            f"{value} ({_where(per_checkpoint[values == value], per_checkpoint)})"
+            for value in sorted(values.unique())
+        ]
+        out.append(f"{what}: {_NAMES.get(column, column)} differs: {'; '.join(parts)}.")
+    return out
+
+
+def _line(what: str, per_checkpoint: pd.DataFrame, columns: list[str]) -> str:
+    parts = []
+    for column in columns:
+        values = sorted(per_checkpoint[column].map(show).unique())
+        if values != ["n/a"]:
+            parts.append(f"{_NAMES.get(column, column)} {' | '.join(values)}")
+    return f"{what}: {', '.join(parts)}."
+
+
+def _attack_checkpoints(attack: pd.DataFrame, split: str) -> pd.DataFrame:
+    rows = latest_setting(attack[attack.split == split], [*THREAT, "n_examples"], [], "")
+    if rows.empty:
+        return rows
+    described = rows.assign(
+        attacks=rows.attack
+        + " ("
+        + rows.steps.map(show)
+        + " steps x "
+        + rows.restarts.map(show)
+        + " restarts)"
+    )
+    return (
+        described.groupby(["run", "epoch"], dropna=False)
+        .agg(
+            {
+                **{k: "first" for k in THREAT + ["n_examples"]},
+                "attacks": lambda s: ", ".join(sorted(set(s))),
+            }
+        )
+        .reset_index()
+    )
+
+
+def settings_of(
+    attack: pd.DataFrame, flatness: pd.DataFrame, landscape: pd.DataFrame, xis: dict[str, float]
+) -> Settings:
+    """The settings behind the report's columns: the attack per split, each flatness measure at
+    the radius the report uses (`xis`: measure -> xi), the landscape."""
+    result = Settings()
+    threat = []
+    for split in ("test", "train", "heldout"):
+        per = _attack_checkpoints(attack, split)
+        if per.empty:
+            continue
+        what = f"Attack, {split} split"
+        result.lines.append(_line(what, per, ATTACK))
+        result.differences += differences(what, per, ATTACK)
+        threat += differences(what, per, THREAT)
+    for measure, xi in xis.items():
+        rows = flatness[flatness.measure == measure]
+        if xi is not None:
+            rows = rows[np.isclose(rows.xi, xi)]
+        if rows.empty:
+            continue
+        per = rows.sort_values("created_at").groupby(["run", "epoch"], dropna=False).last()
+        per = per.reset_index()
+        what = _MEASURE_NAMES.get(measure, measure)
+        result.lines.append(_line(what, per, FLATNESS))
+        result.differences += differences(what, per, FLATNESS)
+        threat += differences(what, per, THREAT)
+    if not landscape.empty:
+        per = (
+            landscape.groupby(["run", "epoch", "direction_kind"], dropna=False)
+            .agg(
+                {
+                    **{k: "first" for k in THREAT + ["n_examples", "normalization", "scale"]},
+                    "direction": "nunique",
+                }
+            )
+            .reset_index()
+            .rename(columns={"direction": "directions"})
+        )
+        result.lines.append(_line("Landscape", per, LANDSCAPE))
+    if threat:
+        result.refused = (
+            "the runs were not measured under one threat model ("
+            + " ".join(threat)
+            + "); no correlation across runs is computed"
+        )
+    return result
+
+
+def flatness_xis(flatness: pd.DataFrame, chosen) -> dict[str, float | None]:
+    """measure -> the radius the report uses for it (`chosen(rows, paper_xi)`), or None."""
+    out = {}
+    for measure, (_, paper_xi) in MEASURES.items():
+        xi = chosen(flatness[flatness.measure == measure], paper_xi)
+        if xi is not None:
+            out[measure] = xi
+    if (flatness.measure == "hessian").any():
+        out["hessian"] = None
+    return out
