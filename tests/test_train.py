@@ -495,6 +495,51 @@ def test_other_config_in_run_dir_is_refused_unless_force_and_rerun_is_a_no_op(tm
     assert len(tables.read_table(out, "train_log")) == 2  # the old run's log is gone
 
 
+def test_a_finished_run_extends_to_more_epochs_when_its_schedule_allows(tmp_path, capsys):
+    """Milestones given as epochs (all passed): 2 -> 3 epochs continues the run, and equals a
+    fresh 3-epoch run bitwise (checkpoint and log)."""
+    args = [*FAST_ARGS[:-1], "--milestones", "1"]  # not quiet: the message is checked
+    extended, fresh = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    assert flatcli(capsys, "train", *args, "--out", extended)[0] == 0
+    code, _, err = flatcli(capsys, "train", *args, "--epochs", "3", "--out", extended)
+    assert code == 0 and "extending from 2 epochs, at epoch 3" in err
+    args3 = [a if a != "2" else "3" for a in args]  # --epochs 3
+    assert flatcli(capsys, "train", *args3, "--out", fresh)[0] == 0
+    assert _same_checkpoint(extended / "epoch_0003.safetensors", fresh / "epoch_0003.safetensors")
+    assert _log(extended) == _log(fresh) and len(_log(extended)) == 3
+    run = read_run(extended)
+    assert run["epochs_done"] == 3 and run["extensions"][0]["from_epochs"] == 2
+    assert run["config_hash"] == read_run(fresh)["config_hash"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ([], "the milestones (fractions of --epochs) would move from [0] to [1]"),
+        (["--schedule", "cosine"], "the cosine schedule depends on --epochs"),
+    ],
+)
+def test_extension_is_refused_saying_why(tmp_path, capsys, extra, why):
+    out = tmp_path / "run"
+    assert flatcli(capsys, "train", *FAST_ARGS, *extra, "--out", out)[0] == 0
+    code, _, err = flatcli(capsys, "train", *FAST_ARGS, *extra, "--epochs", "3", "--out", out)
+    assert code == 2 and "cannot extend it to 3 epochs" in err and why in err, err
+    assert len(err.strip().splitlines()) == 1 and read_run(out)["epochs_done"] == 2
+
+
+def test_cli_defaults_equal_the_config_defaults():
+    import dataclasses
+    import inspect
+
+    from flatcli.cli.train import train as command
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    shared = [p for p in inspect.signature(command).parameters.values() if p.name in fields]
+    assert len(shared) >= 45
+    for param in shared:
+        assert param.default == fields[param.name], param.name
+
+
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_epoch(
     tmp_path, capsys, monkeypatch
 ):
