@@ -215,9 +215,14 @@ def test_awp_perturbation_has_the_relative_size_per_layer_and_is_removed():
     y = torch.randint(0, 10, (16,))
     before = {k: v.clone() for k, v in net.state_dict().items()}
     gamma = 0.01
-    offset = methods.awp_offset(net, x, y, gamma)
     layer_params = [p for _, p in weights.layers(net)]
-    assert len(offset) == len(layer_params) == 7  # 3 conv weights, 2 linear weights + biases
+    # AWP's code perturbs weights only (dim > 1); "all" takes the biases too
+    only_weights = methods.awp_offset(net, x, y, gamma)
+    assert len(only_weights) == len(layer_params) == 7  # 3 conv, 2 linear weights + biases
+    for nu, w in zip(only_weights, layer_params, strict=True):
+        expected = gamma * w.norm().item() if w.dim() > 1 else 0.0
+        assert nu.norm().item() == pytest.approx(expected, rel=1e-4, abs=1e-12)
+    offset = methods.awp_offset(net, x, y, gamma, which="all")
     for nu, w in zip(offset, layer_params, strict=True):
         assert nu.norm().item() == pytest.approx(gamma * w.norm().item(), rel=1e-4)
     # finding the offset changed nothing (weights, BN statistics)
@@ -253,17 +258,125 @@ def test_entropy_sgd_restores_weights_and_leaves_a_gradient():
     params = list(net.parameters())
     before = [p.detach().clone() for p in params]
 
-    def closure():
+    def closure(_i):
         net.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x), y)
         loss.backward()
         return loss.detach(), None
 
-    esgd = regularizers.EntropySGD(params, steps=3, lr=0.1, gamma=0.03, noise=1e-4, alpha=0.75)
+    esgd = regularizers.EntropySGD(params, steps=3, lr=0.1, gamma=1e-4, noise=1e-4, alpha=0.75)
     esgd.gradient(closure, torch.Generator().manual_seed(0))
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
     assert sum(p.grad.abs().sum().item() for p in params) > 0
+
+
+def test_entropy_sgd_outer_step_on_a_quadratic_equals_the_reference_update():
+    """f_i(w) = 1/2 (w - b_i)' A (w - b_i), batch i per Langevin step; the reference update of
+    the paper's code (common/torch/optim.py) written out: Langevin d = grad + wd w', Nesterov
+    momentum with a fresh buffer, + gamma (w' - w) + eps / sqrt(lr' / 2) z; mu <- 0.75 mu +
+    0.25 w'; then the outer SGD step on w - mu (weight decay, Nesterov momentum, lr)."""
+    torch.manual_seed(0)
+    a = torch.diag(torch.tensor([1.0, 3.0, 0.5, 2.0]))
+    b = torch.randn(3, 4)
+    w0 = torch.randn(4)
+    L, llr, gamma, eps, alpha = 3, 0.1, 1e-4, 1e-2, 0.75
+    lr, mom, wd = 0.05, 0.9, 5e-4
+    param = torch.nn.Parameter(w0.clone())
+    seen = []
+
+    def closure(i):
+        seen.append(i)
+        param.grad = None
+        (0.5 * (param - b[i]) @ a @ (param - b[i])).backward()
+        return i, None
+
+    esgd = regularizers.EntropySGD([param], L, llr, gamma, eps, alpha, wd, mom, True)
+    opt = torch.optim.SGD([param], lr=lr, momentum=mom, nesterov=True, weight_decay=wd)
+    assert esgd.gradient(closure, torch.Generator().manual_seed(7)) == (0, None)
+    opt.step()
+    assert seen == [0, 1, 2]  # a new batch for every Langevin step
+
+    gen = torch.Generator().manual_seed(7)
+    w, mu, buf = w0.clone(), w0.clone(), torch.zeros(4)
+    for i in range(L):
+        d = a @ (w - b[i]) + wd * w
+        buf = mom * buf + d
+        d = d + mom * buf
+        d = d + gamma * (w - w0) + eps / math.sqrt(0.5 * llr) * torch.randn(4, generator=gen)
+        w = w - llr * d
+        mu = 0.75 * mu + 0.25 * w
+    g = (w0 - mu) + wd * w0  # no 1 / (lr L) scaling
+    expected = w0 - lr * (g + mom * g)  # torch's first Nesterov step: buffer = g
+    assert torch.allclose(param.detach(), expected, atol=1e-6)
+    assert not torch.allclose(expected, w0 - lr * (w0 - mu) / (llr * L), atol=1e-4)
+
+
+def test_entropy_sgd_defaults_follow_the_code_and_equalize_compute():
+    config = resolve_config(TrainConfig(optimizer="entropy-sgd"))
+    assert config.entropy_gamma == 1e-4 and config.entropy_alpha == 0.75
+    assert config.epochs == math.ceil(100 / config.entropy_steps)  # digits: 100 / L
+    assert resolve_config(TrainConfig(optimizer="entropy-sgd", epochs=7)).epochs == 7
+
+
+def test_entropy_sgd_run_draws_a_batch_per_langevin_step(tmp_path):
+    config = TrainConfig(optimizer="entropy-sgd", entropy_steps=2, **{**FAST, "epochs": 1})
+    result = train(config, tmp_path / "esgd")
+    assert len(result.rows) == 1 and math.isfinite(result.rows[0]["train_loss"])
+    assert read_run(tmp_path / "esgd")["config"]["entropy_steps"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the methods' registry and the paper's code's choices
+
+
+def test_method_registry_is_what_resolve_config_help_and_objectives_know(capsys):
+    from flatcli.training import registry
+
+    assert set(methods.REGISTRY) == set(registry.METHODS)
+    for name, info in registry.METHODS.items():
+        method = methods.build(name)
+        assert method.name == name and method.info is info
+    code, out, _ = flatcli(capsys, "train", "--help")
+    assert code == 0 and all(name in out for name in registry.METHODS)
+
+
+def test_at_trains_on_the_best_pgd_iterate_by_default_and_final_on_request():
+    from flatcli.attacks.base import ce_per_example
+    from flatcli.attacks.presets import build_attack
+
+    torch.manual_seed(0)
+    net = models.build("tiny", 10, 1).eval()
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    attack = build_attack("pgd5x2", "linf", 0.3, 0.3, 0)  # step = eps: iterates oscillate
+    best = methods.build("at", attack=attack).adversarial(
+        net, x, y, torch.Generator().manual_seed(1)
+    )
+    final = methods.build("at", attack=attack, attack_point="final").adversarial(
+        net, x, y, torch.Generator().manual_seed(1)
+    )
+    assert (best - x).abs().max() <= 0.3 + 1e-6 and (final - x).abs().max() <= 0.3 + 1e-6
+    with torch.no_grad():
+        loss_best, loss_final = ce_per_example(net(best), y), ce_per_example(net(final), y)
+    assert (loss_best >= loss_final - 1e-5).all() and (loss_best > loss_final + 1e-4).any()
+    assert resolve_config(TrainConfig()).attack_point == "best"
+    assert resolve_config(TrainConfig(method="awp")).awp_layers == "weights"
+
+
+def test_label_noise_draws_from_all_classes_by_default():
+    y = torch.zeros(4000, dtype=torch.int64)
+    drawn = regularizers.noisy_labels(y, 1.0, 10, torch.Generator().manual_seed(0))
+    assert 0.07 < (drawn == 0).float().mean().item() < 0.13  # the true class: 1 in 10
+    others = regularizers.noisy_labels(y, 1.0, 10, torch.Generator().manual_seed(0), "others")
+    assert (others != 0).all() and set(others.tolist()) == set(range(1, 10))
+
+
+def test_extra_data_fraction_defaults_to_the_codes(tmp_path):
+    import numpy as np
+
+    npz = tmp_path / "extra.npz"
+    np.savez(npz, x=np.zeros((4, 8, 8, 1), np.uint8), y=np.zeros(4, np.int64))
+    assert resolve_config(TrainConfig(extra_data=str(npz))).extra_fraction == 0.7
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,18 +495,63 @@ def test_other_config_in_run_dir_is_refused_unless_force_and_rerun_is_a_no_op(tm
     assert len(tables.read_table(out, "train_log")) == 2  # the old run's log is gone
 
 
+def test_a_finished_run_extends_to_more_epochs_when_its_schedule_allows(tmp_path, capsys):
+    """Milestones given as epochs (all passed): 2 -> 3 epochs continues the run, and equals a
+    fresh 3-epoch run bitwise (checkpoint and log)."""
+    args = [*FAST_ARGS[:-1], "--milestones", "1"]  # not quiet: the message is checked
+    extended, fresh = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    assert flatcli(capsys, "train", *args, "--out", extended)[0] == 0
+    code, _, err = flatcli(capsys, "train", *args, "--epochs", "3", "--out", extended)
+    assert code == 0 and "extending from 2 epochs, at epoch 3" in err
+    args3 = [a if a != "2" else "3" for a in args]  # --epochs 3
+    assert flatcli(capsys, "train", *args3, "--out", fresh)[0] == 0
+    assert _same_checkpoint(extended / "epoch_0003.safetensors", fresh / "epoch_0003.safetensors")
+    assert _log(extended) == _log(fresh) and len(_log(extended)) == 3
+    run = read_run(extended)
+    assert run["epochs_done"] == 3 and run["extensions"][0]["from_epochs"] == 2
+    assert run["config_hash"] == read_run(fresh)["config_hash"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ([], "the milestones (fractions of --epochs) would move from [0] to [1]"),
+        (["--schedule", "cosine"], "the cosine schedule depends on --epochs"),
+    ],
+)
+def test_extension_is_refused_saying_why(tmp_path, capsys, extra, why):
+    out = tmp_path / "run"
+    assert flatcli(capsys, "train", *FAST_ARGS, *extra, "--out", out)[0] == 0
+    code, _, err = flatcli(capsys, "train", *FAST_ARGS, *extra, "--epochs", "3", "--out", out)
+    assert code == 2 and "cannot extend it to 3 epochs" in err and why in err, err
+    assert len(err.strip().splitlines()) == 1 and read_run(out)["epochs_done"] == 2
+
+
+def test_cli_defaults_equal_the_config_defaults():
+    import dataclasses
+    import inspect
+
+    from flatcli.cli.train import train as command
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    shared = [p for p in inspect.signature(command).parameters.values() if p.name in fields]
+    assert len(shared) >= 45
+    for param in shared:
+        assert param.default == fields[param.name], param.name
+
+
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_epoch(
     tmp_path, capsys, monkeypatch
 ):
     calls = {"n": 0}
-    original = methods.Method.loss
+    original = methods.AT.loss
 
     def exploding(self, *args):
         calls["n"] += 1
         loss, logits = original(self, *args)
         return (loss * math.nan if calls["n"] > 4 else loss), logits  # 3 batches per epoch
 
-    monkeypatch.setattr(methods.Method, "loss", exploding)
+    monkeypatch.setattr(methods.AT, "loss", exploding)
     out = tmp_path / "run"
     code, _, err = flatcli(capsys, "train", *FAST_ARGS, "--out", out)
     assert code == 1 and "non-finite training loss" in err and "epoch 2, batch 2" in err

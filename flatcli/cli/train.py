@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,8 @@ from typer import Exit
 
 from flatcli.cli import options as o
 from flatcli.cli.output import err_console, render
+from flatcli.config import METHOD_DEFAULTS, TrainConfig
+from flatcli.training.registry import method_help
 
 SUMMARY = [
     "epoch",
@@ -22,11 +25,11 @@ SUMMARY = [
     "wall_time_s",
 ]
 
-_ATTACK = "Inner attack"
-_METHOD = "Method"
-_OPT = "Optimizer and schedule"
-_REG = "Regularizers"
-_EVAL = "Held-out evaluation and output"
+# Help panels shared across commands (DESIGN.md), plus train's own.
+_METHOD, _THREAT, _ATTACK, _OPT = "Method", "Threat model", "Attack", "Optimization"
+_DATA, _MEASURE, _OUTPUT, _RUNTIME = "Data", "Measure", "Output", "Runtime"
+_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # the one source of defaults
+_M = METHOD_DEFAULTS
 
 
 def _opt(help_text: str, panel: str, *names: str, **kwargs):
@@ -34,11 +37,11 @@ def _opt(help_text: str, panel: str, *names: str, **kwargs):
 
 
 def train(
-    out: Annotated[Path, _opt("Run directory (created; rerun to resume).", _EVAL, "--out", "-o")],
+    out: Annotated[Path, _opt("Run directory (created; rerun to resume).", _OUTPUT, "--out", "-o")],
     dataset: Annotated[
         str,
-        _opt("digits (bundled), cifar10, cifar100, svhn, mnist, fashion-mnist, npz:PATH.", _METHOD),
-    ] = "digits",
+        _opt("digits (bundled), cifar10, cifar100, svhn, mnist, fashion-mnist, npz:PATH.", _DATA),
+    ] = _D["dataset"],
     arch: Annotated[
         str | None,
         _opt(
@@ -46,40 +49,71 @@ def train(
             "...). Default: the dataset's.",
             _METHOD,
         ),
-    ] = None,
+    ] = _D["arch"],
     width: Annotated[
         int | None,
         _opt("Channels of the first layer (small-cnn 32, preact-resnet18/resnet18 64).", _METHOD),
-    ] = None,
-    method: Annotated[str, _opt("clean | at | trades | mart | awp (AT-AWP).", _METHOD)] = "at",
-    epochs: Annotated[
-        int | None, _opt("Epochs. Default: the dataset's (digits 100, else 150).", _METHOD)
-    ] = None,
-    trades_beta: Annotated[float | None, _opt("TRADES beta (default 6).", _METHOD)] = None,
-    mart_beta: Annotated[float | None, _opt("MART beta (default 6).", _METHOD)] = None,
+    ] = _D["width"],
+    method: Annotated[str, _opt(method_help() + ".", _METHOD)] = _D["method"],
+    trades_beta: Annotated[
+        float | None, _opt(f"TRADES beta (default {_M['trades_beta']:g}).", _METHOD)
+    ] = _D["trades_beta"],
+    mart_beta: Annotated[
+        float | None, _opt(f"MART beta (default {_M['mart_beta']:g}).", _METHOD)
+    ] = _D["mart_beta"],
     awp_gamma: Annotated[
-        float | None, _opt("AWP: relative weight perturbation per layer (default 0.01).", _METHOD)
-    ] = None,
+        float | None,
+        _opt(
+            f"AWP: relative weight perturbation per layer (default {_M['awp_gamma']:g}).", _METHOD
+        ),
+    ] = _D["awp_gamma"],
     awp_warmup: Annotated[
-        int | None, _opt("AWP: epochs of plain AT before the perturbation (default 0).", _METHOD)
-    ] = None,
+        int | None,
+        _opt(
+            f"AWP: epochs of plain AT before the perturbation (default {_M['awp_warmup']}).",
+            _METHOD,
+        ),
+    ] = _D["awp_warmup"],
+    awp_layers: Annotated[
+        str | None,
+        _opt(
+            f"AWP: weights (tensors with dim > 1, AWP's code) | all (biases too). "
+            f"Default: {_M['awp_layers']}.",
+            _METHOD,
+        ),
+    ] = _D["awp_layers"],
+    label_smoothing: Annotated[float, _opt("Label smoothing of the training loss.", _METHOD)] = _D[
+        "label_smoothing"
+    ],
+    label_noise: Annotated[
+        float, _opt("Probability of a random label per example and batch.", _METHOD)
+    ] = _D["label_noise"],
+    label_noise_classes: Annotated[
+        str,
+        _opt("all: drawn from all K classes (the paper's code) | others: a wrong one.", _METHOD),
+    ] = _D["label_noise_classes"],
+    weight_clip: Annotated[
+        float | None, _opt("Clamp weights and biases to [-C, C] after every step.", _METHOD)
+    ] = _D["weight_clip"],
     eps: Annotated[
         str | None,
         _opt(
             "Radius, e.g. 8/255 or 0.0314. Default: the dataset's training eps "
             "(digits 0.15). Clean runs are evaluated at the default.",
-            _ATTACK,
+            _THREAT,
         ),
-    ] = None,
-    norm: Annotated[str, _opt("linf | l2.", _ATTACK)] = "linf",
+    ] = _D["eps"],
+    norm: Annotated[str, _opt("linf | l2.", _THREAT)] = _D["norm"],
     attack: Annotated[
         str | None,
-        _opt("PGD preset of the inner attack: pgd7 (default), pgd10, pgd<S>x<R>.", _ATTACK),
-    ] = None,
+        _opt(
+            f"PGD preset of the inner attack: {_M['attack']} (default), pgd10, pgd<S>x<R>.", _ATTACK
+        ),
+    ] = _D["attack"],
     step_size: Annotated[
         str | None,
         _opt("Absolute step (e.g. 0.007). Default: the preset's ratio times eps.", _ATTACK),
-    ] = None,
+    ] = _D["step_size"],
     random_start: Annotated[
         bool | None,
         _opt(
@@ -87,15 +121,36 @@ def train(
             _ATTACK,
             "--random-start/--no-random-start",
         ),
-    ] = None,
-    batch_size: Annotated[int, _opt("Global batch size (split over DDP processes).", _OPT)] = 128,
-    lr: Annotated[float, _opt("Learning rate (the peak for cyclic).", _OPT)] = 0.05,
-    momentum: Annotated[float, _opt("SGD momentum.", _OPT)] = 0.9,
+    ] = _D["random_start"],
+    attack_point: Annotated[
+        str | None,
+        _opt(
+            "The PGD point trained on: best (largest loss over the iterates, the paper's code) | "
+            f"final (last iterate, Madry et al.). Default: {_M['attack_point']}.",
+            _ATTACK,
+        ),
+    ] = _D["attack_point"],
+    epochs: Annotated[
+        int | None,
+        _opt(
+            "Epochs. Default: the dataset's (digits 100, else 150), divided by --entropy-steps "
+            "with entropy-sgd (equal compute, as the paper's code). A finished run is extended "
+            "to more epochs when its schedule allows.",
+            _OPT,
+        ),
+    ] = _D["epochs"],
+    batch_size: Annotated[int, _opt("Global batch size (split over DDP processes).", _OPT)] = _D[
+        "batch_size"
+    ],
+    lr: Annotated[float, _opt("Learning rate (the peak for cyclic).", _OPT)] = _D["lr"],
+    momentum: Annotated[float, _opt("SGD momentum.", _OPT)] = _D["momentum"],
     nesterov: Annotated[
         bool, _opt("Nesterov momentum (the paper's code).", _OPT, "--nesterov/--no-nesterov")
-    ] = True,
-    weight_decay: Annotated[float, _opt("Weight decay (the paper's code: 5e-4).", _OPT)] = 5e-4,
-    schedule: Annotated[str, _opt("multistep | cyclic | cosine.", _OPT)] = "multistep",
+    ] = _D["nesterov"],
+    weight_decay: Annotated[float, _opt("Weight decay (the paper's code: 5e-4).", _OPT)] = _D[
+        "weight_decay"
+    ],
+    schedule: Annotated[str, _opt("multistep | cyclic | cosine.", _OPT)] = _D["schedule"],
     milestones: Annotated[
         str | None,
         _opt(
@@ -103,62 +158,82 @@ def train(
             "(0.4,0.6,0.8). Default: the dataset's.",
             _OPT,
         ),
-    ] = None,
-    lr_factor: Annotated[float, _opt("multistep: factor at each milestone.", _OPT)] = 0.1,
-    cyclic_peak: Annotated[float, _opt("cyclic: fraction of training at the peak lr.", _OPT)] = 0.4,
-    optimizer: Annotated[str, _opt("sgd | entropy-sgd.", _OPT)] = "sgd",
+    ] = _D["milestones"],
+    lr_factor: Annotated[float, _opt("multistep: factor at each milestone.", _OPT)] = _D[
+        "lr_factor"
+    ],
+    cyclic_peak: Annotated[float, _opt("cyclic: fraction of training at the peak lr.", _OPT)] = _D[
+        "cyclic_peak"
+    ],
+    optimizer: Annotated[str, _opt("sgd | entropy-sgd.", _OPT)] = _D["optimizer"],
     entropy_steps: Annotated[
-        int | None, _opt("Entropy-SGD: Langevin steps (default 5).", _OPT)
-    ] = None,
+        int | None,
+        _opt(
+            f"Entropy-SGD: Langevin steps, each on a new batch and attack "
+            f"(default {_M['entropy_steps']}).",
+            _OPT,
+        ),
+    ] = _D["entropy_steps"],
     entropy_lr: Annotated[
-        float | None, _opt("Entropy-SGD: Langevin step size (default 0.1).", _OPT)
-    ] = None,
-    entropy_gamma: Annotated[float | None, _opt("Entropy-SGD: scope (default 0.03).", _OPT)] = None,
+        float | None, _opt(f"Entropy-SGD: Langevin step size (default {_M['entropy_lr']:g}).", _OPT)
+    ] = _D["entropy_lr"],
+    entropy_gamma: Annotated[
+        float | None, _opt(f"Entropy-SGD: scope (default {_M['entropy_gamma']:g}).", _OPT)
+    ] = _D["entropy_gamma"],
     entropy_noise: Annotated[
-        float | None, _opt("Entropy-SGD: noise scale (default 1e-4).", _OPT)
-    ] = None,
-    label_smoothing: Annotated[float, _opt("Label smoothing of the training loss.", _REG)] = 0.0,
-    label_noise: Annotated[
-        float, _opt("Probability of a random wrong label per example and batch.", _REG)
-    ] = 0.0,
-    weight_clip: Annotated[
-        float | None, _opt("Clamp weights and biases to [-C, C] after every step.", _REG)
-    ] = None,
+        float | None, _opt(f"Entropy-SGD: noise scale (default {_M['entropy_noise']:g}).", _OPT)
+    ] = _D["entropy_noise"],
+    entropy_alpha: Annotated[
+        float | None,
+        _opt(
+            f"Entropy-SGD: running average mu <- a mu + (1 - a) w' (default "
+            f"{_M['entropy_alpha']:g}).",
+            _OPT,
+        ),
+    ] = _D["entropy_alpha"],
+    train_examples: Annotated[
+        int | None, _opt("Train on the first N training examples only.", _DATA)
+    ] = _D["train_examples"],
     augment: Annotated[
         str | None,
         _opt(
             "none | crop-flip | cutout | autoaugment. Default: the dataset's "
             "(crop-flip on CIFAR, none otherwise).",
-            _REG,
+            _DATA,
         ),
-    ] = None,
+    ] = _D["augment"],
     extra_data: Annotated[
-        Path | None, _opt("npz with arrays x, y: pseudo-labelled extra data.", _REG)
-    ] = None,
+        Path | None, _opt("npz with arrays x, y: pseudo-labelled extra data.", _DATA)
+    ] = _D["extra_data"],
     extra_fraction: Annotated[
-        float | None, _opt("Share of each batch from --extra-data (default 0.5).", _REG)
-    ] = None,
-    train_examples: Annotated[
-        int | None, _opt("Train on the first N training examples only.", _METHOD)
-    ] = None,
+        float | None,
+        _opt(
+            f"Share of each batch from --extra-data (default {_M['extra_fraction']:g}, the "
+            "paper's code).",
+            _DATA,
+        ),
+    ] = _D["extra_fraction"],
     heldout_attack: Annotated[
-        str, _opt("Attack on the held-out split that picks the best epoch.", _EVAL)
-    ] = "pgd7x5",
+        str, _opt("Attack on the held-out split that picks the best epoch.", _MEASURE)
+    ] = _D["heldout_attack"],
     heldout_every: Annotated[
-        int | None, _opt("Evaluate the held-out split every K epochs (and at the end).", _EVAL)
-    ] = None,
+        int | None, _opt("Evaluate the held-out split every K epochs (and at the end).", _MEASURE)
+    ] = _D["heldout_every"],
     heldout_examples: Annotated[
-        int | None, _opt("First N held-out examples (default: the whole held-out split).", _EVAL)
-    ] = None,
-    save_every: Annotated[int, _opt("Checkpoint every K epochs (and at the end).", _EVAL)] = 1,
-    amp: Annotated[str, _opt("none | bf16 (autocast, fp32 master weights).", _EVAL)] = "none",
-    seed: o.Seed = 0,
-    data_dir: o.DataDir = None,
-    device: o.Device = "auto",
+        int | None,
+        _opt("First N held-out examples (default: the whole held-out split).", _MEASURE),
+    ] = _D["heldout_examples"],
+    save_every: Annotated[int, _opt("Checkpoint every K epochs (and at the end).", _OUTPUT)] = _D[
+        "save_every"
+    ],
+    amp: Annotated[str, _opt("none | bf16 (autocast, fp32 master weights).", _RUNTIME)] = _D["amp"],
+    seed: o.Seed = _D["seed"],
+    data_dir: o.DataDir = _D["data_dir"],
+    device: o.Device = _D["device"],
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Discard an existing run in --out and start over.")
+        bool, _opt("Discard an existing run in --out and start over.", _OUTPUT, "--force")
     ] = False,
 ):
     """Train a model and save a checkpoint every epoch into OUT; rerun to resume.
@@ -174,7 +249,6 @@ def train(
     --epochs 150 --lr 0.05 --milestones 60,90,120 --eps 0.0314 --attack pgd7 --step-size 0.007
     --weight-decay 5e-4 --nesterov --augment crop-flip --out runs/cifar10-at
     """
-    from flatcli.config import TrainConfig
     from flatcli.errors import UsageError
     from flatcli.training import TrainEvent
     from flatcli.training import train as run_training
@@ -206,18 +280,22 @@ def train(
         attack=attack,
         step_size=o.parse_eps(step_size, "--step-size"),
         random_start=random_start,
+        attack_point=attack_point,
         trades_beta=trades_beta,
         mart_beta=mart_beta,
         awp_gamma=awp_gamma,
         awp_warmup=awp_warmup,
+        awp_layers=awp_layers,
         label_smoothing=label_smoothing,
         label_noise=label_noise,
+        label_noise_classes=label_noise_classes,
         weight_clip=weight_clip,
         augment=augment,
         entropy_steps=entropy_steps,
         entropy_lr=entropy_lr,
         entropy_gamma=entropy_gamma,
         entropy_noise=entropy_noise,
+        entropy_alpha=entropy_alpha,
         extra_data=None if extra_data is None else str(extra_data),
         extra_fraction=extra_fraction,
         train_examples=train_examples,

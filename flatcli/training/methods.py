@@ -1,23 +1,14 @@
 """Training objectives of the methods PAPER.md compares: clean, AT, TRADES, MART, AT-AWP.
 
-Every method is two pieces:
-- `adversarial(model, x, y, generator)`: the inner maximization, run with the model in eval mode
-  (BN statistics fixed, as TRADES', MART's and AWP's code do) by the one ascent loop
-  (`flatcli.attacks.ascent.ascend`) over the input ball of a flatcli PGD attack
-  (`flatcli.attacks.presets.build_attack`): its threat model, steps, step size and random start;
-- `loss(model, x, x_adv, target)`: the outer loss, in train mode, and the logits on which the
-  batch's robust error is counted.
-
-AWP (Wu et al. 2020) adds a weight perturbation `awp_offset`: one normalized ascent step of a
-layer-wise relative offset of size gamma (`flatcli.weights.RelativeL2Ball`, the same ball and the
-same ascent loop as worst-case flatness) on the adversarial examples; the caller takes the
-training gradient at w + v inside `flatcli.weights.perturbed`, which restores w before the update.
+Every method (`registry.METHODS` names them) is two pieces: `adversarial` (the inner
+maximization: the one PGD, `flatcli.attacks.pgd.PGD`, on the model in eval mode, restarts
+batched) and `loss` (the outer loss in train mode, with the logits the robust error is counted
+on). AWP adds `awp_offset`, the weight offset the caller trains at.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +16,10 @@ from torch import nn
 
 from flatcli.attacks.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example
+from flatcli.training.registry import METHODS as INFO
 
-METHODS = ("clean", "at", "trades", "mart", "awp")
+ATTACK_POINTS = ("best", "final")  # best: the paper's code; final: plain PGD-AT (Madry et al.)
+AWP_LAYERS = ("weights", "all")  # weights: AWP's code (dim > 1); all: biases too
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -36,124 +29,181 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@dataclass
+class _Autocast(nn.Module):
+    """`model` called under autocast, so PGD's forwards run in bf16 like the training step's."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, self.dtype):
+            return self.model(x)
+
+
 class Method:
-    """One training method with its attack (a flatcli PGD, None for clean) and strengths."""
+    """A training method with its attack (a flatcli PGD; None for clean) and strengths.
 
-    name: str
-    attack: object | None = None  # flatcli.attacks.pgd.PGD
-    beta: float = 6.0  # TRADES / MART
-    label_smoothing: float = 0.0
-    amp_dtype: torch.dtype | None = None
+    `attack_point`: the adversarial input trained on, per example, among every iterate of every
+    restart: `best` (largest objective, the paper's code) or `final` (last iterate of the best
+    restart)."""
 
-    # -- inner maximization -----------------------------------------------------------------
+    name = ""
+
+    def __init__(
+        self,
+        attack=None,
+        beta: float = 6.0,
+        label_smoothing: float = 0.0,
+        amp_dtype: torch.dtype | None = None,
+        attack_point: str = "best",
+    ):
+        self.attack, self.beta, self.label_smoothing = attack, beta, label_smoothing
+        self.amp_dtype, self.attack_point = amp_dtype, attack_point
+
+    @property
+    def info(self):
+        return INFO[self.name]
 
     def adversarial(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor | None:
-        """Adversarial inputs for the batch (model in eval mode), or None for clean training."""
+        """Adversarial inputs [B, ...] for the batch (model in eval mode), or None (clean)."""
         if self.attack is None:
             return None
-        if self.name == "trades":
-            return self._trades_points(model, x, generator)
-        return self._ce_points(model, x, y, generator)
-
-    def _ascend(self, model, x, delta0, per_example_loss) -> tuple[torch.Tensor, torch.Tensor]:
-        """One PGD run from `delta0`; returns (final delta, its per-example loss)."""
-        attack = self.attack
-        final = {}
-
-        def objective(delta):
-            with autocast(x.device, self.amp_dtype):
-                logits = model(x + delta)
-            return per_example_loss(logits), logits
-
-        def keep_last(loss, _logits):
-            final["loss"] = loss
-
-        (delta,) = ascend(
-            objective,
-            [Variable(delta0, attack.threat, x, attack.step_size)],
-            attack.steps,
-            keep_last,
-        )
-        return delta, final["loss"]
-
-    def _starts(self, x: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-        """The attack's random starts, drawn on the CPU (same draws on every device)."""
         starts = self.attack.draw_starts(x.detach().cpu(), generator)
-        if starts is None:
-            return [torch.zeros_like(x)] * self.attack.restarts
-        return [s.to(x.device) for s in starts]
+        return self._points(model, x, y, None if starts is None else starts.to(x.device))
 
-    def _ce_points(self, model, x, y, generator) -> torch.Tensor:
-        best_delta, best_loss = None, None
-        for delta0 in self._starts(x, generator):
-            delta, loss = self._ascend(model, x, delta0, lambda logits: ce_per_example(logits, y))
-            if best_delta is None:
-                best_delta, best_loss = delta, loss
-            else:  # several restarts: per example, the final point with the larger loss
-                better = loss > best_loss
-                best_delta = torch.where(better.view(-1, *[1] * (x.dim() - 1)), delta, best_delta)
-                best_loss = torch.maximum(loss, best_loss)
-        return (x + best_delta).detach()
+    def _points(self, model, x, y, starts, loss_fn=ce_per_example) -> torch.Tensor:
+        outcome = self.attack(
+            _Autocast(model, self.amp_dtype),
+            x,
+            y,
+            starts,
+            keep_points=True,
+            final=self.attack_point == "final",
+            loss_fn=loss_fn,
+        )
+        return outcome.points.detach()
 
-    def _trades_points(self, model, x, generator) -> torch.Tensor:
-        """TRADES' inner problem: maximize KL(p(x) || p(x')) from x + 0.001 N(0, 1) (its code)."""
-        with torch.no_grad(), autocast(x.device, self.amp_dtype):
-            p_clean = F.softmax(model(x).float(), dim=1)
-        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
-        delta0 = self.attack.threat.project(0.001 * noise.to(x.dtype), x)
-
-        def kl(logits):
-            return (
-                p_clean * (p_clean.clamp_min(1e-12).log() - F.log_softmax(logits.float(), 1))
-            ).sum(1)
-
-        delta, _ = self._ascend(model, x, delta0, kl)
-        return (x + delta).detach()
-
-    # -- outer loss ---------------------------------------------------------------------------
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor | None, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scalar training loss, logits for the robust error: on x_adv, on x for clean)."""
-        ls = self.label_smoothing
+        """(scalar training loss, logits the robust error is counted on)."""
+        raise NotImplementedError
+
+
+class Clean(Method):
+    name = "clean"
+
+    def loss(self, model, x, x_adv, target):
         with autocast(x.device, self.amp_dtype):
-            if self.name == "clean":
-                logits = model(x)
-                return F.cross_entropy(logits.float(), target, label_smoothing=ls), logits
-            if self.name in ("at", "awp"):
-                logits = model(x_adv)
-                return F.cross_entropy(logits.float(), target, label_smoothing=ls), logits
+            logits = model(x)
+        return self._ce(logits, target), logits
+
+
+class AT(Method):
+    name = "at"
+
+    def loss(self, model, x, x_adv, target):
+        with autocast(x.device, self.amp_dtype):
+            logits = model(x_adv)
+        return self._ce(logits, target), logits
+
+
+class AWP(AT):
+    """AT at w + v, v from `awp_offset` (the trainer applies it around `loss`)."""
+
+    name = "awp"
+
+
+def _kl_rows(p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || softmax(logits)) per row [B], in fp32."""
+    return (p * (p.clamp_min(1e-12).log() - F.log_softmax(logits.float(), 1))).sum(1)
+
+
+class TRADES(Method):
+    name = "trades"
+
+    def adversarial(self, model, x, y, generator):
+        """TRADES' inner problem: maximize KL(p(x) || p(x')) from x + 0.001 N(0, 1) (its code)."""
+        with torch.no_grad(), autocast(x.device, self.amp_dtype):
+            p_clean = F.softmax(model(x).float(), dim=1)
+        shape = (self.attack.restarts, *x.shape)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(x.device)
+        starts = torch.stack([self.attack.threat.project(0.001 * n.to(x.dtype), x) for n in noise])
+
+        def kl(logits, _y):  # PGD stacks the restarts: [R*B] rows against p_clean [B]
+            return _kl_rows(p_clean.repeat(len(logits) // len(p_clean), 1), logits)
+
+        return self._points(model, x, y, starts, kl)
+
+    def loss(self, model, x, x_adv, target):
+        with autocast(x.device, self.amp_dtype):
             logits_clean = model(x).float()
             logits_adv = model(x_adv).float()
-        if self.name == "trades":
-            # CE(f(x), y) + beta * KL(p(x) || p(x_adv)), batch mean (TRADES' code)
-            kl = F.kl_div(
-                F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1), reduction="batchmean"
-            )
-            return F.cross_entropy(
-                logits_clean, target, label_smoothing=ls
-            ) + self.beta * kl, logits_adv
-        if self.name == "mart":
-            return self._mart(logits_clean, logits_adv, target), logits_adv
-        raise ValueError(f"unknown method {self.name!r}")
+        # CE(f(x), y) + beta * KL(p(x) || p(x_adv)), batch mean (TRADES' code)
+        kl = F.kl_div(
+            F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1), reduction="batchmean"
+        )
+        return self._ce(logits_clean, target) + self.beta * kl, logits_adv
 
-    def _mart(self, logits_clean, logits_adv, target) -> torch.Tensor:
-        """MART (Wang et al. 2020): boosted CE on x_adv + beta * KL(p(x) || p(x_adv)) weighted
-        by 1 - p_y(x), per example."""
+
+class MART(Method):
+    """MART (Wang et al. 2020): boosted CE on x_adv + beta * KL(p(x) || p(x_adv)) weighted by
+    1 - p_y(x), per example; its attack ascends the cross-entropy (MART's code)."""
+
+    name = "mart"
+
+    def loss(self, model, x, x_adv, target):
+        with autocast(x.device, self.amp_dtype):
+            logits_clean = model(x).float()
+            logits_adv = model(x_adv).float()
         p_adv = F.softmax(logits_adv, 1)
         top2 = p_adv.topk(2, dim=1).indices
         runner_up = torch.where(top2[:, 0] == target, top2[:, 1], top2[:, 0])
-        boosted = F.cross_entropy(
-            logits_adv, target, label_smoothing=self.label_smoothing
-        ) + F.nll_loss((1.0001 - p_adv + 1e-12).log(), runner_up)
+        boosted = self._ce(logits_adv, target) + F.nll_loss(
+            (1.0001 - p_adv + 1e-12).log(), runner_up
+        )
         p_clean = F.softmax(logits_clean, 1)
         kl = (p_clean * (p_clean.clamp_min(1e-12).log() - (p_adv + 1e-12).log())).sum(1)
         true_prob = p_clean.gather(1, target[:, None]).squeeze(1)
-        return boosted + self.beta * (kl * (1.0000001 - true_prob)).mean()
+        return boosted + self.beta * (kl * (1.0000001 - true_prob)).mean(), logits_adv
+
+
+REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Clean, AT, TRADES, MART, AWP)}
+assert set(REGISTRY) == set(INFO), "every registered method has an objective"
+
+
+def build(name: str, **kwargs) -> Method:
+    """The method `name` (a key of `registry.METHODS`) with its attack and strengths."""
+    return REGISTRY[name](**kwargs)
+
+
+def from_config(c, amp_dtype: torch.dtype | None = None) -> Method:
+    """The method of a resolved `TrainConfig`, its PGD built from the config's attack fields."""
+    import dataclasses
+
+    from flatcli.attacks.presets import build_attack
+
+    attack = None
+    if INFO[c.method].attacks:
+        attack = dataclasses.replace(
+            build_attack(c.attack, c.norm, c.eps, c.step_size, c.seed),
+            random_start=c.random_start,
+        )
+    beta = {"trades": c.trades_beta, "mart": c.mart_beta}.get(c.method)
+    return build(
+        c.method,
+        attack=attack,
+        beta=6.0 if beta is None else beta,
+        label_smoothing=c.label_smoothing,
+        amp_dtype=amp_dtype,
+        attack_point=c.attack_point or "best",
+    )
 
 
 @contextlib.contextmanager
@@ -168,27 +218,35 @@ def frozen_buffers(model: nn.Module):
                 b.copy_(s)
 
 
+def awp_names(model: nn.Module, which: str = "weights") -> list[str]:
+    """The layers AWP perturbs: `weights` (tensors with dim > 1, AWP's code) or `all` (biases
+    too, `flatcli.weights.layers`); normalization layers never."""
+    from flatcli import weights
+
+    return [n for n, p in weights.layers(model) if which == "all" or p.dim() > 1]
+
+
 def awp_offset(
     model: nn.Module,
     x_adv: torch.Tensor,
     target: torch.Tensor,
     gamma: float,
     amp_dtype: torch.dtype | None = None,
+    which: str = "weights",
 ) -> list[torch.Tensor]:
-    """AWP's adversarial weight offset v for the batch: one ascent step from v = 0.
+    """AWP's adversarial weight offset v for the batch: one ascent step from v = 0, one tensor
+    per layer of `weights.layers(model)` (zero on layers `which` excludes).
 
-    Per layer (`flatcli.weights.layers`: every weight and bias, normalization excluded)
-    v_l = gamma * ||w_l|| * g_l / ||g_l||, with g the gradient of the training cross-entropy on the
-    adversarial examples (model in train mode as AWP's proxy, BN statistics left unchanged).
-    The ascent is the one loop (`ascend`) over `RelativeL2Ball(gamma)`, whose step is relative to
-    ||w_l|| and whose projection keeps ||v_l|| <= gamma * ||w_l||. AWP's own code perturbs only
-    multi-dimensional weights; flatcli's layers include biases, as PAPER.md's flatness does.
+    Per perturbed layer v_l = gamma * ||w_l|| * g_l / ||g_l||, g the gradient of the training
+    cross-entropy on the adversarial examples (model in train mode as AWP's proxy, BN statistics
+    left unchanged): the one ascent loop over `RelativeL2Ball(gamma)`.
     """
     from flatcli import weights
 
     found = weights.layers(model)
-    names = [n for n, _ in found]
-    w = [p.detach() for _, p in found]
+    chosen = set(awp_names(model, which))
+    names = [n for n, _ in found if n in chosen]
+    w = [p.detach() for n, p in found if n in chosen]
     ball = weights.RelativeL2Ball(gamma).around(w)
 
     def objective(nu):
@@ -198,4 +256,5 @@ def awp_offset(
 
     with frozen_buffers(model):
         (nu,) = ascend(objective, [Variable(weights.zeros_like(w), ball, w, gamma)], 1)
-    return nu
+    by_name = dict(zip(names, nu, strict=True))
+    return [by_name[n] if n in by_name else torch.zeros_like(p) for n, p in found]

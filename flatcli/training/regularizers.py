@@ -56,14 +56,27 @@ class Augmenter:
         return torch.stack(out)
 
 
+LABEL_NOISE_CLASSES = ("all", "others")
+
+
 def noisy_labels(
-    y: torch.Tensor, rate: float, num_classes: int, generator: torch.Generator
+    y: torch.Tensor,
+    rate: float,
+    num_classes: int,
+    generator: torch.Generator,
+    classes: str = "all",
 ) -> torch.Tensor:
-    """With probability `rate` per example, a label drawn uniformly from the *other* classes
-    (fresh per batch: label noise as a regularizer, the attack still uses the true labels)."""
+    """With probability `rate` per example a random label, fresh per batch (the attack still uses
+    the true labels): drawn uniformly from `all` K classes (the paper's code; it may hit the true
+    one) or from the K - 1 `others`."""
     flip = torch.rand(len(y), generator=generator) < rate
-    shift = torch.randint(1, num_classes, (len(y),), generator=generator)
-    return torch.where(flip, (y.cpu() + shift) % num_classes, y.cpu()).to(y.device)
+    if classes == "all":
+        drawn = torch.randint(0, num_classes, (len(y),), generator=generator)
+    else:
+        drawn = (
+            y.cpu() + torch.randint(1, num_classes, (len(y),), generator=generator)
+        ) % num_classes
+    return torch.where(flip, drawn, y.cpu()).to(y.device)
 
 
 def clip_weights(params: Sequence[torch.Tensor], bound: float) -> None:
@@ -74,15 +87,17 @@ def clip_weights(params: Sequence[torch.Tensor], bound: float) -> None:
 
 
 class EntropySGD:
-    """Entropy-SGD (Chaudhari et al. 2017): SGD on the local entropy of the training loss.
+    """Entropy-SGD (Chaudhari et al. 2017) as the paper's code runs it (its
+    `common/torch/optim.py`): per outer update, from w' = mu = w, `steps` Langevin steps, each
+    on a new batch with a new attack (`closure(i)` leaves the gradient of batch i at w'):
 
-    Per update: starting at w' = w, `steps` Langevin steps
-        w' <- w' - lr * (grad f(w') + gamma * (w' - w)) + sqrt(lr) * noise * N(0, 1),
-    with a running average mu <- (1 - alpha) mu + alpha w'; the local-entropy gradient is
-    gamma * (w - mu). flatcli passes (w - mu) / (lr * steps) to the outer SGD (momentum, weight
-    decay, learning-rate schedule), a rescaling under which it approximates the plain gradient
-    when the coupling is weak, so --lr keeps its meaning. The weights are back at w (bitwise)
-    before the outer step. Each Langevin step reuses the batch's adversarial examples.
+        d  = grad f(w') + wd w'                  (then Nesterov/heavy-ball momentum, its buffer
+                                                  fresh per update, as the outer step's)
+        w' <- w' - lr (d + gamma (w' - w) + noise / sqrt(lr / 2) N(0, 1))
+        mu <- alpha mu + (1 - alpha) w'
+
+    then the weights are back at w (bitwise) and `.grad` holds w - mu, unscaled, for the outer
+    SGD (weight decay, momentum, learning-rate schedule).
     """
 
     def __init__(
@@ -93,32 +108,59 @@ class EntropySGD:
         gamma: float,
         noise: float,
         alpha: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        nesterov: bool = False,
     ):
         self.params = list(params)
         self.steps, self.lr, self.gamma, self.noise, self.alpha = steps, lr, gamma, noise, alpha
+        self.weight_decay, self.momentum, self.nesterov = weight_decay, momentum, nesterov
 
-    def gradient(self, closure: Callable[[], tuple], generator: torch.Generator) -> tuple:
-        """Run the Langevin loop; leave the local-entropy gradient in `.grad`; return the first
-        closure result (the loss and logits at w, for the log)."""
+    @classmethod
+    def from_config(cls, params: Sequence[torch.nn.Parameter], c) -> EntropySGD:
+        """Entropy-SGD with a resolved `TrainConfig`'s settings (its momentum and weight decay
+        apply to the Langevin steps too, as in the paper's code)."""
+        return cls(
+            params,
+            c.entropy_steps,
+            c.entropy_lr,
+            c.entropy_gamma,
+            c.entropy_noise,
+            c.entropy_alpha,
+            c.weight_decay,
+            c.momentum,
+            c.nesterov,
+        )
+
+    def gradient(self, closure: Callable[[int], tuple], generator: torch.Generator) -> tuple:
+        """Run the Langevin loop (closure(0), ..., closure(steps - 1)); leave w - mu in `.grad`;
+        return the first closure result (loss and logits at w, for the log)."""
         w = [p.detach().clone() for p in self.params]
         mu = [t.clone() for t in w]
+        buf = [torch.zeros_like(t) for t in w]
+        noise_scale = self.noise / math.sqrt(0.5 * self.lr)
         first = None
-        for _ in range(self.steps):
-            result = closure()  # zero_grad, forward, backward at w'
+        for i in range(self.steps):
+            result = closure(i)
             first = first or result
             with torch.no_grad():
-                for p, w0, m in zip(self.params, w, mu, strict=True):
-                    g = torch.zeros_like(p) if p.grad is None else p.grad
-                    p.add_(g + self.gamma * (p - w0), alpha=-self.lr)
+                for p, w0, m, b in zip(self.params, w, mu, buf, strict=True):
+                    d = torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                    if self.weight_decay:
+                        d.add_(p, alpha=self.weight_decay)
+                    if self.momentum:
+                        b.mul_(self.momentum).add_(d)
+                        d = d.add(b, alpha=self.momentum) if self.nesterov else b.clone()
+                    d.add_(p - w0, alpha=self.gamma)
                     if self.noise > 0:
                         z = torch.randn(p.shape, generator=generator, dtype=p.dtype)
-                        p.add_(z.to(p.device), alpha=math.sqrt(self.lr) * self.noise)
-                    m.mul_(1 - self.alpha).add_(p, alpha=self.alpha)
+                        d.add_(z.to(p.device), alpha=noise_scale)
+                    p.add_(d, alpha=-self.lr)
+                    m.mul_(self.alpha).add_(p, alpha=1 - self.alpha)
         with torch.no_grad():
-            scale = 1.0 / (self.lr * self.steps)
             for p, w0, m in zip(self.params, w, mu, strict=True):
                 p.copy_(w0)
-                p.grad = (w0 - m) * scale
+                p.grad = w0 - m
         return first
 
 
