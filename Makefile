@@ -30,7 +30,7 @@ bench: install
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/landscape_speed.py --point-batch 1 4
 
-# The study on digits (PAPER.md's findings, measured): six short runs (AT, AT-AWP, AT + label
+# The study on digits (docs/method.md's findings, measured): six short runs (AT, AT-AWP, AT + label
 # smoothing, TRADES, AT + weight decay 5e-3, MART), every epoch attacked on test and train and its
 # average- and worst-case flatness measured, a landscape of each run's last epoch, then the report.
 # A seventh run, at-long (AT at the digits defaults' width 32, lr x0.1 after epoch 10, 60 epochs,

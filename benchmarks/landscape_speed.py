@@ -5,7 +5,7 @@
 
 One (checkpoint, direction) work unit: a random direction (filter-normalized, scale 0.5) and
 --steps values of alpha in [-1, 1], each re-running PGD (--attack, default the paper's pgd20x10)
-on the moved weights and --n examples (default 128, PAPER.md): --steps attacks. Reports the unit's
+on the moved weights and --n examples (default 128, the paper): --steps attacks. Reports the unit's
 wall time and seconds per point (median over --repeats, after a warm-up), for each --point-batch
 (grid points per stacked pass), with the largest robust-loss difference to the first one.
 small-cnn: 2 epochs of PGD-3 AT on digits (tests/conftest.py); preact-resnet18: random weights,
@@ -36,9 +36,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--arch", choices=["small-cnn", "preact-resnet18"], default="small-cnn")
-    parser.add_argument("--n", type=int, default=128, help="examples (PAPER.md: 128)")
-    parser.add_argument("--steps", type=int, default=51, help="grid points (PAPER.md: 51)")
-    parser.add_argument("--attack", default="pgd20x10", help="PAPER.md: pgd20x10")
+    parser.add_argument("--n", type=int, default=128, help="examples (docs/method.md: 128)")
+    parser.add_argument("--steps", type=int, default=51, help="grid points (docs/method.md: 51)")
+    parser.add_argument("--attack", default="pgd20x10", help="docs/method.md: pgd20x10")
     parser.add_argument(
         "--point-batch", type=int, nargs="+", default=[1], help="grid points per pass (compared)"
     )

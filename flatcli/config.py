@@ -44,7 +44,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class AttackConfig(EvalConfig):
-    """`flatcli attack`: PAPER.md's evaluation protocol.
+    """`flatcli attack`: docs/method.md's evaluation protocol.
 
     Robust loss from PGD-20 with 10 restarts (step 0.007 at eps 0.0314), robust error from the
     strongest attack (default: that PGD and APGD-CE + APGD-T); the first `n_examples` of `split`.
@@ -74,7 +74,7 @@ def config_hash(config) -> str:
 class TrainDefaults:
     """Per-dataset training defaults (`flatcli train`), the one registry of them.
 
-    `milestones` are fractions of `epochs` (PAPER.md: 60, 90, 120 of 150 epochs); `eps=None` means
+    `milestones` are fractions of `epochs` (paper: 60, 90, 120 of 150 epochs); `eps=None` means
     the dataset's eps in `flatcli.data`; `heldout_every`: epochs between held-out evaluations.
     """
 
@@ -97,7 +97,7 @@ TRAIN_FALLBACK = TrainDefaults(augment="none")  # svhn, mnist, npz: no augmentat
 
 # Method- and option-specific defaults, applied only where the option is in use (else None).
 METHOD_DEFAULTS = {
-    "attack": "pgd7",  # PAPER.md: PGD-7, step 0.007 at eps 0.0314, random start
+    "attack": "pgd7",  # docs/method.md: PGD-7, step 0.007 at eps 0.0314, random start
     "random_start": True,
     "attack_point": "best",  # the paper's code trains on the best PGD iterate; "final": Madry's
     "trades_beta": 6.0,  # TRADES' own code
@@ -117,7 +117,7 @@ METHOD_DEFAULTS = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """`flatcli train`: PAPER.md's baseline (PGD-7 AT, SGD 0.05 Nesterov momentum 0.9, weight
+    """`flatcli train`: docs/method.md's baseline (PGD-7 AT, SGD 0.05 Nesterov momentum 0.9, weight
     decay 5e-4 as in the code, batch 128, lr x0.1 at 40/60/80 % of the epochs).
 
     None means "the default": per dataset from `TRAIN_DEFAULTS` (epochs, eps, milestones,
@@ -164,7 +164,7 @@ class TrainConfig:
     extra_data: str | None = None  # npz with x, y (pseudo-labelled)
     extra_fraction: float | None = None
     train_examples: int | None = None  # first N training examples (None: all)
-    heldout_attack: str = "pgd7x5"  # PAPER.md: PGD-7, 5 restarts, on the held-out split
+    heldout_attack: str = "pgd7x5"  # docs/method.md: PGD-7, 5 restarts, on the held-out split
     heldout_every: int | None = None
     heldout_examples: int | None = None
     amp: str = "none"  # none | bf16 (autocast; fp32 master weights)
@@ -175,13 +175,13 @@ class TrainConfig:
     device: str = _runtime("auto")
 
 
-AVERAGE_XI = 0.5  # PAPER.md: average-case flatness, relative L2 radius
-WORST_XI = 0.00075  # PAPER.md main text and per-epoch code (its supplement tables use 0.003)
+AVERAGE_XI = 0.5  # docs/method.md: average-case flatness, relative L2 radius
+WORST_XI = 0.00075  # docs/method.md main text and per-epoch code (its supplement tables use 0.003)
 
 
 @dataclass(frozen=True)
 class FlatnessConfig(EvalConfig):
-    """`flatcli flatness`: PAPER.md's flatness of the robust loss.
+    """`flatcli flatness`: docs/method.md's flatness of the robust loss.
 
     Average case: `samples` random offsets on the per-layer relative sphere, the attack re-run on
     each. Worst case: joint ascent over a weight offset (normalized step `weight_lr`, relative
@@ -208,25 +208,25 @@ class FlatnessConfig(EvalConfig):
     conv_scale: float = 1.0
 
 
-LANDSCAPE_SCALE = {"random": 0.5, "adversarial": 0.025}  # PAPER.md: relative direction lengths
+LANDSCAPE_SCALE = {"random": 0.5, "adversarial": 0.025}  # paper: relative direction lengths
 LANDSCAPE_SCALE_MAXABS = {"random": 0.5, "adversarial": 0.01}  # the code's, with layer-maxabs
 
 
 @dataclass(frozen=True)
 class LandscapeConfig(EvalConfig):
-    """`flatcli landscape`: PAPER.md's landscapes of the robust (and clean) loss.
+    """`flatcli landscape`: docs/method.md's landscapes of the robust (and clean) loss.
 
     Robust and clean loss at w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D) on a `steps` (x
     `steps`) grid over `range`, for `n_directions` directions (planes in 2-D) of kind `directions`:
     random | adversarial (the weight attack on the `adversarial_loss`, clean as the code or robust,
     radius `adversarial_xi`, `adversarial_iterations` steps of `weight_lr`) | hessian (top
     eigenvectors, `iterations` subspace steps) | interpolate (d = w_to - w). `normalization`:
-    layer (each d_l to s ||w_l||, PAPER.md) | layer-maxabs (d_l s max|w_l| / max|d_l|, the code) |
+    layer (each d_l to s ||w_l||, the paper) | layer-maxabs (d_l s max|w_l| / max|d_l|, the code) |
     filter | none; `scale` s None: 0.5 random, 0.025 adversarial (0.01 with layer-maxabs), 1
-    hessian; interpolate is never rescaled. n_examples None: 128 (PAPER.md).
+    hessian; interpolate is never rescaled. n_examples None: 128 (docs/method.md).
     """
 
-    n_examples: int | None = 128  # PAPER.md: one batch of 128 test examples
+    n_examples: int | None = 128  # docs/method.md: one batch of 128 test examples
     directions: str = "random"
     dims: int = 1
     steps: int = 51

@@ -1,6 +1,6 @@
 """Datasets as [0, 1] NCHW float tensors with fixed, documented splits.
 
-Splits (PAPER.md's protocol):
+Splits (docs/method.md's protocol):
 - `train`: the training set, in its stored order (the train-side robust loss uses its first n).
 - `test`: the test set without its last `heldout` examples (evaluation uses its first n).
 - `heldout`: the last `heldout` examples of the test set, for early stopping only.
@@ -57,7 +57,7 @@ class DatasetSpec:
     heldout: int
     layout: str  # what the user must put under the data directory (for error messages)
     read: Callable[[Path | None], RawData]
-    eval_examples: int = 1000  # PAPER.md: the first 1000 test / train examples
+    eval_examples: int = 1000  # docs/method.md: the first 1000 test / train examples
     classes_from_labels: bool = False  # num_classes is max label + 1: a model may have more
 
 
@@ -374,5 +374,5 @@ def load_split(
 
 
 def default_n_examples(dataset: str, split: str, directory=None) -> int:
-    """PAPER.md's first 1000 examples, or the whole split when it is smaller."""
+    """docs/method.md's first 1000 examples, or the whole split when it is smaller."""
     return min(get_spec(dataset).eval_examples, split_size(dataset, split, directory))

@@ -1,4 +1,4 @@
-"""Flatness of the robust loss (PAPER.md): the measure registry, the average case, and the sweep's
+"""Flatness of the robust loss (the paper): the measure registry, the average case, and the sweep's
 `flatness_measure(config, device)` -> `measure(ref) -> rows` (like `evaluation.attack_measure`).
 
 Worst-case estimators live in `flatcli.worst_case`, the Hessian in `flatcli.hessian`. Weight
@@ -199,7 +199,7 @@ def worst_flatness(
     weight_norm: str = "l2",
     estimator: str = "paper",
 ) -> worst_case.WorstResult:
-    """Worst-case flatness at xi (PAPER.md): "worst" for eps > 0, "clean-worst" for eps = 0, by
+    """Worst-case flatness at xi (the paper): "worst" for eps > 0, "clean-worst" for eps = 0, by
     `estimator` (paper | per-batch, `flatcli.worst_case`). RCE(w) comes from `attack` (default
     PGD with the ascent's iterations, restarts and step) with the engine's starts for seed_keys.
     """

@@ -1,7 +1,7 @@
 """The Hessian of the cross-entropy w.r.t. the weights: λmax, trace and top eigenvectors.
 
 Shared by `flatcli.flatness` (λmax/trace rows) and `flatcli.landscape` (Hessian directions), so
-neither imports the other. Two variants (PAPER.md, "Other sharpness measures"):
+neither imports the other. Two variants (docs/method.md, "Other sharpness measures"):
 - `flatcli`: mean cross-entropy over the evaluation examples (at the one PGD's worst points, or
   clean), every layer of `weights.layers`.
 - `paper`: the paper's code: clean cross-entropy on held-out examples, weights with dim > 1 only,

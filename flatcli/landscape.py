@@ -1,4 +1,4 @@
-"""Landscapes of the robust (and clean) loss along weight directions, 1-D and 2-D (PAPER.md).
+"""Landscapes of the robust (and clean) loss along weight directions, 1-D and 2-D (docs/method.md).
 
 Directions come from the `DIRECTIONS` registry (random, adversarial, hessian, interpolate) and are
 rescaled per layer by a `NORMALIZATIONS` entry; each grid point moves the weights in place and
@@ -215,7 +215,7 @@ def _grid_row(result: engine.ExampleLosses, attack) -> dict:
 
 
 def scale_for(config: LandscapeConfig) -> float:
-    """--scale, or the default for the kind: PAPER.md's 0.5 random / 0.025 adversarial, the code's
+    """--scale, or the default for the kind: the paper's 0.5 random / 0.025 adversarial, the code's
     0.5 / 0.01 with layer-maxabs, 1 otherwise; interpolation is never rescaled (1)."""
     if config.directions == "interpolate":
         return 1.0

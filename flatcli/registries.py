@@ -56,7 +56,7 @@ DIRECTIONS: dict[str, Choice] = _table(
     Choice("interpolate", "the straight line to --to (never rescaled)"),
 )
 NORMALIZATIONS: dict[str, Choice] = _table(
-    Choice("layer", "each d_l to s ||w_l|| (PAPER.md)"),
+    Choice("layer", "each d_l to s ||w_l|| (docs/method.md)"),
     Choice("layer-maxabs", "each d_l times s max|w_l| / max|d_l| (the paper's code)"),
     Choice("filter", "each output filter to s times the same filter's norm of w"),
     Choice("none", "the whole d to s ||w||"),

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from flatcli.files import atomic_write
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
 
 # Key and provenance columns shared by every table (DESIGN.md), in order.
 COMMON = [

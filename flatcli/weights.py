@@ -8,10 +8,10 @@ Flatness, landscapes and AWP share this module (DESIGN.md). Conventions:
   input `Normalize` mean/std) never are. Frozen parameters (requires_grad False) are still layers:
   freezing is the caller's business.
 - An **offset** `nu` is a list of tensors aligned with `layers(model)`, always float32 (worst-case
-  offsets are far below bf16 resolution, PAPER.md).
+  offsets are far below bf16 resolution, docs/method.md).
 - Balls are **relative** per layer, so they are scale-invariant: a network whose conv weights are
   multiplied by a > 0 (with BN after them) has the same balls, scaled by a.
-  `RelativeL2Ball(xi)`:   ||nu_l||_2 <= xi * ||w_l||_2 for every layer l (PAPER.md's ball).
+  `RelativeL2Ball(xi)`:   ||nu_l||_2 <= xi * ||w_l||_2 for every layer l (docs/method.md's ball).
   `RelativeLinfBall(xi)`: |nu_l,i| <= xi * |w_l,i| for every element (element-wise relative).
   Both have the verbs of the input balls (`flatcli.attacks.threat`): `random_start`, `step`,
   `project`, over lists, so the one ascent loop (`flatcli.attacks.ascent.ascend`) runs over them.
@@ -56,7 +56,7 @@ def is_normalization(module: nn.Module) -> bool:
 def layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Every weight and bias tensor of `model` outside normalization layers, as (name, parameter).
 
-    The one rule for flatness, landscapes and AWP (PAPER.md): each tensor is its own layer;
+    The one rule for flatness, landscapes and AWP (docs/method.md): each tensor is its own layer;
     normalization parameters and all buffers are excluded; frozen parameters are included. A
     parameter shared by several modules appears once, under its first name.
     """
@@ -110,11 +110,11 @@ def _draw(shape: torch.Size, generator: torch.Generator | None, device, kind: st
 
 @dataclass(frozen=True)
 class RelativeL2Ball:
-    """{nu : ||nu_l||_2 <= xi * ||w_l||_2 for every layer l}, per-layer relative (PAPER.md).
+    """{nu : ||nu_l||_2 <= xi * ||w_l||_2 for every layer l}, per-layer relative (docs/method.md).
 
     - `random_start(w, generator)`: for each layer a direction uniform on the sphere (a normalized
       Gaussian) scaled to ||nu_l|| = xi * ||w_l||, i.e. a point ON the sphere of every layer. This
-      is PAPER.md's average-case distribution; the worst-case ascent starts there too (its first
+      is the paper's average-case distribution; the worst-case ascent starts there too (its first
       iterate is then an average-case sample, and the ascent only moves inward or along it).
     - `step(nu, grad, step_size)`: nu_l + step_size * ||w_l|| * g_l / ||g_l|| per layer (a
       normalized, relative step; a zero gradient gives no step). Needs `around(w)` first.

@@ -1,4 +1,4 @@
-"""Worst-case flatness of the robust loss (PAPER.md): two estimators of
+"""Worst-case flatness of the robust loss (docs/method.md): two estimators of
 max_nu max_delta CE(f(x + delta; w + nu), y) - RCE(w) over the per-layer relative ball.
 
 - `paper` (`worst_paper`, the default): the authors' code. One offset nu for the whole set,

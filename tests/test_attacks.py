@@ -90,7 +90,7 @@ def test_presets_and_generic_pgd_names():
     p = preset("pgd50x3")
     assert (p.kind, p.steps, p.restarts) == ("pgd", 50, 3)
     a = build_attack("pgd20x10", "linf", 0.0314)
-    assert math.isclose(a.step_size, 0.007)  # PAPER.md's step at its eps
+    assert math.isclose(a.step_size, 0.007)  # docs/method.md's step at its eps
     assert build_attack("pgd7", "linf", 0.1, step_size=0.01).step_size == 0.01
     with pytest.raises(UsageError):
         preset("fgsm-nope")

@@ -209,7 +209,7 @@ def _scaled(model: nn.Module, factor: float, x: torch.Tensor) -> nn.Module:
 
 
 def test_scale_invariance_of_flatness_while_hessian_lambda_max_swings(trained, examples):
-    """PAPER.md finding 4: conv weights x0.5 / x2 in a BN-ReLU net leave both flatness measures
+    """the paper finding 4: conv weights x0.5 / x2 in a BN-ReLU net leave both flatness measures
     unchanged, while the Hessian's largest eigenvalue scales by about 4 and 1/4 (not exactly:
     the linear layers after the last BN do not scale)."""
     x, y = examples[0][:48], examples[1][:48]

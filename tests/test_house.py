@@ -131,19 +131,12 @@ def test_cli_default_equals_config_default(command, name, cli_default, config_de
     )
 
 
-# Modules being split (issue 13): strict, so the mark must go once a file is under the limit.
-TOO_LONG = {
-    "training/loop.py": "being split into training/config, rundir, distributed, loop (issue 13)",
-}
 
 
 @pytest.mark.parametrize(
     "relative",
     [
-        pytest.param(
-            rel,
-            marks=[pytest.mark.xfail(strict=True, reason=TOO_LONG[rel])] if rel in TOO_LONG else [],
-        )
+        rel
         for rel in sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py"))
     ],
 )

@@ -283,7 +283,7 @@ def test_cli_2d_grid_has_steps_squared_rows_and_a_contour(run_dir, tmp_path, cap
 def test_cli_adversarial_and_hessian_directions(run_dir, tmp_path, capsys):
     ckpt = run_dir / "at" / "epoch_0002.safetensors"
     cases = [
-        ("adversarial", 0.025, "clean", []),  # PAPER.md's length, the code's clean weight attack
+        ("adversarial", 0.025, "clean", []),  # the paper's length, the code's clean weight attack
         ("adversarial", 0.01, "robust", ["--normalization", "layer-maxabs"]),  # the code's s
         ("hessian", 1.0, None, []),
     ]

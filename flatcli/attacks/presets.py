@@ -1,7 +1,7 @@
 """Attack presets named as the literature does; the registry drives CLI choices and help.
 
 This module imports no torch at import time, so the CLI can list presets in `--help` cheaply.
-Step sizes are stored relative to eps so a preset means the same thing at every eps: PAPER.md's
+Step sizes are stored relative to eps so a preset means the same thing at every eps: the paper's
 PGD uses step 0.007 at eps 0.0314 (ratio 0.2229...), reproduced exactly at that eps.
 `pgd{S}` and `pgd{S}x{R}` name PGD with S steps and R restarts for any S, R (e.g. `pgd50x5`).
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from flatcli.errors import UsageError
 
-PAPER_STEP_RATIO = 0.007 / 0.0314  # PAPER.md: step 0.007 at eps 0.0314
+PAPER_STEP_RATIO = 0.007 / 0.0314  # docs/method.md: step 0.007 at eps 0.0314
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,12 @@ PRESETS: dict[str, Preset] = {
     for p in [
         Preset(
             "pgd20x10",
-            "PGD-20, 10 restarts, step 0.2229*eps: PAPER.md's robust loss",
+            "PGD-20, 10 restarts, step 0.2229*eps: docs/method.md's robust loss",
             "pgd",
             20,
             10,
         ),
-        Preset("pgd7", "PGD-7, step 0.2229*eps: PAPER.md's training attack", "pgd", 7, 1),
+        Preset("pgd7", "PGD-7, step 0.2229*eps: docs/method.md's training attack", "pgd", 7, 1),
         Preset("pgd10", "PGD-10, step eps/4: robust_overfitting's evaluation", "pgd", 10, 1, 0.25),
         Preset("apgd-ce", "APGD with cross-entropy, 100 iterations", "apgd-ce"),
         Preset(

@@ -108,7 +108,7 @@ WeightNormOpt = Annotated[
     WeightNorm,
     typer.Option(
         "--weight-norm",
-        help="Weight ball: l2 (per layer, PAPER.md) or linf (per element; per-batch only).",
+        help="Weight ball: l2 (per layer, docs/method.md) or linf (per element; per-batch only).",
         rich_help_panel="Measure",
     ),
 ]
@@ -187,7 +187,7 @@ def flatness(
     dry_run: o.DryRun = False,
     shard: o.ShardOpt = None,
 ):
-    """Flatness of the robust loss of every checkpoint (PAPER.md); writes OUT/flatness.
+    """Flatness of the robust loss of every checkpoint (docs/method.md); writes OUT/flatness.
 
     average: mean over --samples random offsets nu with ||nu_l|| = xi ||w_l|| per layer of the
     robust loss re-computed on the perturbed weights, minus the robust loss (nats). worst: the

@@ -72,7 +72,7 @@ Scale = Annotated[
     str | None,
     typer.Option(
         help="Relative length s of the directions. Default: 0.5 random, 0.025 adversarial "
-        "(PAPER.md; 0.01 with layer-maxabs, the code), 1 hessian.",
+        "(docs/method.md; 0.01 with layer-maxabs, the code), 1 hessian.",
         show_default=False,
         rich_help_panel="Measure",
     ),
@@ -162,7 +162,7 @@ Plot = Annotated[
 ]
 NExamples = Annotated[
     int,
-    typer.Option(help="First N examples of the split (PAPER.md: 128).", rich_help_panel="Inputs"),
+    typer.Option(help="First N examples of the split (paper: 128).", rich_help_panel="Inputs"),
 ]
 
 
@@ -217,7 +217,7 @@ def landscape(
     dry_run: o.DryRun = False,
     shard: o.ShardOpt = None,
 ):
-    """Robust and clean loss along weight directions (PAPER.md's landscapes); writes
+    """Robust and clean loss along weight directions (docs/method.md's landscapes); writes
     OUT/landscape and figures in OUT/landscape_plots.
 
     Every grid point w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D) re-runs the attack on the

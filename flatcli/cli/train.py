@@ -245,7 +245,7 @@ def train(
 
     Example: flatcli train --dataset digits --method at --epochs 60 --out runs/at
 
-    PAPER.md's CIFAR-10 baseline: flatcli train --dataset cifar10 --arch resnet18 --method at
+    docs/method.md's CIFAR-10 baseline: flatcli train --dataset cifar10 --arch resnet18 --method at
     --epochs 150 --lr 0.05 --milestones 60,90,120 --eps 0.0314 --attack pgd7 --step-size 0.007
     --weight-decay 5e-4 --nesterov --augment crop-flip --out runs/cifar10-at
     """

@@ -20,7 +20,7 @@ def tiny(num_classes: int = 10, in_channels: int = 1, width: int = 4) -> nn.Modu
 
 
 class SmallCNN(nn.Module):
-    """3 conv layers (BN, ReLU) and 2 linear layers: PAPER.md's digits model."""
+    """3 conv layers (BN, ReLU) and 2 linear layers: docs/method.md's digits model."""
 
     def __init__(
         self, num_classes: int = 10, in_channels: int = 1, width: int = 32, hidden: int = 128

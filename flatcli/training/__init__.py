@@ -1,4 +1,4 @@
-"""`flatcli train`: adversarial training with the methods PAPER.md compares.
+"""`flatcli train`: adversarial training with the methods docs/method.md compares.
 
 - `registry.py`: the methods by name, their options and help (torch-free)
 - `methods.py`: their objectives (clean, AT, TRADES, MART, AT-AWP) on the one PGD

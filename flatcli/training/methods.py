@@ -1,4 +1,4 @@
-"""Training objectives of the methods PAPER.md compares: clean, AT, TRADES, MART, AT-AWP.
+"""Training objectives of the methods docs/method.md compares: clean, AT, TRADES, MART, AT-AWP.
 
 Every method (`registry.METHODS` names them) is two pieces: `adversarial` (the inner
 maximization: the one PGD, `flatcli.attacks.pgd.PGD`, on the model in eval mode, restarts
