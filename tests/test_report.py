@@ -106,7 +106,7 @@ def study(tmp_path):
 
 def test_per_epoch_join_gaps_strongest_attack_and_early_stopping(study):
     root, out, numbers = study
-    result = report.build([out], how="last")
+    result = report.build([out], how="last", figures=False)
     df = result.table
     assert len(df) == len(RUNS) * len(EPOCHS)
     assert list(df.columns) == tables.columns("report")
@@ -133,7 +133,7 @@ def test_per_epoch_join_gaps_strongest_attack_and_early_stopping(study):
 @pytest.mark.parametrize("how", ["last", "best", "all"])
 def test_correlations_are_scipys_on_the_same_numbers(study, how):
     root, out, numbers = study
-    result = report.build([out], how=how)
+    result = report.build([out], how=how, figures=False)
     corr = pd.read_parquet(out / "correlations")
     if how == "all":
         keys = list(numbers)
@@ -241,8 +241,10 @@ def test_cli_prints_one_row_per_run_and_writes_elsewhere(study, capsys):
     assert sorted(r["run"] for r in rows) == sorted(RUNS) and all(r["epoch"] == 3 for r in rows)
     assert (elsewhere / "report.md").is_file() and (elsewhere / "report.html").is_file()
     assert not (out / "report.md").exists()
-    code, stdout, _ = flatcli(capsys, "report", out, "--select", "best", "-q")
+    assert (elsewhere / "report_plots" / "curves.png").is_file()
+    code, stdout, _ = flatcli(capsys, "report", out, "--select", "best", "-q", "--no-figures")
     assert code == 0 and "trades" in stdout
+    assert (out / "report.md").is_file() and not (out / "report_plots").exists()
 
 
 @pytest.mark.parametrize(
@@ -253,7 +255,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, setup, message):
     target = tmp_path / "nothing"
     if setup == "empty":
         target.mkdir()
-    code, stdout, err = flatcli(capsys, "report", target)
+    code, stdout, err = flatcli(capsys, "report", "--no-figures", target)
     assert code == 2 and stdout == ""
     assert message in err and len(err.strip().splitlines()) == 1, err
 
@@ -263,7 +265,7 @@ def test_flatness_only_rows_keep_their_checkpoint_and_dataset(tmp_path):
 
     out = write_study(tmp_path, _numbers())
     shutil.rmtree(out / "attack")
-    df = report.build([out], how="last").table
+    df = report.build([out], how="last", figures=False).table
     assert df.checkpoint.notna().all() and (df.dataset == "digits").all()
     assert df.test_robust_err.isna().all() and df.flatness_average.notna().all()
 
@@ -273,7 +275,7 @@ def test_unreadable_parts_and_run_json_are_skipped_and_named(tmp_path, capsys):
     bad_part = out / "flatness" / "zz__broken__cccccccc.parquet"
     bad_part.write_bytes(b"PAR1 this is not parquet")
     (tmp_path / "runs" / "awp" / "run.json").write_text("{not json")
-    code, _, err = flatcli(capsys, "report", out, "-f", "csv")
+    code, _, err = flatcli(capsys, "report", "--no-figures", out, "-f", "csv")
     assert code == 0
     assert f"Skipped {bad_part}: unreadable" in err and "awp/run.json: unreadable" in err
     df = pd.read_parquet(out / "report")
@@ -322,7 +324,7 @@ def test_holm_step_down_equals_the_closed_form():
 
 def test_holm_columns_adjust_each_coefficient_over_the_pairs_tested(study):
     root, out, _ = study
-    corr = report.build([out], how="last").correlations
+    corr = report.build([out], how="last", figures=False).correlations
     across = corr[corr.scope == "across runs"]
     assert (across.tests == len(across)).all() and len(across) > 1
     for name in ("kendall", "spearman", "pearson"):
@@ -336,7 +338,7 @@ def test_three_runs_at_p_one_state_no_trend(tmp_path):
     three = ("at", "awp", "trades")
     numbers = {k: v for k, v in _numbers(1).items() if k[0] in three}
     out = write_study(tmp_path, numbers)
-    result = report.build([out], how="last")
+    result = report.build([out], how="last", figures=False)
     across = result.findings["Flatness and robustness across runs"]
     corr = result.correlations[result.correlations.scope == "across runs"]
     assert (corr[corr.kendall.abs() < 1].kendall_p == 1.0).all()  # n = 3: |tau| 1/3, p = 1
@@ -371,7 +373,7 @@ def test_a_checkpoint_measured_twice_uses_its_latest_setting_and_says_so(tmp_pat
     again |= {"dataset": "digits", "norm": "linf"}
     again |= {"robust_loss": 9.0, "created_at": "9999-01-01T00:00:00"}
     tables.write_part(out, "attack", "at__e0003", "e" * 16, [again])
-    result = report.build([out], how="last")
+    result = report.build([out], how="last", figures=False)
     row = result.table.query("run == 'at' and epoch == 3").iloc[0]
     assert row.test_robust_loss == 9.0 and row.test_n == 50  # not the max over both settings
     note = "at epoch 3 was measured more than once with different examples; the report uses"
@@ -422,9 +424,9 @@ def _two_experiments(tmp_path):
 
 def test_two_outs_with_the_same_run_names_are_kept_apart(tmp_path):
     one, two = _two_experiments(tmp_path)
-    result = report.build([one, two], how="last", report_dir=tmp_path / "r", labels=["a", "b"])
+    result = report.build([one, two], how="last", report_dir=tmp_path / "r", labels=["a", "b"], figures=False)
     assert set(result.table.run) == {f"{x}/{r}" for x in "ab" for r in RUNS}
-    auto = report.build([one, two], how="last", report_dir=tmp_path / "r")
+    auto = report.build([one, two], how="last", report_dir=tmp_path / "r", figures=False)
     assert len(auto.table) == 2 * len(RUNS) * len(EPOCHS)
     assert any("--label" in w and "out1/" in w and "out2/" in w for w in auto.warnings)
     assert "a/at" not in (tmp_path / "r" / "report.md").read_text()
@@ -434,16 +436,16 @@ def test_one_experiment_split_over_two_outs_is_one_set_of_runs(tmp_path):
     out = write_study(tmp_path, _numbers())
     other = tmp_path / "flat_only"
     (out / "flatness").rename(other / "flatness") if other.mkdir() is None else None
-    result = report.build([out, other], how="last")
+    result = report.build([out, other], how="last", figures=False)
     assert set(result.table.run) == set(RUNS) and result.table.flatness_average.notna().all()
     assert not any("--label" in w for w in result.warnings)
 
 
 def test_cli_label_needs_one_per_out(tmp_path, capsys):
     one, two = _two_experiments(tmp_path)
-    code, _, err = flatcli(capsys, "report", one, two, "--label", "a")
+    code, _, err = flatcli(capsys, "report", "--no-figures", one, two, "--label", "a")
     assert code == 2 and "1 label(s) for 2 OUT" in err and len(err.strip().splitlines()) == 1
-    code, out, err = flatcli(capsys, "report", one, two, "--label", "x,y", "-f", "csv")
+    code, out, err = flatcli(capsys, "report", "--no-figures", one, two, "--label", "x,y", "-f", "csv")
     assert code == 0 and "x/at" in out and "y/at" in out
 
 

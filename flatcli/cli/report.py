@@ -55,6 +55,15 @@ Html = Annotated[
         rich_help_panel="Output",
     ),
 ]
+Figures = Annotated[
+    bool,
+    typer.Option(
+        "--figures/--no-figures",
+        help="Draw report_plots/ (PNG and SVG); --no-figures writes the tables and text only, "
+        "much faster.",
+        rich_help_panel="Output",
+    ),
+]
 Label = Annotated[
     str | None,
     typer.Option(
@@ -84,6 +93,7 @@ def report(
     select: SelectOpt = Select.last,
     fmt: o.FormatOpt = o.Format.table,
     html: Html = False,
+    figures: Figures = True,
     out: ReportDir = None,
     quiet: o.Quiet = False,
 ):
@@ -107,7 +117,7 @@ def report(
     directory = out if out is not None else outs[0]
     ensure_writable(directory)
     labels = None if label is None else label.split(",")
-    result = core.build(outs, runs or [], select.value, directory, html, labels)
+    result = core.build(outs, runs or [], select.value, directory, html, labels, figures)
     for warning in result.warnings:  # even with --quiet: a comparison may be invalid
         err_console.print(f"flatcli: warning: {warning}", markup=False)
     if not quiet:

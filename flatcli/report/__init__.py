@@ -88,8 +88,12 @@ def build(
     report_dir: Path | None = None,
     html_page: bool = False,
     labels: Sequence[str] | None = None,
+    figures: bool = True,
 ) -> Report:
     """Read, join, correlate, draw and write the report under `report_dir` (default: OUT[0]).
+
+    `figures=False` skips drawing (most of the time a report takes); tables, report.md and the
+    page are written all the same, without figures.
 
     `labels` (one per OUT) prefix the run names of each OUT (`label/run`); without them, a run
     name two OUTs use for different checkpoints is prefixed by the OUT's directory name.
@@ -113,14 +117,16 @@ def build(
         warnings.append(f"Not compared across runs: {measured.refused}.")
     directory = Path(report_dir) if report_dir is not None else Path(outs[0])
     corr = correlations(table, how, across=measured.refused is None)
-    figures, captions = write_figures(table, sources.landscape, directory / PLOTS, how, corr)
+    drawn, captions = {}, {}
+    if figures:
+        drawn, captions = write_figures(table, sources.landscape, directory / PLOTS, how, corr)
     report = Report(
         table=table,
         correlations=corr,
         runs=run_table(table),
         findings=findings(table, corr, how, measured.refused),
         missing=sources.missing(),
-        figures=figures,
+        figures=drawn,
         written=[],
         warnings=warnings,
         settings=measured.lines,
@@ -136,6 +142,6 @@ def build(
     )
     if html_page:
         written.append(files.atomic_write_text(directory / "report.html", render_html(blocks)))
-    figure_files = [p.with_suffix(s) for p in figures.values() for s in (".png", ".svg")]
+    figure_files = [p.with_suffix(s) for p in drawn.values() for s in (".png", ".svg")]
     report.written = written + figure_files
     return report
