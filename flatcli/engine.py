@@ -38,6 +38,12 @@ class ExampleLosses:
         return AttackOutcome(loss=loss, correct=correct)
 
 
+def error_rate(correct: torch.Tensor) -> float:
+    """Fraction of examples not correct, from the counts: 28 of 100 is 0.28 exactly as a float,
+    not 1 - float32(0.72) = 0.27999997."""
+    return int((~correct).sum()) / correct.numel()
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 

@@ -163,7 +163,7 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None):
         )
         base = key_columns(ref, info, config, chash, device)
         clean = {
-            "clean_err": 1.0 - result.clean_correct.float().mean().item(),
+            "clean_err": engine.error_rate(result.clean_correct),
             "clean_loss": result.clean_loss.mean().item(),
         }
         outcomes = [
@@ -180,7 +180,7 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None):
                 "steps": steps,
                 "restarts": restarts,
                 "step_size": step,
-                "robust_err": 1.0 - o.correct.float().mean().item(),
+                "robust_err": engine.error_rate(o.correct),
                 "robust_loss": o.loss.mean().item(),
                 "note": note,
             }

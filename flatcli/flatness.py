@@ -85,10 +85,6 @@ def _nonfinite_note(reference: float, values: Sequence[float], what: str) -> str
     return None
 
 
-def _error(correct: torch.Tensor) -> float:
-    return 1.0 - correct.float().mean().item()
-
-
 # ---------------------------------------------------------------------------------------------
 # Average case
 
@@ -122,11 +118,11 @@ def average_flatness(
     if reference is None:
         reference = engine.robust_losses(model, x, y, attacks, seed_keys, batch_size)
     clean_ref = reference.clean_loss.mean().item()
-    refs_err = {"clean-average": _error(reference.clean_correct)}
+    refs_err = {"clean-average": engine.error_rate(reference.clean_correct)}
     robust_ref = None
     if attack is not None:
         robust_ref = reference.robust[attack.name].loss.mean().item()
-        refs_err["average"] = _error(reference.robust[attack.name].correct)
+        refs_err["average"] = engine.error_rate(reference.robust[attack.name].correct)
     clean = {v: [] for v in xis}
     robust = {v: [] for v in xis}
     errs = {m: {v: [] for v in xis} for m in refs_err}
@@ -137,10 +133,10 @@ def average_flatness(
             with weights.perturbed(model, [v * u for u in unit]):
                 out = engine.robust_losses(model, x, y, attacks, seed_keys, batch_size, on_batch)
             clean[v].append(out.clean_loss.mean().item())
-            errs["clean-average"][v].append(_error(out.clean_correct))
+            errs["clean-average"][v].append(engine.error_rate(out.clean_correct))
             if attack is not None:
                 robust[v].append(out.robust[attack.name].loss.mean().item())
-                errs["average"][v].append(_error(out.robust[attack.name].correct))
+                errs["average"][v].append(engine.error_rate(out.robust[attack.name].correct))
     results = []
     for measure, ref, values, steps, restarts in [
         (
@@ -235,7 +231,7 @@ def worst_flatness(
             model, x, y, xi, ref, attack=attack, weight_norm=weight_norm, **common
         )
     if not robust:
-        result.err = _error(reference.clean_correct)
+        result.err = engine.error_rate(reference.clean_correct)
     return result
 
 
@@ -321,7 +317,7 @@ def _worst(model, x, y, xi, measure, config, keys, reference, attack) -> worst_c
             model, x, y, xi, ref, attack=attack, weight_norm=config.weight_norm, **common
         )
     if clean:  # the clean loss at w comes with its error
-        result.err = _error(reference.clean_correct)
+        result.err = engine.error_rate(reference.clean_correct)
     return result
 
 

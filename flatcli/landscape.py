@@ -201,12 +201,12 @@ def evaluate_grid(
 def _grid_row(result: engine.ExampleLosses, attack) -> dict:
     row = {
         "clean_loss": result.clean_loss.mean().item(),
-        "clean_err": 1.0 - result.clean_correct.float().mean().item(),
+        "clean_err": engine.error_rate(result.clean_correct),
     }
     if attack is not None:
         outcome = result.robust[attack.name]
         row["robust_loss"] = outcome.loss.mean().item()
-        row["robust_err"] = 1.0 - outcome.correct.float().mean().item()
+        row["robust_err"] = engine.error_rate(outcome.correct)
     return row
 
 

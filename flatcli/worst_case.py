@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flatcli import runtime, weights
+from flatcli import engine, runtime, weights
 from flatcli.attacks.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example, restart_starts, slice_starts
 from flatcli.attacks.presets import PAPER_STEP_RATIO
@@ -116,7 +116,7 @@ def _reference(reference, y) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _err(correct: torch.Tensor | None) -> float | None:
-    return None if correct is None else 1.0 - correct.float().mean().item()
+    return None if correct is None else engine.error_rate(correct)
 
 
 def worst_paper(

@@ -107,3 +107,10 @@ def test_stacking_refuses_attacks_on_a_subset(trained_digits_model, digits_test)
     attack = build_attack("aa-lite", "linf", 0.1)
     with pytest.raises(UsageError, match="subset"):
         engine.robust_losses_at(trained_digits_model, [weights.zeros_like(w)] * 2, x, y, [attack])
+
+
+def test_error_rate_is_the_exact_fraction_of_the_counts():
+    """28 wrong of 100 is written as 0.28, not 1 - float32(0.72) = 0.2799999713897705."""
+    correct = torch.tensor([True] * 72 + [False] * 28)
+    assert engine.error_rate(correct) == 0.28
+    assert engine.error_rate(torch.ones(3, dtype=torch.bool)) == 0.0

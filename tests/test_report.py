@@ -463,6 +463,8 @@ def test_page_puts_settings_and_headline_first_and_renders_markdown(study):
     assert "eps 0.1" in page and "examples 400" in page and "xi 0.5" in page
     assert "Holm p" in page and "spearman_p" not in page
     assert "higher = sharper" in result.captions["flatness"]
+    checkpoints = len(RUNS) * len(EPOCHS)
+    assert f"{len(RUNS)} run(s), {checkpoints} checkpoint(s)" in page
 
 
 def test_figures_are_sized_for_the_page(study):

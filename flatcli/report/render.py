@@ -108,7 +108,8 @@ def document(report: Report, how: str, outs: Sequence[Path]) -> list[tuple[str, 
         (
             "p",
             f"Inputs: {', '.join(f'`{o}`' for o in outs)}: {df.run.nunique()} run(s), "
-            f"{len(df)} checkpoint(s). Losses in nats, errors as fractions. RErr: robust error, "
+            f"{df.checkpoint.notna().sum()} checkpoint(s) ({len(df)} epochs with a row). Losses "
+            "in nats, errors as fractions. RErr: robust error, "
             "the strongest attack's; RCE: robust loss, the largest estimate (PGD). Flatness: "
             "higher = sharper.",
         ),

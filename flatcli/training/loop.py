@@ -399,9 +399,9 @@ class _Trainer:
         outcome = result.robust[self.heldout_attack.name]
         return {
             "heldout_n": len(self.y_held),
-            "heldout_clean_err": 1.0 - result.clean_correct.float().mean().item(),
+            "heldout_clean_err": engine.error_rate(result.clean_correct),
             "heldout_clean_loss": result.clean_loss.mean().item(),
-            "heldout_robust_err": 1.0 - outcome.correct.float().mean().item(),
+            "heldout_robust_err": engine.error_rate(outcome.correct),
             "heldout_robust_loss": outcome.loss.mean().item(),
         }
 
