@@ -21,6 +21,12 @@ def tour_commands() -> list[str]:
     return [line for line in first_block.splitlines() if line and not line.startswith("#")]
 
 
+def tour_quotes() -> list[str]:
+    """The lines the README quotes from the tour's report (`> ` lines of the Tour section)."""
+    tour = (ROOT / "README.md").read_text().split("## Tour", 1)[1].split("\n## ", 1)[0]
+    return [line[2:].strip() for line in tour.splitlines() if line.startswith("> ")]
+
+
 def test_the_tour_runs_on_sample_checkpoints(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sample_checkpoints").symlink_to(ROOT / "sample_checkpoints")
@@ -46,7 +52,12 @@ def test_the_tour_runs_on_sample_checkpoints(tmp_path, monkeypatch, capsys):
     report = pd.read_parquet("out/report")
     assert len(report) == 75 and report.rce_gap.notna().all()
     assert report.flatness_average.notna().sum() == 25
-    assert "## Robust overfitting" in Path("out/report.md").read_text()
+    report_md = " ".join(Path("out/report.md").read_text().split())
+    assert "## Robust overfitting" in report_md
+    quotes = tour_quotes()
+    assert len(quotes) >= 3
+    for quote in quotes:  # the README's figures are what a fresh report of these runs says
+        assert quote in report_md, quote
     assert "data:image/png;base64," in Path("out/report.html").read_text()
     assert sorted(p.name for p in Path("runs/mine").glob("epoch_*.safetensors")) == [
         "epoch_0001.safetensors",
