@@ -424,7 +424,9 @@ def _two_experiments(tmp_path):
 
 def test_two_outs_with_the_same_run_names_are_kept_apart(tmp_path):
     one, two = _two_experiments(tmp_path)
-    result = report.build([one, two], how="last", report_dir=tmp_path / "r", labels=["a", "b"], figures=False)
+    result = report.build(
+        [one, two], how="last", report_dir=tmp_path / "r", labels=["a", "b"], figures=False
+    )
     assert set(result.table.run) == {f"{x}/{r}" for x in "ab" for r in RUNS}
     auto = report.build([one, two], how="last", report_dir=tmp_path / "r", figures=False)
     assert len(auto.table) == 2 * len(RUNS) * len(EPOCHS)
@@ -445,7 +447,9 @@ def test_cli_label_needs_one_per_out(tmp_path, capsys):
     one, two = _two_experiments(tmp_path)
     code, _, err = flatcli(capsys, "report", "--no-figures", one, two, "--label", "a")
     assert code == 2 and "1 label(s) for 2 OUT" in err and len(err.strip().splitlines()) == 1
-    code, out, err = flatcli(capsys, "report", "--no-figures", one, two, "--label", "x,y", "-f", "csv")
+    code, out, err = flatcli(
+        capsys, "report", "--no-figures", one, two, "--label", "x,y", "-f", "csv"
+    )
     assert code == 0 and "x/at" in out and "y/at" in out
 
 
