@@ -40,7 +40,10 @@ TINY_STUDY = [
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    # Neither a Slurm job's variables nor an outer make's (`make test` sets MAKELEVEL/MAKEFLAGS,
+    # which make a nested make print "Entering directory" lines and inherit its flags).
+    outer = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in outer}
     return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
 
 
