@@ -528,3 +528,30 @@ def test_every_relation_the_text_states_is_drawn(study):
     assert "Kendall tau between worst-case flatness and test robust loss is 0.9" in finding
     assert "flatter runs had a lower test robust loss" in finding
     assert "and test robust loss (" not in finding.replace("worst-case flatness and test", "")
+
+
+def test_curves_join_the_measured_epochs_of_a_run_evaluated_every_few_epochs(tmp_path):
+    """train_log rows between measured epochs (NaN robust loss) must not break the test line
+    into nothing: the line holds the measured points (the demo's at-long run showed none)."""
+    from flatcli import plots
+    from flatcli.report import figures
+
+    epochs = list(range(1, 11))
+    measured = [e % 5 == 0 for e in epochs]
+    df = pd.DataFrame(
+        {
+            "run": "long",
+            "epoch": epochs,
+            "test_robust_loss": [0.6 if m else np.nan for m in measured],
+            "train_robust_loss": [0.4 if m else np.nan for m in measured],
+            "test_robust_err": [0.2 if m else np.nan for m in measured],
+            "train_robust_err": [0.1 if m else np.nan for m in measured],
+            "is_best": [False] * 10,
+        }
+    )
+    plt = plots.pyplot()
+    fig, _ = figures._curves(plt, df, tmp_path)
+    lines = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() == "test"]
+    assert len(lines) == 2  # robust loss and robust error panels
+    assert all(list(line.get_xdata()) == [5, 10] for line in lines)
+    plt.close(fig)

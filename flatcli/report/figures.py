@@ -58,9 +58,12 @@ def _curves(plt, df: pd.DataFrame, directory: Path):
                     ax.set_visible(False)
                     continue
                 g = curves[curves.run == run].sort_values("epoch")
-                ax.plot(g.epoch, g[f"test_{column}"], color="C0", label="test")
-                if g[f"train_{column}"].notna().any():
-                    ax.plot(g.epoch, g[f"train_{column}"], "--", color="C1", label="train")
+                # Only measured epochs: a run evaluated every few epochs has train_log rows in
+                # between, and a line through their NaNs would draw nothing.
+                test, train = (g.dropna(subset=[f"{s}_{column}"]) for s in ("test", "train"))
+                ax.plot(test.epoch, test[f"test_{column}"], color="C0", label="test")
+                if not train.empty:
+                    ax.plot(train.epoch, train[f"train_{column}"], "--", color="C1", label="train")
                 best = g[g.is_best]
                 if not best.empty:
                     ax.axvline(
