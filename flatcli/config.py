@@ -18,6 +18,15 @@ def _runtime(default):
     return field(default=default, metadata={"hash": False})
 
 
+_NEVER = object()  # no value equals it: the field is always hashed
+
+
+def _added(default):
+    """A result-affecting field added after results were written: hashed only when it differs
+    from `default`, so rows written before it existed keep their config_hash."""
+    return field(default=default, metadata={"hash_unless": default})
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """What every evaluation of checkpoints shares: the examples, the threat model, the seed, how
@@ -40,6 +49,7 @@ class EvalConfig:
     data_dir: str | None = _runtime(None)
     device: str = _runtime("auto")
     batch_size: int = _runtime(512)
+    precision: str = _added("fp32")  # the attack's search: fp32 | tf32 | bf16 (reports fp32)
 
 
 @dataclass(frozen=True)
@@ -56,11 +66,11 @@ class AttackConfig(EvalConfig):
 
 def hashed_fields(config) -> dict:
     """The fields of a config dataclass that determine its results."""
-    return {
-        f.name: getattr(config, f.name)
-        for f in dataclasses.fields(config)
-        if f.metadata.get("hash", True)
-    }
+    def counts(f) -> bool:
+        unless = f.metadata.get("hash_unless", _NEVER)
+        return f.metadata.get("hash", True) and getattr(config, f.name) != unless
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if counts(f)}
 
 
 def config_hash(config) -> str:

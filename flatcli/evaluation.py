@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from flatcli import checkpoints, data, engine, models, runtime, tables
+from flatcli.attacks.precision import DTYPE_COLUMN
 from flatcli.attacks.presets import build_attack
 from flatcli.config import AttackConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
@@ -49,7 +50,9 @@ def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:
     """Fill the dataset's defaults (dataset, eps, n_examples) and validate everything cheaply."""
     resolved = resolve_common(config, refs)
     for name in resolved.attacks:  # unknown names and a missing AutoAttack fail before work
-        build_attack(name, resolved.norm, resolved.eps, resolved.step_size, resolved.seed)
+        build_attack(
+            name, resolved.norm, resolved.eps, resolved.step_size, resolved.seed, resolved.precision
+        )
     return resolved
 
 
@@ -102,7 +105,7 @@ def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
         "seed": config.seed,
         "config_hash": chash,
         "schema_version": tables.SCHEMA_VERSION,
-        **runtime.provenance(device),
+        **runtime.provenance(device, DTYPE_COLUMN[getattr(config, "precision", "fp32")]),
     }
 
 
@@ -151,7 +154,7 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None):
     x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
     x, y = x.to(device), y.to(device)
     attacks = [
-        build_attack(a, config.norm, config.eps, config.step_size, config.seed)
+        build_attack(a, config.norm, config.eps, config.step_size, config.seed, config.precision)
         for a in config.attacks
     ]
 

@@ -280,7 +280,9 @@ def resolve_flatness_config(config: FlatnessConfig, refs: Sequence) -> FlatnessC
     resolved = evaluation.resolve_common(config, refs)
     resolved = dataclasses.replace(resolved, measures=measures, xi=xi)
     if _robust_measures(measures):
-        attack = build_attack(resolved.attack, resolved.norm, resolved.eps, resolved.step_size)
+        attack = build_attack(
+            resolved.attack, resolved.norm, resolved.eps, resolved.step_size, 0, resolved.precision
+        )
         if not attack.estimates_loss:
             raise UsageError(
                 f"--attack {resolved.attack} does not estimate the robust loss; use a pgd preset "
@@ -333,7 +335,9 @@ def flatness_measure(
     measures = config.measures
     robust = _robust_measures(measures)
     attack = (
-        build_attack(config.attack, config.norm, config.eps, config.step_size, config.seed)
+        build_attack(
+            config.attack, config.norm, config.eps, config.step_size, config.seed, config.precision
+        )
         if robust
         else None
     )

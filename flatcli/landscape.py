@@ -288,7 +288,9 @@ def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> Landsca
         config.directions == "adversarial" and config.adversarial_loss == "robust"
     )
     if resolved.loss != "clean" or robust_directions:
-        attack = build_attack(resolved.attack, resolved.norm, resolved.eps, resolved.step_size)
+        attack = build_attack(
+            resolved.attack, resolved.norm, resolved.eps, resolved.step_size, 0, resolved.precision
+        )
         if not attack.estimates_loss:
             raise UsageError(
                 f"--attack {resolved.attack} does not estimate the robust loss; use a pgd preset "
@@ -349,7 +351,9 @@ def landscape_measure(
         or (kind == "adversarial" and config.adversarial_loss == "robust")
     )
     attack = (
-        build_attack(config.attack, config.norm, config.eps, config.step_size, config.seed)
+        build_attack(
+            config.attack, config.norm, config.eps, config.step_size, config.seed, config.precision
+        )
         if needs_attack
         else None
     )

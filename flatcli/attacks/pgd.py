@@ -30,6 +30,7 @@ class PGD:
     random_start: bool = True
     estimates_loss: bool = field(default=True, init=False)
     keeps_rows: bool = field(default=True, init=False)  # every step attacks every row
+    returns_points: bool = field(default=True, init=False)  # keep_points gives x + delta
 
     @property
     def threat(self):

@@ -66,11 +66,23 @@ def preset(name: str) -> Preset:
     raise UsageError(f"unknown attack {name!r}; choose from {', '.join(PRESETS)} or pgd<S>x<R>")
 
 
-def build_attack(name: str, norm: str, eps: float, step_size: float | None = None, seed: int = 0):
+def build_attack(
+    name: str,
+    norm: str,
+    eps: float,
+    step_size: float | None = None,
+    seed: int = 0,
+    precision: str = "fp32",
+):
     """An attack object (the `flatcli.attacks.base.Attack` protocol) for preset `name`.
 
-    `step_size` (absolute) overrides a PGD preset's relative step.
+    `step_size` (absolute) overrides a PGD preset's relative step. `precision` (fp32 | tf32 |
+    bf16): what the search runs in; the reported numbers are fp32 (`attacks.precision`).
     """
+    if precision != "fp32":
+        from flatcli.attacks.precision import with_precision
+
+        return with_precision(build_attack(name, norm, eps, step_size, seed), precision)
     p = preset(name)
     if p.kind == "pgd":
         from flatcli.attacks.pgd import PGD

@@ -34,6 +34,7 @@ def attack(
     data_dir: o.DataDir = None,
     device: o.Device = "auto",
     batch_size: o.BatchSize = 512,
+    precision: o.PrecisionOpt = o.Precision.fp32,
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: o.Force = False,
@@ -65,6 +66,7 @@ def attack(
         data_dir=None if data_dir is None else str(data_dir),
         device=device,
         batch_size=batch_size,
+        precision=precision.value,
     )
     refs = checkpoints.discover(paths)
     config = evaluation.resolve_attack_config(config, refs)

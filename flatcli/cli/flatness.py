@@ -181,6 +181,7 @@ def flatness(
     data_dir: o.DataDir = None,
     device: o.Device = D.device,
     batch_size: o.BatchSize = D.batch_size,
+    precision: o.PrecisionOpt = o.Precision(D.precision),
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: o.Force = False,
@@ -226,6 +227,7 @@ def flatness(
         data_dir=None if data_dir is None else str(data_dir),
         device=device,
         batch_size=batch_size,
+        precision=precision.value,
     )
     refs = checkpoints.discover(paths)
     config = flatness.resolve_flatness_config(config, refs)

@@ -211,6 +211,7 @@ def landscape(
     data_dir: o.DataDir = None,
     device: o.Device = D.device,
     batch_size: o.BatchSize = D.batch_size,
+    precision: o.PrecisionOpt = o.Precision(D.precision),
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: o.Force = False,
@@ -264,6 +265,7 @@ def landscape(
         data_dir=None if data_dir is None else str(data_dir),
         device=device,
         batch_size=batch_size,
+        precision=precision.value,
         point_batch=point_batch,
     )
     refs = checkpoints.discover(paths)

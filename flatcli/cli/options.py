@@ -29,6 +29,12 @@ class Norm(str, Enum):
     l2 = "l2"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
 class Split(str, Enum):
     train = "train"
     test = "test"
@@ -150,6 +156,15 @@ Device = Annotated[
         envvar="FLATCLI_DEVICE",
         metavar="DEVICE",
         help="auto | cpu | cuda | cuda:N.",
+        rich_help_panel=RUNTIME,
+    ),
+]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        help="What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
+        "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
+        "weights stay fp32. tf32/bf16 need a pgd attack. Part of the configuration.",
         rich_help_panel=RUNTIME,
     ),
 ]

@@ -1,0 +1,82 @@
+"""The precision an attack searches in; what it reports is always fp32 (issue 11).
+
+`fp32` searches in float32 (TF32 off on CUDA); `tf32` lets CUDA matmuls and convolutions use
+TF32 (no effect on CPU); `bf16` searches under bfloat16 autocast. Under tf32 and bf16 the attack
+returns its worst point per example and the loss and correctness reported are re-evaluated there
+in fp32, so the row's numbers are fp32 numbers of points found faster. Weights stay fp32 in every
+case (worst-case flatness offsets are far below bf16 resolution).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from flatcli.attacks.base import AttackOutcome, ce_per_example
+from flatcli.errors import UsageError
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+DTYPE_COLUMN = {"fp32": "float32", "tf32": "tf32", "bf16": "bfloat16"}  # the `dtype` column
+
+
+def with_precision(attack, precision: str):
+    """`attack` itself for fp32, else one that searches in `precision` and reports fp32.
+
+    Only attacks that can return the points behind their loss (PGD) can be re-evaluated; others
+    are refused with a one-line error rather than silently run in fp32.
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return attack
+    if not getattr(attack, "returns_points", False):
+        raise UsageError(
+            f"--precision {precision}: attack {attack.name!r} cannot return its points for the "
+            "fp32 re-evaluation; use a pgd preset, or --precision fp32"
+        )
+    return LowPrecisionSearch(attack, precision)
+
+
+@contextlib.contextmanager
+def search_context(device: torch.device, precision: str):
+    """Autocast (bf16) or TF32 switches (tf32, CUDA only) around an attack's search."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@dataclass(frozen=True)
+class LowPrecisionSearch:
+    """`attack` searching in `precision`; loss and correctness re-evaluated in fp32 at its worst
+    point per example (so an example counts as broken only if fp32 misclassifies that point).
+    Everything else (name, steps, restarts, starts) is the wrapped attack's: the same random
+    starts as its fp32 run."""
+
+    attack: Any
+    precision: str
+
+    def __getattr__(self, name: str):
+        return getattr(self.attack, name)
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts, **options
+    ) -> AttackOutcome:
+        options["keep_points"] = True
+        with search_context(x.device, self.precision):
+            found = self.attack(model, x, y, starts, **options)
+        with torch.no_grad(), search_context(x.device, "fp32"):
+            logits = model(found.points).float()
+        return AttackOutcome(
+            loss=ce_per_example(logits, y), correct=logits.argmax(1) == y, points=found.points
+        )

@@ -1,0 +1,95 @@
+"""--precision: the attack's search in tf32/bf16, every reported number re-evaluated in fp32
+(issue 11's CPU-testable part: the same code path runs on CUDA)."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from flatcli import data, engine
+from flatcli.api import load_model
+from flatcli.attacks.precision import LowPrecisionSearch
+from flatcli.attacks.presets import build_attack
+from flatcli.cli import main
+from flatcli.config import AttackConfig, FlatnessConfig, config_hash, hashed_fields
+from flatcli.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_checkpoints" / "at" / "epoch_0025.safetensors"
+
+
+def test_bf16_search_with_fp32_evaluation_matches_fp32_on_a_trained_checkpoint():
+    """Issue 11's bar: robust error within 0.5 points, robust loss within 1 % of fp32."""
+    model = load_model(SAMPLE)
+    x, y = data.load_split("digits", "test", 400)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        attack = build_attack("pgd10x2", "linf", 0.15, None, 0, precision)
+        outcome = engine.robust_losses(model, x, y, [attack], (0, "k"), 512).robust["pgd10x2"]
+        results[precision] = (engine.error_rate(outcome.correct), outcome.loss.mean().item())
+    (err32, loss32), (err16, loss16) = results["fp32"], results["bf16"]
+    assert abs(err16 - err32) <= 0.005
+    assert abs(loss16 - loss32) <= 0.01 * loss32
+
+
+def test_the_reported_loss_is_the_fp32_loss_at_the_returned_points():
+    model = load_model(SAMPLE)
+    x, y = data.load_split("digits", "test", 64)
+    attack = build_attack("pgd5", "linf", 0.15, None, 0, "bf16")
+    assert isinstance(attack, LowPrecisionSearch) and attack.name == "pgd5"
+    out = attack(model, x, y, attack.draw_starts(x, torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        logits = model(out.points)
+    expected = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(out.loss, expected)
+    assert out.loss.dtype == torch.float32 and torch.equal(out.correct, logits.argmax(1) == y)
+
+
+def test_precision_is_part_of_the_configuration_and_fp32_keeps_old_hashes():
+    assert "precision" not in hashed_fields(AttackConfig())  # rows written before it still match
+    for config in (AttackConfig(), FlatnessConfig()):
+        bf16 = type(config)(precision="bf16")
+        assert hashed_fields(bf16)["precision"] == "bf16"
+        assert config_hash(bf16) != config_hash(config)
+
+
+def test_attacks_that_cannot_return_points_are_refused_not_run_in_fp32():
+    with pytest.raises(UsageError, match="cannot return its points"):
+        build_attack("apgd-ce", "linf", 0.1, None, 0, "bf16")
+    with pytest.raises(UsageError, match="--precision"):
+        build_attack("pgd5", "linf", 0.1, None, 0, "fp16")
+
+
+def _flatcli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return exit_info.value.code, *capsys.readouterr()
+
+
+def test_cli_bf16_rows_are_their_own_and_bad_values_exit_2(tmp_path, capsys):
+    common = [SAMPLE, "--out", tmp_path, "--attacks", "pgd3", "--n-examples", "32", "-q"]
+    assert _flatcli(capsys, "attack", *common)[0] == 0
+    code, _, err = _flatcli(capsys, "attack", *common, "--precision", "bf16", "-f", "csv")
+    assert code == 0, err
+    rows = pd.read_parquet(tmp_path / "attack")
+    assert sorted(rows.dtype) == ["bfloat16", "float32"]  # the bf16 run was not skipped
+    assert rows.config_hash.nunique() == 2
+    code, _, err = _flatcli(capsys, "attack", *common, "--precision", "fp16")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, _, err = _flatcli(capsys, "attack", *common, "--precision", "bf16", "--attacks", "aa-lite")
+    assert code == 2 and "cannot return its points" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_channels_last_model_through_the_stacked_path_equals_one_setting_at_a_time():
+    """CUDA evaluation converts models to channels_last; the stacked (vmap) path must take it."""
+    from flatcli import weights
+
+    model = load_model(SAMPLE).to(memory_format=torch.channels_last)
+    x, _ = data.load_split("digits", "test", 8)
+    w = [p for _, p in weights.require_layers(model)]
+    offsets = [[0.01 * (g + 1) * torch.ones_like(p) for p in w] for g in range(2)]
+    stacked = weights.Stacked(model, offsets)(x.repeat_interleave(2, 0)).view(8, 2, -1)
+    for g, offset in enumerate(offsets):
+        with torch.no_grad(), weights.perturbed(model, offset):
+            torch.testing.assert_close(stacked[:, g], model(x), atol=1e-5, rtol=1e-5)
