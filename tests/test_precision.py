@@ -77,7 +77,8 @@ def test_cli_bf16_rows_are_their_own_and_bad_values_exit_2(tmp_path, capsys):
     assert rows.config_hash.nunique() == 2
     code, _, err = _flatcli(capsys, "attack", *common, "--precision", "fp16")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    code, _, err = _flatcli(capsys, "attack", *common, "--precision", "bf16", "--attacks", "aa-lite")
+    aa = ["--precision", "bf16", "--attacks", "aa-lite"]
+    code, _, err = _flatcli(capsys, "attack", *common, *aa)
     assert code == 2 and "cannot return its points" in err and len(err.strip().splitlines()) == 1
 
 
