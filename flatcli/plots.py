@@ -7,6 +7,7 @@ inches), so a browser shows them at their own size and 10 pt text stays >= 10 px
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -31,6 +32,23 @@ STYLE = {
     "svg.hashsalt": "flatcli",  # stable SVG ids: identical figures give identical files
 }
 _LOSS_LABELS = {"robust_loss": "robust loss (RCE, nats)", "clean_loss": "clean loss (CE, nats)"}
+
+
+def two_column_panels(plt, n: int, single_width: float, row_height: float, extra: float = 0.0):
+    """A figure of `n` panels, two per row (page width), or one panel `single_width` inches
+    wide; unused cells hidden. Returns (fig, axes as a flat array)."""
+    ncols = min(2, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(PAGE_WIDTH if ncols == 2 else single_width, row_height * nrows + extra),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
 
 
 def pyplot():

@@ -4,7 +4,6 @@ states (with tau, p and n in its title), and the landscape's curves."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -93,19 +92,9 @@ def _flatness(plt, df: pd.DataFrame, colors: dict):
     measures = [c for c in FLATNESS_COLUMNS if curves[c].notna().sum() >= 2]
     if not measures:
         return None
-    ncols = min(2, len(measures))
-    nrows = math.ceil(len(measures) / ncols)
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(plots.PAGE_WIDTH if ncols == 2 else 6.0, 3.4 * nrows + 0.4),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    for ax in axes.flat[len(measures) :]:
-        ax.set_visible(False)
+    fig, axes = plots.two_column_panels(plt, len(measures), 6.0, 3.4, 0.4)
     bars = False
-    for ax, column in zip(axes.flat, measures, strict=False):
+    for ax, column in zip(axes, measures, strict=False):
         for run, g in curves.dropna(subset=[column]).groupby("run", sort=False):
             g = g.sort_values("epoch")
             se = g.get(f"{column}_se")
@@ -129,7 +118,7 @@ def _flatness(plt, df: pd.DataFrame, colors: dict):
         ax.set_xlabel("epoch")
         ax.set_ylabel(_axis_label(curves, column))
         ax.set_title(SHORT_LABELS[column])
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 6))
     caption = "Flatness per epoch, higher = sharper; star: early stopping."
     if bars:
@@ -159,19 +148,9 @@ def _scatter(plt, df: pd.DataFrame, corr: pd.DataFrame, how: str, colors: dict):
     pairs = _scatter_pairs(chosen, corr, how)
     if not pairs:
         return None
-    ncols = min(2, len(pairs))
-    nrows = math.ceil(len(pairs) / ncols)
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(plots.PAGE_WIDTH if ncols == 2 else 5.0, 3.6 * nrows),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    for ax in axes.flat[len(pairs) :]:
-        ax.set_visible(False)
+    fig, axes = plots.two_column_panels(plt, len(pairs), 5.0, 3.6)
     across = corr[corr.scope != "within run"]
-    for ax, (measure, target) in zip(axes.flat, pairs, strict=False):
+    for ax, (measure, target) in zip(axes, pairs, strict=False):
         points = chosen.dropna(subset=[measure, target])
         for run, g in points.groupby("run", sort=False):
             ax.scatter(g[measure], g[target], color=colors[run], s=36, label=str(run))
@@ -199,7 +178,7 @@ def _scatter(plt, df: pd.DataFrame, corr: pd.DataFrame, how: str, colors: dict):
         ax.set_xlabel(_axis_label(chosen, measure))
         ax.set_ylabel(TARGETS[target])
     if how == "all":
-        handles, labels = axes.flat[0].get_legend_handles_labels()
+        handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 6))
     at = "every checkpoint" if how == "all" else f"the {how} epoch of each run"
     caption = (
@@ -214,18 +193,8 @@ def _landscape(plt, landscape: pd.DataFrame, colors: dict):
     if lines.empty:
         return None
     kinds = list(dict.fromkeys(lines.direction_kind))
-    ncols = min(2, len(kinds))
-    nrows = math.ceil(len(kinds) / ncols)
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(plots.PAGE_WIDTH if ncols == 2 else 5.5, 3.6 * nrows),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    for ax in axes.flat[len(kinds) :]:
-        ax.set_visible(False)
-    for ax, kind in zip(axes.flat, kinds, strict=False):
+    fig, axes = plots.two_column_panels(plt, len(kinds), 5.5, 3.6)
+    for ax, kind in zip(axes, kinds, strict=False):
         reduce = "max" if kind == "adversarial" else "mean"
         mine = lines[lines.direction_kind == kind]
         for (run, ckpt), g in mine.groupby(["run", "checkpoint"], sort=False):
