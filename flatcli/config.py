@@ -50,6 +50,7 @@ class EvalConfig:
     device: str = _runtime("auto")
     batch_size: int = _runtime(512)
     precision: str = _added("fp32")  # the attack's search: fp32 | tf32 | bf16 (reports fp32)
+    compile: str = _runtime("auto")  # torch.compile: auto (CUDA only) | on | off
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class TrainConfig:
     heldout_every: int | None = None
     heldout_examples: int | None = None
     amp: str = "none"  # none | bf16 (autocast; fp32 master weights)
+    compile: str = _runtime("auto")  # torch.compile: auto (CUDA only) | on | off
     seed: int = 0
     world_size: int = 1  # DDP processes (set by the trainer)
     save_every: int = _runtime(1)

@@ -35,6 +35,7 @@ def attack(
     device: o.Device = "auto",
     batch_size: o.BatchSize = 512,
     precision: o.PrecisionOpt = o.Precision.fp32,
+    compile: o.CompileOpt = o.Compile.auto,
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: o.Force = False,
@@ -67,6 +68,7 @@ def attack(
         device=device,
         batch_size=batch_size,
         precision=precision.value,
+        compile=compile.value,
     )
     refs = checkpoints.discover(paths)
     config = evaluation.resolve_attack_config(config, refs)

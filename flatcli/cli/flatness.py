@@ -182,6 +182,7 @@ def flatness(
     device: o.Device = D.device,
     batch_size: o.BatchSize = D.batch_size,
     precision: o.PrecisionOpt = o.Precision(D.precision),
+    compile: o.CompileOpt = o.Compile(D.compile),
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: o.Force = False,
@@ -228,6 +229,7 @@ def flatness(
         device=device,
         batch_size=batch_size,
         precision=precision.value,
+        compile=compile.value,
     )
     refs = checkpoints.discover(paths)
     config = flatness.resolve_flatness_config(config, refs)

@@ -212,6 +212,7 @@ def landscape(
     device: o.Device = D.device,
     batch_size: o.BatchSize = D.batch_size,
     precision: o.PrecisionOpt = o.Precision(D.precision),
+    compile: o.CompileOpt = o.Compile(D.compile),
     fmt: o.FormatOpt = o.Format.table,
     quiet: o.Quiet = False,
     force: o.Force = False,
@@ -266,6 +267,7 @@ def landscape(
         device=device,
         batch_size=batch_size,
         precision=precision.value,
+        compile=compile.value,
         point_batch=point_batch,
     )
     refs = checkpoints.discover(paths)

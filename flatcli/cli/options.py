@@ -35,6 +35,12 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class Compile(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Split(str, Enum):
     train = "train"
     test = "test"
@@ -165,6 +171,15 @@ PrecisionOpt = Annotated[
         help="What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
         "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
         "weights stay fp32. tf32/bf16 need a pgd attack. Part of the configuration.",
+        rich_help_panel=RUNTIME,
+    ),
+]
+CompileOpt = Annotated[
+    Compile,
+    typer.Option(
+        "--compile",
+        help="torch.compile the model: auto (on CUDA only), on, off. Results equal eager up to "
+        "float rounding; compile time is reported on stderr. Not part of the configuration.",
         rich_help_panel=RUNTIME,
     ),
 ]

@@ -227,6 +227,7 @@ def train(
         "save_every"
     ],
     amp: Annotated[str, _opt("none | bf16 (autocast, fp32 master weights).", _RUNTIME)] = _D["amp"],
+    compile: o.CompileOpt = o.Compile(_D["compile"]),
     seed: o.Seed = _D["seed"],
     data_dir: o.DataDir = _D["data_dir"],
     device: o.Device = _D["device"],
@@ -303,6 +304,7 @@ def train(
         heldout_every=heldout_every,
         heldout_examples=heldout_examples,
         amp=amp,
+        compile=compile.value,
         seed=seed,
         save_every=save_every,
         data_dir=None if data_dir is None else str(data_dir),
