@@ -1,8 +1,7 @@
-"""Frozen configurations per command: the paper's defaults live here, once.
+"""Frozen configurations per command: every default, help text and check lives here, once.
 
-`config_hash` covers only the fields that change results (not device, batch size, output format
-or directory), so a rerun on another GPU or with another batch size skips finished work.
-Fields marked `meta(hash=False)` are excluded.
+Each field carries its option (flatcli.fields.option: help, panel, parser, checks); the CLI's
+options are built from them. `config_hash` covers the result-affecting fields only (docs/method.md).
 """
 
 from __future__ import annotations
@@ -10,59 +9,130 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from flatcli import registries
+from flatcli.attacks.presets import PRESETS
+from flatcli.fields import (
+    ATTACK,
+    DATA,
+    INPUTS,
+    MEASURE,
+    METHOD,
+    OPTIMIZATION,
+    OUTPUT,
+    RUNTIME,
+    THREAT,
+    option,
+    require,
+    validate_fields,
+)
+from flatcli.training.registry import METHODS, method_help
 
-def _runtime(default):
-    """A field that does not change results: kept out of `config_hash`."""
-    return field(default=default, metadata={"hash": False})
-
-
+NORMS = ("linf", "l2")
+SPLITS = ("test", "train", "heldout")
+PRECISIONS = ("fp32", "tf32", "bf16")  # flatcli.attacks.precision.PRECISIONS
+COMPILE_POLICIES = ("auto", "on", "off")  # flatcli.compilation.COMPILE_CHOICES
+LOSSES = ("robust", "clean", "both")
 _NEVER = object()  # no value equals it: the field is always hashed
 
 
-def _added(default):
-    """A result-affecting field added after results were written: hashed only when it differs
-    from `default`, so rows written before it existed keep their config_hash."""
-    return field(default=default, metadata={"hash_unless": default})
+def _seed():
+    return option(0, "Seed; every checkpoint derives its own generator from it.", RUNTIME,
+                  metavar="INT")  # fmt: skip
 
 
+def _data_dir():
+    return option(
+        None, "Root of the torchvision-layout data folders (never downloaded).", INPUTS,
+        runtime=True, flags=("--data-dir",), envvar="FLATCLI_DATA_DIR", metavar="DIR",
+        parse="path",
+    )  # fmt: skip
+
+
+def _device():
+    return option("auto", "auto | cpu | cuda | cuda:N.", RUNTIME, runtime=True,
+                  envvar="FLATCLI_DEVICE", metavar="DEVICE")  # fmt: skip
+
+
+def _compile():
+    return option(
+        "auto", "torch.compile the model: auto (on CUDA only), on, off. Results equal eager up to "
+        "float rounding; compile time is reported on stderr. Not part of the configuration.",
+        RUNTIME, runtime=True, flags=("--compile",), menu=True, choices=COMPILE_POLICIES,
+    )  # fmt: skip
+
+
+def _conv_scale(help_text: str):
+    return option(1.0, help_text, INPUTS, flags=("--conv-scale",), positive=True)
+
+
+def _weight_lr(help_text: str):
+    return option(0.01, help_text, MEASURE, flags=("--weight-lr",), positive=True)
+
+
+_ESTIMATING = ", ".join(p for p in PRESETS if p.startswith("pgd") or p == "apgd-ce")
 @dataclass(frozen=True)
 class EvalConfig:
-    """What every evaluation of checkpoints shares: the examples, the threat model, the seed, how
-    foreign checkpoints are read (all hashed), and where it runs (data_dir, device, batch_size:
-    not hashed).
+    """What every evaluation of checkpoints shares. `dataset`, `eps`, `n_examples` None: from
+    the checkpoints' metadata / their training eps / the first 1000, resolved before hashing."""
 
-    `dataset=None` means the checkpoints' metadata; `eps=None` their training eps, else the
-    dataset's; `n_examples=None` the first 1000 (or the whole split), all resolved before hashing.
-    """
+    dataset: str | None = option(
+        None, "digits (bundled), cifar10, cifar100, svhn, mnist, fashion-mnist, or npz:PATH.",
+        INPUTS, metavar="NAME", show_default="the checkpoints' flatcli metadata",
+    )  # fmt: skip
+    split: str = option("test", "test (without the held-out part), train, or heldout.", INPUTS,
+                        menu=True, choices=SPLITS)  # fmt: skip
+    n_examples: int | None = option(
+        None, "First N examples of the split.", INPUTS, metavar="N", positive=True,
+        show_default="1000, or the whole split if smaller",
+    )  # fmt: skip
+    eps: float | None = option(
+        None, "Radius, e.g. 8/255 or 0.0314 (the exact float is stored).", THREAT,
+        metavar="EPS", parse="number", show_default="checkpoint's training eps, else the dataset's",
+    )  # fmt: skip
+    norm: str = option("linf", "Threat model of the input perturbation.", THREAT, menu=True,
+                       choices=NORMS)  # fmt: skip
+    step_size: float | None = option(
+        None, "Absolute PGD step size, e.g. 2/255.", ATTACK, metavar="STEP", parse="number",
+        positive=True, show_default="the preset's ratio times eps",
+    )  # fmt: skip
+    seed: int = _seed()
+    arch: str | None = option(
+        None, "Architecture of foreign checkpoints (e.g. preact-resnet18, resnet18, wrn-34-10).",
+        INPUTS, metavar="ARCH", show_default="the checkpoint's flatcli metadata",
+    )  # fmt: skip
+    normalize: str | None = option(
+        None, "Input normalization of foreign checkpoints: cifar10 | cifar100 | svhn | none | "
+        "MEAN,STD (per channel: m1,m2,m3,s1,s2,s3).", INPUTS, metavar="NAME|MEAN,STD",
+        show_default="the checkpoint's flatcli metadata, else none",
+    )  # fmt: skip
+    data_dir: str | None = _data_dir()
+    device: str = _device()
+    batch_size: int = option(512, "Examples per batch (halved automatically on out-of-memory).",
+                             RUNTIME, runtime=True, metavar="N", low=1)  # fmt: skip
+    precision: str = option(
+        "fp32", "What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
+        "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
+        "weights stay fp32. tf32/bf16 need a pgd attack. Part of the configuration.",
+        RUNTIME, added=True, menu=True, choices=PRECISIONS,
+    )  # fmt: skip
+    compile: str = _compile()
 
-    dataset: str | None = None  # None: from the checkpoints' metadata
-    split: str = "test"
-    n_examples: int | None = None
-    eps: float | None = None
-    norm: str = "linf"
-    step_size: float | None = None
-    seed: int = 0
-    arch: str | None = None
-    normalize: str | None = None
-    data_dir: str | None = _runtime(None)
-    device: str = _runtime("auto")
-    batch_size: int = _runtime(512)
-    precision: str = _added("fp32")  # the attack's search: fp32 | tf32 | bf16 (reports fp32)
-    compile: str = _runtime("auto")  # torch.compile: auto (CUDA only) | on | off
+    def validate(self) -> None:
+        """The checks that need no data or checkpoint; UsageError (one line) on bad input."""
+        validate_fields(self)
 
 
 @dataclass(frozen=True)
 class AttackConfig(EvalConfig):
-    """`flatcli attack`: docs/method.md's evaluation protocol.
+    """`flatcli attack`: docs/method.md's evaluation protocol (PGD-20 x 10 robust loss; robust
+    error from the strongest attack)."""
 
-    Robust loss from PGD-20 with 10 restarts (step 0.007 at eps 0.0314), robust error from the
-    strongest attack (default: that PGD and APGD-CE + APGD-T); the first `n_examples` of `split`.
-    `eps=None` / `n_examples=None` mean the dataset's defaults (resolved before hashing).
-    """
-
-    attacks: tuple[str, ...] = ("pgd20x10", "aa-lite")
+    attacks: tuple[str, ...] = option(
+        ("pgd20x10", "aa-lite"), "Comma-separated presets: " + ", ".join(PRESETS)
+        + ", or pgd<S>x<R>.", ATTACK, metavar="PRESETS", parse="names",
+    )  # fmt: skip
 
 
 def hashed_fields(config) -> dict:
@@ -83,11 +153,8 @@ def config_hash(config) -> str:
 
 @dataclass(frozen=True)
 class TrainDefaults:
-    """Per-dataset training defaults (`flatcli train`), the one registry of them.
-
-    `milestones` are fractions of `epochs` (paper: 60, 90, 120 of 150 epochs); `eps=None` means
-    the dataset's eps in `flatcli.data`; `heldout_every`: epochs between held-out evaluations.
-    """
+    """Per-dataset training defaults (`flatcli train`): `milestones` are fractions of `epochs`
+    (paper: 60, 90, 120 of 150); `eps=None`: the dataset's (flatcli.data)."""
 
     epochs: int = 150
     milestones: tuple[float, ...] = (0.4, 0.6, 0.8)
@@ -125,66 +192,166 @@ METHOD_DEFAULTS = {
     "extra_fraction": 0.7,  # share of each batch from the pseudo-labelled data (the code)
 }
 
+_M = METHOD_DEFAULTS
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """`flatcli train`: docs/method.md's baseline (PGD-7 AT, SGD 0.05 Nesterov momentum 0.9, weight
-    decay 5e-4 as in the code, batch 128, lr x0.1 at 40/60/80 % of the epochs).
+    """`flatcli train`: docs/method.md's baseline (PGD-7 AT, SGD 0.05 Nesterov 0.9, weight decay
+    5e-4, batch 128, lr x0.1 at 40/60/80 % of the epochs). None means "the default": per dataset
+    (TRAIN_DEFAULTS) or per method (METHOD_DEFAULTS), resolved before hashing."""
 
-    None means "the default": per dataset from `TRAIN_DEFAULTS` (epochs, eps, milestones,
-    augment, heldout_every), per method/option from `METHOD_DEFAULTS`; `flatcli.training`
-    resolves them before hashing, so a run's stored config is fully explicit.
-    """
+    dataset: str = option(
+        "digits", "digits (bundled), cifar10, cifar100, svhn, mnist, fashion-mnist, npz:PATH.", DATA
+    )
+    arch: str | None = option(
+        None, "Architecture (tiny, small-cnn, preact-resnet18, resnet18, wrn-28-10, ...). "
+        "Default: the dataset's.", METHOD,
+    )  # fmt: skip
+    width: int | None = option(
+        None, "Channels of the first layer (small-cnn 32, preact-resnet18/resnet18 64).", METHOD,
+        low=1,
+    )  # fmt: skip
+    method: str = option("at", method_help() + ".", METHOD)
+    epochs: int | None = option(
+        None, "Epochs. Default: the dataset's (digits 100, else 150), divided by --entropy-steps "
+        "with entropy-sgd (equal compute, as the paper's code). A finished run is extended to "
+        "more epochs when its schedule allows.", OPTIMIZATION, low=1,
+    )  # fmt: skip
+    batch_size: int = option(128, "Global batch size (split over DDP processes).", OPTIMIZATION,
+                             low=1)  # fmt: skip
+    lr: float = option(0.05, "Learning rate (the peak for cyclic).", OPTIMIZATION, positive=True)
+    momentum: float = option(0.9, "SGD momentum.", OPTIMIZATION, within="[0, 1)")
+    nesterov: bool = option(True, "Nesterov momentum (the paper's code).", OPTIMIZATION,
+                            flags=("--nesterov/--no-nesterov",))  # fmt: skip
+    weight_decay: float = option(5e-4, "Weight decay (the paper's code: 5e-4).", OPTIMIZATION,
+                                 low=0)  # fmt: skip
+    optimizer: str = option("sgd", "sgd | entropy-sgd.", OPTIMIZATION)
+    schedule: str = option("multistep", "multistep | cyclic | cosine.", OPTIMIZATION)
+    milestones: tuple[float, ...] | None = option(
+        None, "multistep: comma-separated epochs (60,90,120) or fractions (0.4,0.6,0.8). "
+        "Default: the dataset's.", OPTIMIZATION, parse="numbers",
+    )  # fmt: skip
+    lr_factor: float = option(0.1, "multistep: factor at each milestone.", OPTIMIZATION,
+                              within="(0, 1]")  # fmt: skip
+    cyclic_peak: float = option(0.4, "cyclic: fraction of training at the peak lr.", OPTIMIZATION,
+                                within="(0, 1)")  # fmt: skip
+    eps: float | None = option(
+        None, "Radius, e.g. 8/255 or 0.0314. Default: the dataset's training eps (digits 0.15). "
+        "Clean runs are evaluated at the default.", THREAT, parse="number",
+    )  # fmt: skip
+    norm: str = option("linf", "linf | l2.", THREAT, choices=NORMS)
+    attack: str | None = option(
+        None, f"PGD preset of the inner attack: {_M['attack']} (default), pgd10, pgd<S>x<R>.",
+        ATTACK,
+    )  # fmt: skip
+    step_size: float | None = option(
+        None, "Absolute step (e.g. 0.007). Default: the preset's ratio times eps.", ATTACK,
+        parse="number", positive=True,
+    )  # fmt: skip
+    random_start: bool | None = option(
+        None, "Random start of the inner attack (default: on).", ATTACK,
+        flags=("--random-start/--no-random-start",),
+    )  # fmt: skip
+    attack_point: str | None = option(
+        None, "The PGD point trained on: best (largest loss over the iterates, the paper's code) "
+        f"| final (last iterate, Madry et al.). Default: {_M['attack_point']}.", ATTACK,
+    )  # fmt: skip
+    trades_beta: float | None = option(None, f"TRADES beta (default {_M['trades_beta']:g}).",
+                                       METHOD, low=0)  # fmt: skip
+    mart_beta: float | None = option(None, f"MART beta (default {_M['mart_beta']:g}).", METHOD,
+                                     low=0)  # fmt: skip
+    awp_gamma: float | None = option(
+        None, f"AWP: relative weight perturbation per layer (default {_M['awp_gamma']:g}).",
+        METHOD, positive=True,
+    )  # fmt: skip
+    awp_warmup: int | None = option(
+        None, f"AWP: epochs of plain AT before the perturbation (default {_M['awp_warmup']}).",
+        METHOD, low=0,
+    )  # fmt: skip
+    awp_layers: str | None = option(
+        None, "AWP: weights (tensors with dim > 1, AWP's code) | all (biases too). "
+        f"Default: {_M['awp_layers']}.", METHOD,
+    )  # fmt: skip
+    label_smoothing: float = option(0.0, "Label smoothing of the training loss.", METHOD,
+                                    within="[0, 1)")  # fmt: skip
+    label_noise: float = option(0.0, "Probability of a random label per example and batch.",
+                                METHOD, within="[0, 1]")  # fmt: skip
+    label_noise_classes: str = option(
+        "all", "all: drawn from all K classes (the paper's code) | others: a wrong one.", METHOD
+    )
+    weight_clip: float | None = option(
+        None, "Clamp weights and biases to [-C, C] after every step.", METHOD, positive=True
+    )
+    augment: str | None = option(
+        None, "none | crop-flip | cutout | autoaugment. Default: the dataset's (crop-flip on "
+        "CIFAR, none otherwise).", DATA,
+    )  # fmt: skip
+    entropy_steps: int | None = option(
+        None, "Entropy-SGD: Langevin steps, each on a new batch and attack "
+        f"(default {_M['entropy_steps']}).", OPTIMIZATION, low=1,
+    )  # fmt: skip
+    entropy_lr: float | None = option(
+        None, f"Entropy-SGD: Langevin step size (default {_M['entropy_lr']:g}).", OPTIMIZATION,
+        positive=True,
+    )  # fmt: skip
+    entropy_gamma: float | None = option(
+        None, f"Entropy-SGD: scope (default {_M['entropy_gamma']:g}).", OPTIMIZATION, low=0
+    )
+    entropy_noise: float | None = option(
+        None, f"Entropy-SGD: noise scale (default {_M['entropy_noise']:g}).", OPTIMIZATION, low=0
+    )
+    entropy_alpha: float | None = option(
+        None, "Entropy-SGD: running average mu <- a mu + (1 - a) w' (default "
+        f"{_M['entropy_alpha']:g}).", OPTIMIZATION, within="[0, 1)",
+    )  # fmt: skip
+    extra_data: str | None = option(None, "npz with arrays x, y: pseudo-labelled extra data.",
+                                    DATA, parse="path")  # fmt: skip
+    extra_fraction: float | None = option(
+        None, f"Share of each batch from --extra-data (default {_M['extra_fraction']:g}, the "
+        "paper's code).", DATA, within="(0, 1)",
+    )  # fmt: skip
+    train_examples: int | None = option(
+        None, "Train on the first N training examples only.", DATA, low=1
+    )
+    heldout_attack: str = option(
+        "pgd7x5", "Attack on the held-out split that picks the best epoch.", MEASURE
+    )  # docs/method.md: PGD-7, 5 restarts, on the held-out split
+    heldout_every: int | None = option(
+        None, "Evaluate the held-out split every K epochs (and at the end).", MEASURE, low=1
+    )
+    heldout_examples: int | None = option(
+        None, "First N held-out examples (default: the whole held-out split).", MEASURE, low=1
+    )
+    amp: str = option("none", "none | bf16 (autocast, fp32 master weights).", RUNTIME,
+                      choices=("none", "bf16"))  # fmt: skip
+    compile: str = _compile()
+    seed: int = _seed()
+    world_size: int = dataclasses.field(default=1)  # DDP processes (set by the trainer)
+    save_every: int = option(1, "Checkpoint every K epochs (and at the end).", OUTPUT,
+                             runtime=True, low=1)  # fmt: skip
+    data_dir: str | None = _data_dir()
+    device: str = _device()
 
-    dataset: str = "digits"
-    arch: str | None = None
-    width: int | None = None  # channels of the first layer (small-cnn 32, resnets 64); None: arch's
-    method: str = "at"  # a name in flatcli.training.registry.METHODS
-    epochs: int | None = None  # None: the dataset's; with entropy-sgd divided by entropy_steps
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"  # sgd | entropy-sgd
-    schedule: str = "multistep"  # multistep | cyclic | cosine
-    milestones: tuple[float, ...] | None = None  # epochs (>= 1) or fractions of epochs (< 1)
-    lr_factor: float = 0.1  # multistep decay factor
-    cyclic_peak: float = 0.4  # cyclic: fraction of training at which lr peaks
-    eps: float | None = None
-    norm: str = "linf"
-    attack: str | None = None
-    step_size: float | None = None
-    random_start: bool | None = None
-    attack_point: str | None = None  # best (the paper's code) | final (Madry et al.'s PGD-AT)
-    trades_beta: float | None = None
-    mart_beta: float | None = None
-    awp_gamma: float | None = None
-    awp_warmup: int | None = None
-    awp_layers: str | None = None  # weights (AWP's code) | all (biases too)
-    label_smoothing: float = 0.0
-    label_noise: float = 0.0
-    label_noise_classes: str = "all"  # all: uniform over all K (the code) | others: a wrong label
-    weight_clip: float | None = None
-    augment: str | None = None  # none | crop-flip | cutout | autoaugment
-    entropy_steps: int | None = None
-    entropy_lr: float | None = None
-    entropy_gamma: float | None = None
-    entropy_noise: float | None = None
-    entropy_alpha: float | None = None
-    extra_data: str | None = None  # npz with x, y (pseudo-labelled)
-    extra_fraction: float | None = None
-    train_examples: int | None = None  # first N training examples (None: all)
-    heldout_attack: str = "pgd7x5"  # docs/method.md: PGD-7, 5 restarts, on the held-out split
-    heldout_every: int | None = None
-    heldout_examples: int | None = None
-    amp: str = "none"  # none | bf16 (autocast; fp32 master weights)
-    compile: str = _runtime("auto")  # torch.compile: auto (CUDA only) | on | off
-    seed: int = 0
-    world_size: int = 1  # DDP processes (set by the trainer)
-    save_every: int = _runtime(1)
-    data_dir: str | None = _runtime(None)
-    device: str = _runtime("auto")
+    def validate(self) -> None:  # per-dataset defaults are checked once resolved
+        require(
+            self.method in METHODS,
+            f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}",
+        )
+        validate_fields(self)
+        require(
+            self.batch_size % self.world_size == 0,
+            f"--batch-size {self.batch_size} must be divisible by the {self.world_size} DDP "
+            "processes",
+        )
+        require(
+            self.milestones is None or self.schedule == "multistep",
+            f"--milestones applies to --schedule multistep, not {self.schedule}",
+        )
+        require(
+            self.extra_fraction is None or self.extra_data is not None,
+            "--extra-fraction needs --extra-data",
+        )
 
 
 AVERAGE_XI = 0.5  # docs/method.md: average-case flatness, relative L2 radius
@@ -193,31 +360,62 @@ WORST_XI = 0.00075  # docs/method.md main text and per-epoch code (its supplemen
 
 @dataclass(frozen=True)
 class FlatnessConfig(EvalConfig):
-    """`flatcli flatness`: docs/method.md's flatness of the robust loss.
+    """`flatcli flatness`: docs/method.md's average- and worst-case flatness of the robust loss
+    and the Hessian. `xi=None`: AVERAGE_XI / WORST_XI per measure."""
 
-    Average case: `samples` random offsets on the per-layer relative sphere, the attack re-run on
-    each. Worst case: joint ascent over a weight offset (normalized step `weight_lr`, relative
-    to each layer's norm; 0.01 in the code, 0.001 in the text) and the input (step 0.2229 * eps,
-    or `step_size`), `iterations` steps x `restarts`, by `worst_estimator`: paper (one offset for
-    the set, updated per batch of `weight_batch`, final iterate, unclamped) or per-batch (one
-    offset per batch, best iterate, re-attack, clamped). Hessian: `iterations` Lanczos steps,
-    `samples` Hutchinson probes. `conv_scale`: conv weights multiplied before measuring (the
-    paper's scale-invariance check). `xi=None`: the paper's default per measure (AVERAGE_XI,
-    WORST_XI); eps/n_examples None: the dataset's defaults.
-    """
+    measures: tuple[str, ...] = option(
+        ("average", "worst"), "Repeatable or comma-separated; default: average,worst. "
+        + registries.describe(registries.MEASURES) + ".", MEASURE, param="measure",
+        flags=("--measure", "-m"), parse="names", repeat=True, show_default=False,
+        choices=tuple(registries.MEASURES),
+    )  # fmt: skip
+    xi: tuple[float, ...] | None = option(
+        None, "Relative radius of the weight ball (||nu_l|| <= xi ||w_l|| per layer); repeatable "
+        f"or comma-separated, one row per value. Default: {AVERAGE_XI:g} (average), "
+        f"{WORST_XI:g} (worst).", MEASURE, flags=("--xi",), parse="numbers", repeat=True,
+        show_default=False,
+    )  # fmt: skip
+    samples: int = option(10, "Random offsets per xi (average); Hutchinson probes (hessian).",
+                          MEASURE, low=1)  # fmt: skip
+    attack: str = option(
+        "pgd20x10", "Attack behind the robust loss, re-run on every perturbed model (average): "
+        + _ESTIMATING + ", or pgd<S>x<R>.", ATTACK,
+    )  # fmt: skip
+    iterations: int = option(20, "Steps of the joint worst-case ascent; Lanczos steps (hessian).",
+                             MEASURE, low=1)  # fmt: skip
+    restarts: int = option(10, "Attempts of the worst-case ascent (paper: the max over attempts).",
+                           MEASURE, low=1)  # fmt: skip
+    weight_lr: float = _weight_lr(
+        "Worst case: normalized weight step, relative to ||w_l|| (code 0.01, text 0.001)."
+    )
+    weight_norm: str = option(
+        "l2", "Weight ball: l2 (per layer, docs/method.md) or linf (per element; per-batch only).",
+        MEASURE, flags=("--weight-norm",), menu=True, choices=("l2", "linf"),
+    )  # fmt: skip
+    weight_batch: int = option(
+        128, "Worst case: examples per weight step (paper) or per offset (per-batch).", MEASURE,
+        flags=("--weight-batch",), low=1,
+    )  # fmt: skip
+    worst_estimator: str = option(
+        "paper", registries.describe(registries.WORST_ESTIMATORS) + ".", MEASURE,
+        flags=("--worst-estimator",), menu=True, choices=tuple(registries.WORST_ESTIMATORS),
+    )  # fmt: skip
+    worst_reattack: bool = option(
+        False, "paper estimator: also re-run --attack at the final nu (column reattack_loss; the "
+        "flatness stays the paper's).", MEASURE,
+        flags=("--worst-reattack/--no-worst-reattack",),
+    )  # fmt: skip
+    conv_scale: float = _conv_scale(
+        "Multiply every conv weight by this before measuring (the paper's x0.5 / x2 "
+        "scale-invariance check: flatness stays, lambda_max scales by 1/a^2)."
+    )
 
-    measures: tuple[str, ...] = ("average", "worst")
-    xi: tuple[float, ...] | None = None
-    samples: int = 10
-    attack: str = "pgd20x10"
-    iterations: int = 20
-    restarts: int = 10
-    weight_lr: float = 0.01
-    weight_norm: str = "l2"  # l2: ||nu_l|| <= xi ||w_l||; linf: |nu_i| <= xi |w_i|
-    weight_batch: int = 128
-    worst_estimator: str = "paper"  # paper | per-batch
-    worst_reattack: bool = False  # paper: also re-run the attack at the final nu (a column)
-    conv_scale: float = 1.0
+    def validate(self) -> None:
+        validate_fields(self)
+        require(
+            self.worst_estimator != "paper" or self.weight_norm == "l2",
+            "--worst-estimator paper uses the l2 ball; use --weight-norm l2",
+        )
 
 
 LANDSCAPE_SCALE = {"random": 0.5, "adversarial": 0.025}  # paper: relative direction lengths
@@ -226,33 +424,75 @@ LANDSCAPE_SCALE_MAXABS = {"random": 0.5, "adversarial": 0.01}  # the code's, wit
 
 @dataclass(frozen=True)
 class LandscapeConfig(EvalConfig):
-    """`flatcli landscape`: docs/method.md's landscapes of the robust (and clean) loss.
+    """`flatcli landscape`: docs/method.md's landscapes of the robust and clean loss along weight
+    directions. `range`, `n_directions`, `scale` None: per direction kind (the help texts)."""
 
-    Robust and clean loss at w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D) on a `steps` (x
-    `steps`) grid over `range`, for `n_directions` directions (planes in 2-D) of kind `directions`:
-    random | adversarial (the weight attack on the `adversarial_loss`, clean as the code or robust,
-    radius `adversarial_xi`, `adversarial_iterations` steps of `weight_lr`) | hessian (top
-    eigenvectors, `iterations` subspace steps) | interpolate (d = w_to - w). `normalization`:
-    layer (each d_l to s ||w_l||, the paper) | layer-maxabs (d_l s max|w_l| / max|d_l|, the code) |
-    filter | none; `scale` s None: 0.5 random, 0.025 adversarial (0.01 with layer-maxabs), 1
-    hessian; interpolate is never rescaled. n_examples None: 128 (docs/method.md).
-    """
+    n_examples: int | None = option(
+        128, "First N examples of the split (paper: 128).", INPUTS, positive=True
+    )  # docs/method.md: one batch of 128 test examples
+    directions: str = option(
+        "random", registries.describe(registries.DIRECTIONS) + ".", MEASURE, menu=True,
+        choices=tuple(registries.DIRECTIONS),
+    )  # fmt: skip
+    dims: int = option(1, "1: a line per direction; 2: a steps x steps plane.", MEASURE,
+                       choices=(1, 2))  # fmt: skip
+    steps: int = option(51, "Grid points per axis (>= 2).", MEASURE, low=2)
+    range: tuple[float, float] | None = option(
+        None, "MIN,MAX of alpha (and beta). Default: -1,1; 0,1 for interpolate.", MEASURE,
+        flags=("--range",), parse="pair", show_default=False,
+    )  # fmt: skip
+    n_directions: int | None = option(
+        None, "Directions (planes in 2-D), one work unit each. Default: 10 in 1-D, 1 in 2-D.",
+        MEASURE, flags=("--n-directions",), low=1, show_default=False,
+    )  # fmt: skip
+    normalization: str = option(
+        "layer", registries.describe(registries.NORMALIZATIONS)
+        + " (normalization layers are never directions).", MEASURE, menu=True,
+        choices=tuple(registries.NORMALIZATIONS),
+    )  # fmt: skip
+    scale: float | None = option(
+        None, "Relative length s of the directions. Default: 0.5 random, 0.025 adversarial "
+        "(docs/method.md; 0.01 with layer-maxabs, the code), 1 hessian.", MEASURE,
+        parse="number", positive=True, show_default=False,
+    )  # fmt: skip
+    loss: str = option(
+        "both", "robust (re-runs --attack at every point; clean comes free) | clean | both.",
+        MEASURE, choices=LOSSES,
+    )  # fmt: skip
+    attack: str = option(
+        "pgd20x10", "Attack behind the robust loss: a pgd preset, pgd<S>x<R>, or apgd-ce.", ATTACK
+    )
+    to: str | None = option(None, "interpolate: the checkpoint at alpha = 1.", INPUTS,
+                            flags=("--to",), parse="path", show_default=False)  # fmt: skip
+    iterations: int = option(20, "hessian: subspace-iteration steps.", MEASURE, low=1)
+    weight_lr: float = _weight_lr("adversarial: normalized weight step, relative to ||w_l||.")
+    adversarial_loss: str = option(
+        "clean", "adversarial: " + registries.describe(registries.ADVERSARIAL_LOSSES) + ".",
+        MEASURE, flags=("--adversarial-loss",), menu=True,
+        choices=tuple(registries.ADVERSARIAL_LOSSES),
+    )  # fmt: skip
+    adversarial_xi: float = option(
+        0.005, "adversarial: radius of the weight attack (relative, per layer; the code's 0.005).",
+        MEASURE, flags=("--adversarial-xi",),
+    )  # fmt: skip
+    adversarial_iterations: int = option(
+        7, "adversarial: steps of the weight attack (the code's 7).", MEASURE,
+        flags=("--adversarial-iterations",), low=1,
+    )  # fmt: skip
+    conv_scale: float = _conv_scale(
+        "Multiply every conv weight by this first (the paper's scale-invariance check)."
+    )
+    point_batch: int = option(
+        1, "Grid points evaluated in one stacked pass (torch.func.vmap; same results up to "
+        "float rounding). Needs an attack that attacks every example (pgd*, apgd-ce). "
+        "On CPU 1 is fastest (benchmarks/landscape_speed.py).", RUNTIME, runtime=True, low=1,
+    )  # fmt: skip
 
-    n_examples: int | None = 128  # docs/method.md: one batch of 128 test examples
-    directions: str = "random"
-    dims: int = 1
-    steps: int = 51
-    range: tuple[float, float] | None = None  # None: (-1, 1); (0, 1) for interpolate
-    n_directions: int | None = None  # None: 10 in 1-D, 1 plane in 2-D
-    normalization: str = "layer"  # layer | layer-maxabs | filter | none
-    scale: float | None = None
-    loss: str = "both"  # robust | clean | both
-    attack: str = "pgd20x10"
-    to: str | None = None  # interpolate: the other checkpoint
-    iterations: int = 20
-    weight_lr: float = 0.01
-    adversarial_loss: str = "clean"  # the code's adversarial directions: clean-loss weight attack
-    adversarial_xi: float = 0.005  # the code's weight-attack radius for directions
-    adversarial_iterations: int = 7  # the code's weight-attack steps for directions
-    conv_scale: float = 1.0
-    point_batch: int = _runtime(1)  # grid points per stacked pass (results equal up to rounding)
+    def validate(self) -> None:
+        validate_fields(self)
+        lo, hi = self.range or (0.0, 1.0)
+        require(lo < hi, f"--range {lo:g},{hi:g}: MIN must be smaller than MAX")
+        interpolate = self.directions == "interpolate"
+        needs_to = "--directions interpolate needs --to CKPT (the other end)"
+        require(not interpolate or self.to, needs_to)
+        require(interpolate or self.to is None, "--to is only used with --directions interpolate")
