@@ -1,14 +1,8 @@
 """The public Python API for notebooks and scripts: the measures as DataFrames, and the readers.
 
-from flatcli import api
-df = api.attack("sample_checkpoints/at", attacks="pgd20x10", n_examples=100)
-flat = api.flatness("sample_checkpoints/at", out="out", measures="average", samples=3)
-model = api.load_model("sample_checkpoints/at/epoch_0010.safetensors")   # eval mode, [0, 1] inputs
-x, y = api.load_examples("digits", "test", 200)
-
-`attack`, `flatness` and `landscape` take the fields of AttackConfig, FlatnessConfig and
-LandscapeConfig (flatcli.config) as keywords, the CLI options of the same name (`--n-examples` is
-`n_examples`), and run the CLI's code path: config -> resolve -> measure -> sweep.run.
+`attack`, `flatness` and `landscape` take their config's fields as keywords (`n_examples=100`,
+`eps="8/255"`) and run the CLI's path: kwargs -> config -> validate -> resolve -> sweep.run.
+Examples in README.md.
 """
 
 from __future__ import annotations
@@ -17,14 +11,13 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from pathlib import Path
 
-from flatcli import checkpoints, data, tables
+from flatcli import checkpoints, data, fields, tables
+from flatcli.config import AttackConfig, FlatnessConfig, LandscapeConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 
 PathLike = str | os.PathLike
-_CLI_NAMES = {"measure": "measures"}  # CLI option -> config field, where they differ
 
 
 def load_model(
@@ -76,23 +69,7 @@ def attack(
     checkpoints already written for the same configuration are read back, not recomputed), else
     computed in a temporary directory that is removed. `on_event` receives sweep.SweepEvent's.
     """
-    from flatcli import evaluation
-    from flatcli.config import AttackConfig
-
-    return _measure(
-        "attack",
-        AttackConfig,
-        evaluation.resolve_attack_config,
-        lambda config, refs: refs,
-        evaluation.attack_measure,
-        paths,
-        out,
-        force,
-        shard,
-        on_event,
-        options,
-    )
-
+    return _measure("attack", paths, out, force, shard, on_event, options)
 
 def flatness(
     paths: PathLike | Sequence[PathLike],
@@ -108,23 +85,7 @@ def flatness(
     `options` are FlatnessConfig fields (e.g. `measures="average"`, `xi=0.5`, `samples=10`,
     `attack="pgd20x10"`); `out`, `force`, `shard`, `on_event` as in `attack`.
     """
-    from flatcli import flatness as core
-    from flatcli.config import FlatnessConfig
-
-    return _measure(
-        "flatness",
-        FlatnessConfig,
-        core.resolve_flatness_config,
-        lambda config, refs: refs,
-        core.flatness_measure,
-        paths,
-        out,
-        force,
-        shard,
-        on_event,
-        options,
-    )
-
+    return _measure("flatness", paths, out, force, shard, on_event, options)
 
 def landscape(
     paths: PathLike | Sequence[PathLike],
@@ -141,50 +102,50 @@ def landscape(
     `steps=21`, `range=(-1, 1)`); `out`, `force`, `shard`, `on_event` as in `attack`. No figures
     are drawn (the CLI's `--plot` draws them from the same rows).
     """
-    from flatcli import landscape as core
-    from flatcli.config import LandscapeConfig
-
-    return _measure(
-        "landscape",
-        LandscapeConfig,
-        core.resolve_landscape_config,
-        lambda config, refs: core.units(refs, config.n_directions),
-        core.landscape_measure,
-        paths,
-        out,
-        force,
-        shard,
-        on_event,
-        options,
-    )
-
+    return _measure("landscape", paths, out, force, shard, on_event, options)
 
 def make_config(config_type, **options):
-    """A config dataclass from keyword values as a script writes them: `"8/255"` or 0.0314 for a
-    float, `"pgd10,aa-lite"` or a list for a tuple, a Path for a str. Unknown names are a
-    UsageError naming the valid ones. `measure=` (the CLI's --measure) is accepted for
-    `measures=`."""
-    fields = {f.name: f for f in dataclasses.fields(config_type)}
-    for cli_name, field_name in _CLI_NAMES.items():  # the CLI's spelling works too
-        if cli_name in options and cli_name not in fields and field_name in fields:
+    """A validated config from keyword values as a script writes them: `"8/255"` or 0.0314 for
+    a float, `"pgd10,aa-lite"` or a list for a tuple, a Path for a str. Unknown names are a
+    UsageError naming the valid ones; the CLI's spelling (`measure=` for `measures=`) works too."""
+    names = {f.name for f in dataclasses.fields(config_type)}
+    for cli_name, field_name in fields.parameters(config_type).items():
+        if cli_name != field_name and cli_name in options and cli_name not in names:
             if field_name in options:
                 raise UsageError(f"give {field_name} or {cli_name}, not both")
             options[field_name] = options.pop(cli_name)
-    unknown = sorted(set(options) - set(fields))
+    unknown = sorted(set(options) - names)
     if unknown:
         raise UsageError(
-            f"{config_type.__name__} has no option {unknown[0]!r}; choose from " + ", ".join(fields)
+            f"{config_type.__name__} has no option {unknown[0]!r}; choose from " + ", ".join(names)
         )
-    values = {name: _coerce(name, value, str(fields[name].type)) for name, value in options.items()}
-    return config_type(**values)
+    return fields.make(config_type, options, cli=False)
 
 
-def _measure(
-    table, config_type, resolve, units_of, measure_of, paths, out, force, shard, on_event, options
-):
+def _command(table: str):
+    """(config type, resolve, units, measure builder) of a measuring command; torch on use."""
+    if table == "attack":
+        from flatcli import evaluation
+
+        return (AttackConfig, evaluation.resolve_attack_config, lambda config, refs: refs,
+                evaluation.attack_measure)  # fmt: skip
+    if table == "flatness":
+        from flatcli import flatness
+
+        return (FlatnessConfig, flatness.resolve_flatness_config, lambda config, refs: refs,
+                flatness.flatness_measure)  # fmt: skip
+    from flatcli import landscape
+
+    return (LandscapeConfig, landscape.resolve_landscape_config,
+            lambda config, refs: landscape.units(refs, config.n_directions),
+            landscape.landscape_measure)  # fmt: skip
+
+
+def _measure(table, paths, out, force, shard, on_event, options):
     """The CLI's runner without the terminal (cli/runner.py): resolve, sweep, rows -> DataFrame."""
     from flatcli import runtime, sweep
-    from flatcli.config import config_hash
+
+    config_type, resolve, units_of, measure_of = _command(table)
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -208,35 +169,3 @@ def _measure(
         others = f" (and {len(summary.failed) - 1} more)" if len(summary.failed) > 1 else ""
         raise CheckpointError(f"{ref.path}: {message}{others}")
     return tables.to_arrow(summary.rows, table).to_pandas()
-
-
-def _coerce(name: str, value, annotation: str):
-    if value is None:
-        return None
-    if annotation.startswith("tuple"):
-        if isinstance(value, str):
-            items = [i.strip() for i in value.split(",") if i.strip()]
-        elif isinstance(value, (int, float)):
-            items = [value]
-        else:
-            items = list(value)
-        if "float" in annotation:
-            return tuple(_number(name, i) for i in items)
-        return tuple(str(i) for i in items)
-    if isinstance(value, os.PathLike):
-        return str(value)
-    if annotation.startswith("float") and isinstance(value, (str, int)):
-        return _number(name, value)
-    return value
-
-
-def _number(name: str, value) -> float:
-    """`8/255`, "0.0314" or 0.0314 -> float, as the CLI's --eps parses it."""
-    if isinstance(value, bool):
-        raise UsageError(f"{name}={value!r} is not a number")
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(Fraction(str(value).replace(" ", "")))
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{name}={value!r} is not a number or a fraction like 8/255") from None

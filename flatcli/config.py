@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 from flatcli import registries
@@ -30,7 +31,7 @@ from flatcli.fields import (
 from flatcli.training.registry import METHODS, method_help
 
 NORMS = ("linf", "l2")
-SPLITS = ("test", "train", "heldout")
+SPLITS = ("train", "test", "heldout")
 PRECISIONS = ("fp32", "tf32", "bf16")  # flatcli.attacks.precision.PRECISIONS
 COMPILE_POLICIES = ("auto", "on", "off")  # flatcli.compilation.COMPILE_CHOICES
 LOSSES = ("robust", "clean", "both")
@@ -110,7 +111,7 @@ class EvalConfig:
     data_dir: str | None = _data_dir()
     device: str = _device()
     batch_size: int = option(512, "Examples per batch (halved automatically on out-of-memory).",
-                             RUNTIME, runtime=True, metavar="N", low=1)  # fmt: skip
+                             RUNTIME, runtime=True, metavar="N", low=1, min=1)  # fmt: skip
     precision: str = option(
         "fp32", "What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
         "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
@@ -212,7 +213,7 @@ class TrainConfig:
         None, "Channels of the first layer (small-cnn 32, preact-resnet18/resnet18 64).", METHOD,
         low=1,
     )  # fmt: skip
-    method: str = option("at", method_help() + ".", METHOD)
+    method: str = option("at", method_help() + ".", METHOD, choices=tuple(METHODS))
     epochs: int | None = option(
         None, "Epochs. Default: the dataset's (digits 100, else 150), divided by --entropy-steps "
         "with entropy-sgd (equal compute, as the paper's code). A finished run is extended to "
@@ -334,10 +335,6 @@ class TrainConfig:
     device: str = _device()
 
     def validate(self) -> None:  # per-dataset defaults are checked once resolved
-        require(
-            self.method in METHODS,
-            f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}",
-        )
         validate_fields(self)
         require(
             self.batch_size % self.world_size == 0,
@@ -491,6 +488,7 @@ class LandscapeConfig(EvalConfig):
     def validate(self) -> None:
         validate_fields(self)
         lo, hi = self.range or (0.0, 1.0)
+        require(math.isfinite(lo + hi), f"--range {lo:g},{hi:g}: expected two finite numbers")
         require(lo < hi, f"--range {lo:g},{hi:g}: MIN must be smaller than MAX")
         interpolate = self.directions == "interpolate"
         needs_to = "--directions interpolate needs --to CKPT (the other end)"

@@ -48,6 +48,7 @@ def resolve_dataset(refs: Sequence, explicit: str | None) -> str:
 
 def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:
     """Fill the dataset's defaults (dataset, eps, n_examples) and validate everything cheaply."""
+    config.validate()
     resolved = resolve_common(config, refs)
     for name in resolved.attacks:  # unknown names and a missing AutoAttack fail before work
         build_attack(

@@ -28,7 +28,8 @@ def option(default, help: str, panel: str, *, runtime=False, added=False, **cli)
     `cli` keys: flags (names, default --field-name), param (the CLI parameter's name where it is
     not the field's), metavar, show_default, envvar, menu (click shows and checks `choices`),
     choices, parse (number | numbers | names | pair | path: how text becomes the value),
-    repeat (the option may be given several times), positive, low (>= low), within ("[0, 1)").
+    repeat (the option may be given several times), positive, low (>= low), within ("[0, 1)"),
+    min (click's own range check, shown in --help).
     """
     meta = {"help": help, "panel": panel, **cli}
     if runtime:
@@ -36,6 +37,15 @@ def option(default, help: str, panel: str, *, runtime=False, added=False, **cli)
     if added:
         meta["hash_unless"] = default
     return dataclasses.field(default=default, metadata=meta)
+
+
+def parameters(config_type) -> dict[str, str]:
+    """CLI parameter name -> field name, for every field that is an option."""
+    return {
+        f.metadata.get("param", f.name): f.name
+        for f in dataclasses.fields(config_type)
+        if "help" in f.metadata
+    }
 
 
 def flag(f: dataclasses.Field) -> str:
@@ -146,7 +156,8 @@ def _check_value(f: dataclasses.Field, kind, value) -> None:
         for item in value if isinstance(value, tuple) else (value,):
             if item not in choices:
                 listed = ", ".join(str(c) for c in choices)
-                raise UsageError(f"{name} {item!r}: choose one of {listed}")
+                noun = name.lstrip("-").replace("-", " ")
+                raise UsageError(f"unknown {noun} {item!r}; {name} takes one of {listed}")
         if isinstance(value, tuple) and not value:
             raise UsageError(f"{name}: give at least one of " + ", ".join(choices))
     if meta.get("positive") and not (value > 0 and math.isfinite(value)):

@@ -252,29 +252,9 @@ def _robust_measures(measures) -> bool:
 
 def resolve_flatness_config(config: FlatnessConfig, refs: Sequence) -> FlatnessConfig:
     """Fill the dataset's defaults and validate every option cheaply, before any work."""
+    config.validate()
     measures = tuple(dict.fromkeys(config.measures))
-    if not measures:
-        raise UsageError("--measure: give at least one of " + ", ".join(MEASURES))
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown:
-        raise UsageError(f"unknown measure {unknown[0]!r}; choose from {', '.join(MEASURES)}")
     xi = None if config.xi is None else tuple(_xi_list(config.xi))
-    for name, value, low in [
-        ("samples", config.samples, 1),
-        ("iterations", config.iterations, 1),
-        ("restarts", config.restarts, 1),
-        ("weight-batch", config.weight_batch, 1),
-    ]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise UsageError(f"--{name} must be an integer >= {low}, got {value}")
-    if not (config.weight_lr > 0 and math.isfinite(config.weight_lr)):
-        raise UsageError(f"--weight-lr must be positive, got {config.weight_lr:g}")
-    if config.worst_estimator not in ESTIMATORS:
-        raise UsageError(
-            f"--worst-estimator {config.worst_estimator!r}: choose {', '.join(ESTIMATORS)}"
-        )
-    if config.worst_estimator == "paper" and config.weight_norm != "l2":
-        raise UsageError("--worst-estimator paper uses the l2 ball; use --weight-norm l2")
     weights.ball_named(config.weight_norm)
     weights.check_conv_scale(config.conv_scale)
     resolved = evaluation.resolve_common(config, refs)

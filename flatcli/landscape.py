@@ -238,45 +238,16 @@ def _layer_shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
 def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> LandscapeConfig:
     """Fill the defaults (dataset, eps, range, n_directions) and validate every option before
     any work; for interpolation, load both ends and check that the architectures match."""
-    if config.directions not in KINDS:
-        raise UsageError(f"--directions {config.directions!r}: choose {', '.join(KINDS)}")
-    if isinstance(config.dims, bool) or config.dims not in (1, 2):
-        raise UsageError(f"--dims {config.dims}: landscapes are 1-D or 2-D (1 or 2)")
-    _int(config.steps, "steps", 2)
-    _int(config.iterations, "iterations", 1)
-    _int(config.point_batch, "point-batch", 1)
-    if config.normalization not in NORMALIZATIONS:
-        raise UsageError(
-            f"--normalization {config.normalization!r}: choose {', '.join(NORMALIZATIONS)}"
-        )
-    if config.adversarial_loss not in ADVERSARIAL_LOSSES:
-        raise UsageError(f"--adversarial-loss {config.adversarial_loss!r}: choose clean or robust")
+    config.validate()
     weights.check_xi(config.adversarial_xi)
-    _int(config.adversarial_iterations, "adversarial-iterations", 1)
     weights.check_conv_scale(config.conv_scale)
-    if config.loss not in LOSSES:
-        raise UsageError(f"--loss {config.loss!r}: choose robust, clean or both")
-    if config.scale is not None and not (config.scale > 0 and math.isfinite(config.scale)):
-        raise UsageError(f"--scale must be a positive number, got {config.scale:g}")
-    if not (config.weight_lr > 0 and math.isfinite(config.weight_lr)):
-        raise UsageError(f"--weight-lr must be positive, got {config.weight_lr:g}")
     interpolate = config.directions == "interpolate"
     span = config.range if config.range is not None else ((0.0, 1.0) if interpolate else (-1, 1))
-    if len(span) != 2 or not all(math.isfinite(v) for v in span):
-        raise UsageError(f"--range {span}: expected two finite numbers MIN,MAX")
-    if not span[0] < span[1]:
-        raise UsageError(f"--range {span[0]:g},{span[1]:g}: MIN must be smaller than MAX")
     n_dirs = config.n_directions
     if n_dirs is None:
         n_dirs = 1 if (interpolate or config.dims == 2) else 10
-    _int(n_dirs, "n-directions", 1)
-    if interpolate:
-        if config.to is None:
-            raise UsageError("--directions interpolate needs --to CKPT (the other end)")
-        if config.dims != 1 or n_dirs != 1:
-            raise UsageError("--directions interpolate is one line: use --dims 1 --n-directions 1")
-    elif config.to is not None:
-        raise UsageError("--to is only used with --directions interpolate")
+    if interpolate and (config.dims != 1 or n_dirs != 1):
+        raise UsageError("--directions interpolate is one line: use --dims 1 --n-directions 1")
     resolved = evaluation.resolve_common(config, refs)
     resolved = dataclasses.replace(
         resolved,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flatcli.cli import options as o
 from flatcli.cli.runner import run_command
+from flatcli.config import AttackConfig
 
 SUMMARY = [
     "run",
@@ -18,30 +19,8 @@ SUMMARY = [
 ]
 
 
-def attack(
-    paths: o.Paths,
-    out: o.Out,
-    dataset: o.Dataset = None,
-    split: o.SplitOpt = o.Split.test,
-    n_examples: o.NExamples = None,
-    eps: o.Eps = None,
-    norm: o.NormOpt = o.Norm.linf,
-    attacks: o.Attacks = "pgd20x10,aa-lite",
-    step_size: o.StepSize = None,
-    seed: o.Seed = 0,
-    arch: o.Arch = None,
-    normalize: o.Normalize = None,
-    data_dir: o.DataDir = None,
-    device: o.Device = "auto",
-    batch_size: o.BatchSize = 512,
-    precision: o.PrecisionOpt = o.Precision.fp32,
-    compile: o.CompileOpt = o.Compile.auto,
-    fmt: o.FormatOpt = o.Format.table,
-    quiet: o.Quiet = False,
-    force: o.Force = False,
-    dry_run: o.DryRun = False,
-    shard: o.ShardOpt = None,
-):
+@o.command(AttackConfig)
+def attack(config: AttackConfig, sweep: o.Sweep):
     """Clean and robust error and robust loss of every checkpoint; writes OUT/attack.
 
     Robust loss (nats) is the mean over examples of the largest cross-entropy PGD finds (worst
@@ -51,37 +30,14 @@ def attack(
     Example: flatcli attack sample_checkpoints --out out --attacks pgd20x10 --n-examples 200
     """
     from flatcli import checkpoints, evaluation
-    from flatcli.config import AttackConfig
 
-    config = AttackConfig(
-        dataset=dataset,
-        split=split.value,
-        n_examples=n_examples,
-        eps=o.parse_eps(eps),
-        norm=norm.value,
-        attacks=tuple(o.csv_list(attacks)),
-        step_size=o.parse_eps(step_size, "--step-size"),
-        seed=seed,
-        arch=arch,
-        normalize=normalize,
-        data_dir=None if data_dir is None else str(data_dir),
-        device=device,
-        batch_size=batch_size,
-        precision=precision.value,
-        compile=compile.value,
-    )
-    refs = checkpoints.discover(paths)
+    refs = checkpoints.discover(sweep.paths)
     config = evaluation.resolve_attack_config(config, refs)
     run_command(
-        table="attack",
-        units=refs,
-        config=config,
-        out=out,
-        shard=shard,
-        force=force,
-        dry_run=dry_run,
-        fmt=fmt,
-        quiet=quiet,
+        "attack",
+        refs,
+        config,
+        sweep,
         summary_columns=SUMMARY,
         describe=lambda device, n: (
             f"{n} checkpoint(s), {config.dataset} {config.split} n={config.n_examples}, "

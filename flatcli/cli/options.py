@@ -1,20 +1,24 @@
-"""Options shared by the subcommands, declared once (Typer `Annotated` aliases) and their parsers.
+"""The commands' options: built from the config fields' metadata (flatcli.fields.option) by
+`command`, plus the sweep options every evaluation command shares, declared once here.
 
 Nothing here imports torch: `flatcli --help` must stay fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import os
+import typing
 from enum import Enum
-from fractions import Fraction
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flatcli.attacks.presets import PRESETS
-from flatcli.errors import UsageError
+from flatcli import fields
+from flatcli.fields import OUTPUT
 
 
 class Format(str, Enum):
@@ -23,57 +27,6 @@ class Format(str, Enum):
     json = "json"
     jsonl = "jsonl"
 
-
-class Norm(str, Enum):
-    linf = "linf"
-    l2 = "l2"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    tf32 = "tf32"
-    bf16 = "bf16"
-
-
-class Compile(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class Split(str, Enum):
-    train = "train"
-    test = "test"
-    heldout = "heldout"
-
-
-def parse_eps(text: str | None, option: str = "--eps") -> float | None:
-    """`8/255`, `0.0314` or `1e-2` -> float; None (option not given) -> None; anything else is a
-    usage error (one line) naming `option`."""
-    if text is None:
-        return None
-    try:
-        if "/" in text:
-            num, den = text.split("/")
-            return float(Fraction(num.strip()) / Fraction(den.strip()))
-        return float(text)
-    except ZeroDivisionError:
-        raise UsageError(f"{option} {text}: division by zero") from None
-    except ValueError:
-        raise UsageError(f"{option} {text!r} is not a number or a fraction like 8/255") from None
-
-
-def csv_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-# Help panels, spelled the same in every command (train adds Method, Optimization, Data).
-INPUTS = "Inputs"
-THREAT = "Threat model"
-ATTACK = "Attack"
-MEASURE = "Measure"
-OUTPUT = "Output"
-RUNTIME = "Runtime"
 
 Paths = Annotated[
     list[Path],
@@ -91,124 +44,6 @@ Out = Annotated[
         metavar="DIR",
         help="Output directory; tables go to OUT/<table>/.",
         rich_help_panel=OUTPUT,
-    ),
-]
-Dataset = Annotated[
-    str | None,
-    typer.Option(
-        metavar="NAME",
-        help="digits (bundled), cifar10, cifar100, svhn, mnist, fashion-mnist, or npz:PATH.",
-        show_default="the checkpoints' flatcli metadata",
-        rich_help_panel=INPUTS,
-    ),
-]
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        envvar="FLATCLI_DATA_DIR",
-        metavar="DIR",
-        help="Root of the torchvision-layout data folders (never downloaded).",
-        rich_help_panel=INPUTS,
-    ),
-]
-SplitOpt = Annotated[
-    Split,
-    typer.Option(
-        help="test (without the held-out part), train, or heldout.", rich_help_panel=INPUTS
-    ),
-]
-NExamples = Annotated[
-    int | None,
-    typer.Option(
-        metavar="N",
-        help="First N examples of the split.",
-        show_default="1000, or the whole split if smaller",
-        rich_help_panel=INPUTS,
-    ),
-]
-Eps = Annotated[
-    str | None,
-    typer.Option(
-        metavar="EPS",
-        help="Radius, e.g. 8/255 or 0.0314 (the exact float is stored).",
-        show_default="checkpoint's training eps, else the dataset's",
-        rich_help_panel=THREAT,
-    ),
-]
-StepSize = Annotated[
-    str | None,
-    typer.Option(
-        metavar="STEP",
-        help="Absolute PGD step size, e.g. 2/255.",
-        show_default="the preset's ratio times eps",
-        rich_help_panel=ATTACK,
-    ),
-]
-NormOpt = Annotated[
-    Norm, typer.Option(help="Threat model of the input perturbation.", rich_help_panel=THREAT)
-]
-Seed = Annotated[
-    int,
-    typer.Option(
-        metavar="INT",
-        help="Seed; every checkpoint derives its own generator from it.",
-        rich_help_panel=RUNTIME,
-    ),
-]
-Device = Annotated[
-    str,
-    typer.Option(
-        envvar="FLATCLI_DEVICE",
-        metavar="DEVICE",
-        help="auto | cpu | cuda | cuda:N.",
-        rich_help_panel=RUNTIME,
-    ),
-]
-PrecisionOpt = Annotated[
-    Precision,
-    typer.Option(
-        help="What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
-        "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
-        "weights stay fp32. tf32/bf16 need a pgd attack. Part of the configuration.",
-        rich_help_panel=RUNTIME,
-    ),
-]
-CompileOpt = Annotated[
-    Compile,
-    typer.Option(
-        "--compile",
-        help="torch.compile the model: auto (on CUDA only), on, off. Results equal eager up to "
-        "float rounding; compile time is reported on stderr. Not part of the configuration.",
-        rich_help_panel=RUNTIME,
-    ),
-]
-BatchSize = Annotated[
-    int,
-    typer.Option(
-        metavar="N",
-        help="Examples per batch (halved automatically on out-of-memory).",
-        min=1,
-        rich_help_panel=RUNTIME,
-    ),
-]
-Arch = Annotated[
-    str | None,
-    typer.Option(
-        metavar="ARCH",
-        help="Architecture of foreign checkpoints (e.g. preact-resnet18, resnet18, wrn-34-10).",
-        show_default="the checkpoint's flatcli metadata",
-        rich_help_panel=INPUTS,
-    ),
-]
-Normalize = Annotated[
-    str | None,
-    typer.Option(
-        metavar="NAME|MEAN,STD",
-        help="Input normalization of foreign checkpoints: cifar10 | cifar100 | svhn | none | "
-        "MEAN,STD (per channel: m1,m2,m3,s1,s2,s3).",
-        show_default="the checkpoint's flatcli metadata, else none",
-        rich_help_panel=INPUTS,
     ),
 ]
 FormatOpt = Annotated[
@@ -253,14 +88,132 @@ ShardOpt = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
-Attacks = Annotated[
-    str,
-    typer.Option(
-        metavar="PRESETS",
-        help="Comma-separated presets: " + ", ".join(PRESETS) + ", or pgd<S>x<R>.",
-        rich_help_panel=ATTACK,
-    ),
-]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """The options of every evaluation command that are not configuration: where the
+    checkpoints are, where rows go, how they are printed, which shard, recompute or not."""
+
+    paths: list[Path]
+    out: Path
+    fmt: Format = Format.table
+    quiet: bool = False
+    force: bool = False
+    dry_run: bool = False
+    shard: str | None = None
+
+
+_SWEEP_LEADING = {"paths": Paths, "out": Out}
+_SWEEP_TRAILING = {
+    "fmt": FormatOpt,
+    "quiet": Quiet,
+    "force": Force,
+    "dry_run": DryRun,
+    "shard": ShardOpt,
+}
+
+
+@functools.cache
+def _menu(name: str, choices: tuple) -> type[Enum]:
+    """A str Enum of `choices` (click shows and checks them), one class per field."""
+    title = "".join(part.title() for part in name.split("_"))
+    return Enum(title, {str(c): str(c) for c in choices}, type=str)
+
+
+def menu(config_type, name: str) -> type[Enum]:
+    """The Enum that a menu field's option parses into (its choices, in order)."""
+    f = next(f for f in dataclasses.fields(config_type) if f.name == name)
+    return _menu(name, tuple(f.metadata["choices"]))
+
+
+def _cli_type_and_default(f: dataclasses.Field, annotation):
+    """The type Typer parses a field's option as, and the option's default in that type."""
+    meta, default = f.metadata, f.default
+    if meta.get("menu"):
+        enum = _menu(f.name, tuple(meta["choices"]))
+        return enum, enum(default)
+    parse = meta.get("parse")
+    if meta.get("repeat"):  # None: not given, so the field's default
+        return list[str] | None, None
+    if parse == "path":
+        return Path | None, None
+    if parse in ("names", "numbers") and default is not None:
+        return str, ",".join(str(v) for v in default)
+    if parse is not None:
+        return str | None, None if default is None else str(default)
+    return annotation, default
+
+
+def field_parameters(config_type) -> list[inspect.Parameter]:
+    """One Typer option per config field that has a help text, in the fields' order."""
+    hints = typing.get_type_hints(config_type)
+    params = []
+    for f in dataclasses.fields(config_type):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        cli_type, default = _cli_type_and_default(f, hints[f.name])
+        extra = {k: meta[k] for k in ("metavar", "show_default", "envvar", "min") if k in meta}
+        info = typer.Option(
+            *meta.get("flags", ()), help=meta["help"], rich_help_panel=meta["panel"], **extra
+        )
+        params.append(
+            inspect.Parameter(
+                meta.get("param", f.name),
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[cli_type, info],
+                default=default,
+            )
+        )
+    return params
+
+
+def command(config_type, *, sweep: bool = True):
+    """Decorator: `fn(config, [sweep,] **own)` becomes a Typer command whose options are the
+    config's fields (metadata in flatcli.config), the shared sweep options when `sweep`
+    (CHECKPOINTS..., --out first; --format, --quiet, --force, --dry-run, --shard last) and
+    `fn`'s own keyword parameters. `fn` gets the parsed, validated config and a `Sweep`."""
+
+    def wrap(fn):
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())
+        own = [p for p in own if p.name not in ("config", "sweep")]
+        first = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a)
+            for n, a in (_SWEEP_LEADING.items() if sweep else ())
+        ]
+        last = [
+            inspect.Parameter(
+                n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=_sweep_default(n)
+            )
+            for n, a in (_SWEEP_TRAILING.items() if sweep else ())
+        ]
+        own_kw = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        positional = [p for p in own_kw if p.default is inspect.Parameter.empty]
+        keyword = [p for p in own_kw if p.default is not inspect.Parameter.empty]
+        params = [*first, *positional, *field_parameters(config_type), *keyword, *last]
+        to_field = fields.parameters(config_type)
+        sweep_names = {p.name for p in (*first, *last)}
+
+        @functools.wraps(fn)
+        def run(**kwargs):
+            given = {to_field[n]: kwargs.pop(n) for n in list(kwargs) if n in to_field}
+            config = fields.make(
+                config_type, {k: v for k, v in given.items() if v is not None}, cli=True
+            )
+            extra = {"sweep": Sweep(**{n: kwargs.pop(n) for n in sweep_names})} if sweep else {}
+            return fn(config=config, **extra, **kwargs)
+
+        del run.__wrapped__  # Typer reads the built signature, not fn's
+        run.__signature__ = inspect.Signature(params)
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return wrap
+
+
+def _sweep_default(name: str):
+    return next(f.default for f in dataclasses.fields(Sweep) if f.name == name)
 
 
 def debug_enabled() -> bool:
