@@ -215,7 +215,8 @@ class TrainConfig:
     )  # fmt: skip
     method: str = option("at", method_help() + ".", METHOD, choices=tuple(METHODS))
     epochs: int | None = option(
-        None, "Epochs. Default: the dataset's (digits 100, else 150), divided by --entropy-steps "
+        None, f"Epochs. Default: the dataset's (digits {TRAIN_DEFAULTS['digits'].epochs}, else "
+        f"{TrainDefaults.epochs}), divided by --entropy-steps "
         "with entropy-sgd (equal compute, as the paper's code). A finished run is extended to "
         "more epochs when its schedule allows.", OPTIMIZATION, low=1,
     )  # fmt: skip
@@ -238,7 +239,8 @@ class TrainConfig:
     cyclic_peak: float = option(0.4, "cyclic: fraction of training at the peak lr.", OPTIMIZATION,
                                 within="(0, 1)")  # fmt: skip
     eps: float | None = option(
-        None, "Radius, e.g. 8/255 or 0.0314. Default: the dataset's training eps (digits 0.15). "
+        None, "Radius, e.g. 8/255 or 0.0314. Default: the dataset's training eps (digits "
+        f"{TRAIN_DEFAULTS['digits'].eps:g}). "
         "Clean runs are evaluated at the default.", THREAT, parse="number",
     )  # fmt: skip
     norm: str = option("linf", "linf | l2.", THREAT, choices=NORMS)
@@ -278,12 +280,10 @@ class TrainConfig:
                                     within="[0, 1)")  # fmt: skip
     label_noise: float = option(0.0, "Probability of a random label per example and batch.",
                                 METHOD, within="[0, 1]")  # fmt: skip
-    label_noise_classes: str = option(
-        "all", "all: drawn from all K classes (the paper's code) | others: a wrong one.", METHOD
-    )
-    weight_clip: float | None = option(
-        None, "Clamp weights and biases to [-C, C] after every step.", METHOD, positive=True
-    )
+    label_noise_classes: str = option("all", "all: drawn from all K classes (the paper's code) "
+                                      "| others: a wrong one.", METHOD)  # fmt: skip
+    weight_clip: float | None = option(None, "Clamp weights and biases to [-C, C] after every "
+                                       "step.", METHOD, positive=True)  # fmt: skip
     augment: str | None = option(
         None, "none | crop-flip | cutout | autoaugment. Default: the dataset's (crop-flip on "
         "CIFAR, none otherwise).", DATA,
@@ -312,15 +312,13 @@ class TrainConfig:
         None, f"Share of each batch from --extra-data (default {_M['extra_fraction']:g}, the "
         "paper's code).", DATA, within="(0, 1)",
     )  # fmt: skip
-    train_examples: int | None = option(
-        None, "Train on the first N training examples only.", DATA, low=1
-    )
+    train_examples: int | None = option(None, "Train on the first N training examples only.",
+                                        DATA, low=1)  # fmt: skip
     heldout_attack: str = option(
         "pgd7x5", "Attack on the held-out split that picks the best epoch.", MEASURE
     )  # docs/method.md: PGD-7, 5 restarts, on the held-out split
-    heldout_every: int | None = option(
-        None, "Evaluate the held-out split every K epochs (and at the end).", MEASURE, low=1
-    )
+    heldout_every: int | None = option(None, "Evaluate the held-out split every K epochs (and "
+                                       "at the end).", MEASURE, low=1)  # fmt: skip
     heldout_examples: int | None = option(
         None, "First N held-out examples (default: the whole held-out split).", MEASURE, low=1
     )
@@ -448,17 +446,18 @@ class LandscapeConfig(EvalConfig):
         choices=tuple(registries.NORMALIZATIONS),
     )  # fmt: skip
     scale: float | None = option(
-        None, "Relative length s of the directions. Default: 0.5 random, 0.025 adversarial "
-        "(docs/method.md; 0.01 with layer-maxabs, the code), 1 hessian.", MEASURE,
+        None, "Relative length s of the directions. Default: "
+        f"{LANDSCAPE_SCALE['random']:g} random, {LANDSCAPE_SCALE['adversarial']:g} adversarial "
+        f"(docs/method.md; {LANDSCAPE_SCALE_MAXABS['adversarial']:g} with layer-maxabs, the "
+        "code), 1 hessian.", MEASURE,
         parse="number", positive=True, show_default=False,
     )  # fmt: skip
     loss: str = option(
         "both", "robust (re-runs --attack at every point; clean comes free) | clean | both.",
         MEASURE, choices=LOSSES,
     )  # fmt: skip
-    attack: str = option(
-        "pgd20x10", "Attack behind the robust loss: a pgd preset, pgd<S>x<R>, or apgd-ce.", ATTACK
-    )
+    attack: str = option("pgd20x10", "Attack behind the robust loss: a pgd preset, pgd<S>x<R>, "
+                         "or apgd-ce.", ATTACK)  # fmt: skip
     to: str | None = option(None, "interpolate: the checkpoint at alpha = 1.", INPUTS,
                             flags=("--to",), parse="path", show_default=False)  # fmt: skip
     iterations: int = option(20, "hessian: subspace-iteration steps.", MEASURE, low=1)

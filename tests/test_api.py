@@ -102,3 +102,28 @@ def test_options_are_the_config_fields_written_as_a_script_would():
 def test_bad_input_is_a_usage_error_before_any_work(tmp_path):
     with pytest.raises(UsageError):
         api.attack(CKPT, attacks="pgd3", n_examples=8, eps=2.0)
+
+
+def test_configs_are_validated_by_their_fields_with_one_line_naming_the_option():
+    from flatcli.config import LandscapeConfig, TrainConfig
+
+    cases = [
+        (AttackConfig, {"n_examples": 0}, "--n-examples must be positive, got 0"),
+        (AttackConfig, {"batch_size": 2.5}, "--batch-size must be an integer, got 2.5"),
+        (AttackConfig, {"norm": "l3"}, "unknown norm 'l3'; --norm takes one of linf, l2"),
+        (FlatnessConfig, {"measures": "average,sharp"}, "unknown measure 'sharp'"),
+        (FlatnessConfig, {"weight_norm": "linf"}, "l2 ball"),
+        (LandscapeConfig, {"range": "1,-1"}, "MIN must be smaller than MAX"),
+        (LandscapeConfig, {"range": "1"}, "expected MIN,MAX"),
+        (LandscapeConfig, {"directions": "interpolate"}, "needs --to"),
+        (TrainConfig, {"momentum": 1.0}, r"--momentum must lie in \[0, 1\), got 1"),
+        (TrainConfig, {"method": "sgd"}, "unknown method 'sgd'"),
+        (TrainConfig, {"schedule": "cosine", "milestones": "10"}, "--milestones applies to"),
+    ]
+    for config_type, options, message in cases:
+        with pytest.raises(UsageError, match=message):
+            api.make_config(config_type, **options)
+    assert api.make_config(TrainConfig, milestones="60, 90").milestones == (60.0, 90.0)
+    assert api.make_config(LandscapeConfig, range=(0, "1/2")).range == (0.0, 0.5)
+    with pytest.raises(UsageError, match=r"eps='1/0': division by zero"):
+        api.make_config(AttackConfig, eps="1/0")
