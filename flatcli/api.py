@@ -53,56 +53,53 @@ def read_table(out: PathLike, name: str):
     return tables.read_table(out, name)
 
 
-def attack(
-    paths: PathLike | Sequence[PathLike],
-    out: PathLike | None = None,
-    *,
-    force: bool = False,
-    shard: str | None = None,
-    on_event: Callable | None = None,
-    **options,
-):
+def _measuring(table: str, doc: str):
+    """The public function of one measuring command (`attack`, `flatness`, `landscape`)."""
+
+    def run(
+        paths: PathLike | Sequence[PathLike],
+        out: PathLike | None = None,
+        *,
+        force: bool = False,
+        shard: str | None = None,
+        on_event: Callable | None = None,
+        **options,
+    ):
+        return _measure(table, paths, out, force, shard, on_event, options)
+
+    run.__name__ = run.__qualname__ = table
+    run.__doc__ = doc
+    return run
+
+
+attack = _measuring(
+    "attack",
     """`flatcli attack` as a function: one row per checkpoint and attack, as a DataFrame.
 
     `options` are AttackConfig fields (e.g. `attacks="pgd20x10"`, `eps="8/255"`,
     `n_examples=100`); rows are written to OUT/attack when `out` is given (and, as in the CLI,
     checkpoints already written for the same configuration are read back, not recomputed), else
     computed in a temporary directory that is removed. `on_event` receives sweep.SweepEvent's.
-    """
-    return _measure("attack", paths, out, force, shard, on_event, options)
-
-def flatness(
-    paths: PathLike | Sequence[PathLike],
-    out: PathLike | None = None,
-    *,
-    force: bool = False,
-    shard: str | None = None,
-    on_event: Callable | None = None,
-    **options,
-):
+    """,
+)
+flatness = _measuring(
+    "flatness",
     """`flatcli flatness` as a function: one row per checkpoint, measure and xi, as a DataFrame.
 
     `options` are FlatnessConfig fields (e.g. `measures="average"`, `xi=0.5`, `samples=10`,
     `attack="pgd20x10"`); `out`, `force`, `shard`, `on_event` as in `attack`.
-    """
-    return _measure("flatness", paths, out, force, shard, on_event, options)
-
-def landscape(
-    paths: PathLike | Sequence[PathLike],
-    out: PathLike | None = None,
-    *,
-    force: bool = False,
-    shard: str | None = None,
-    on_event: Callable | None = None,
-    **options,
-):
+    """,
+)
+landscape = _measuring(
+    "landscape",
     """`flatcli landscape` as a function: one row per checkpoint, direction and grid point.
 
     `options` are LandscapeConfig fields (e.g. `directions="random"`, `n_directions=3`,
     `steps=21`, `range=(-1, 1)`); `out`, `force`, `shard`, `on_event` as in `attack`. No figures
     are drawn (the CLI's `--plot` draws them from the same rows).
-    """
-    return _measure("landscape", paths, out, force, shard, on_event, options)
+    """,
+)
+
 
 def make_config(config_type, **options):
     """A validated config from keyword values as a script writes them: `"8/255"` or 0.0314 for

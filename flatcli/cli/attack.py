@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flatcli.cli import options as o
-from flatcli.cli.runner import run_command
+from flatcli.cli.runner import examples_line, run_command
 from flatcli.config import AttackConfig
 
 SUMMARY = [
@@ -29,20 +29,17 @@ def attack(config: AttackConfig, sweep: o.Sweep):
 
     Example: flatcli attack sample_checkpoints --out out --attacks pgd20x10 --n-examples 200
     """
-    from flatcli import checkpoints, evaluation
+    from flatcli import evaluation
 
-    refs = checkpoints.discover(sweep.paths)
-    config = evaluation.resolve_attack_config(config, refs)
     run_command(
         "attack",
-        refs,
         config,
         sweep,
+        resolve=evaluation.resolve_attack_config,
         summary_columns=SUMMARY,
-        describe=lambda device, n: (
-            f"{n} checkpoint(s), {config.dataset} {config.split} n={config.n_examples}, "
-            f"eps={config.eps:g} ({config.norm}), attacks={','.join(config.attacks)}, "
+        describe=lambda config, refs, device, n: (
+            f"{n} checkpoint(s), {examples_line(config)}, attacks={','.join(config.attacks)}, "
             f"device={device}"
         ),
-        measure=lambda device, on_batch: evaluation.attack_measure(config, device, on_batch),
+        measure=evaluation.attack_measure,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flatcli.cli import options as o
-from flatcli.cli.runner import run_command
+from flatcli.cli.runner import examples_line, run_command
 from flatcli.config import FlatnessConfig
 
 SUMMARY = [
@@ -39,27 +39,25 @@ def flatness(config: FlatnessConfig, sweep: o.Sweep):
     Example: flatcli flatness sample_checkpoints --out out --measure average --xi 0.25,0.5
     --samples 5 --attack pgd10x2 --n-examples 300
     """
-    from flatcli import checkpoints
     from flatcli import flatness as core
 
-    refs = checkpoints.discover(sweep.paths)
-    config = core.resolve_flatness_config(config, refs)
-    xis = ", ".join(
-        f"{m} xi={','.join(f'{v:g}' for v in core.xis_for(config, m))}"
-        if m not in core.HESSIAN_MEASURES
-        else m
-        for m in config.measures
-    )
+    def describe(config, refs, device, n):
+        xis = ", ".join(
+            m if m in core.HESSIAN_MEASURES
+            else f"{m} xi={','.join(f'{v:g}' for v in core.xis_for(config, m))}"
+            for m in config.measures
+        )  # fmt: skip
+        return (
+            f"{n} checkpoint(s), {examples_line(config)}, {xis}, samples={config.samples}, "
+            f"attack={config.attack}, device={device}"
+        )
+
     run_command(
         "flatness",
-        refs,
         config,
         sweep,
+        resolve=core.resolve_flatness_config,
         summary_columns=SUMMARY,
-        describe=lambda device, n: (
-            f"{n} checkpoint(s), {config.dataset} {config.split} n={config.n_examples}, "
-            f"eps={config.eps:g} ({config.norm}), {xis}, samples={config.samples}, "
-            f"attack={config.attack}, device={device}"
-        ),
-        measure=lambda device, on_batch: core.flatness_measure(config, device, on_batch),
+        describe=describe,
+        measure=core.flatness_measure,
     )

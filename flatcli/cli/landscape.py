@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from flatcli.cli import options as o
-from flatcli.cli.runner import run_command
+from flatcli.cli.runner import examples_line, run_command
 from flatcli.config import LandscapeConfig
 from flatcli.fields import OUTPUT
 
@@ -46,14 +46,12 @@ def landscape(config: LandscapeConfig, sweep: o.Sweep, plot: Plot = "png"):
     Example: flatcli landscape runs/at --out out --directions random --n-directions 5 --steps 21
     --attack pgd10x2
     """
-    from flatcli import checkpoints, plots
     from flatcli import landscape as core
+    from flatcli import plots
     from flatcli.errors import UsageError
 
     if plot not in core.PLOT_FORMATS:
         raise UsageError(f"--plot {plot!r}: choose png, svg or none")
-    refs = checkpoints.discover(sweep.paths)
-    config = core.resolve_landscape_config(config, refs)
 
     def write_figures(rows, progress):
         figures = plots.landscape_figures(rows, sweep.out, plot)
@@ -62,19 +60,19 @@ def landscape(config: LandscapeConfig, sweep: o.Sweep, plot: Plot = "png"):
 
     run_command(
         core.TABLE,
-        core.units(refs, config.n_directions),
         config,
         sweep,
+        resolve=core.resolve_landscape_config,
+        units=lambda config, refs: core.units(refs, config.n_directions),
         summary_columns=SUMMARY,
-        describe=lambda device, n: (
+        describe=lambda config, refs, device, n: (
             f"{n} unit(s) of {len(refs)} checkpoint(s) x {config.n_directions} "
             f"{config.directions} direction(s), {config.dims}-D, {config.steps**config.dims} "
             f"points each over [{config.range[0]:g}, {config.range[1]:g}], scale="
-            f"{core.scale_for(config):g} ({config.normalization}), {config.dataset} "
-            f"{config.split} n={config.n_examples}, eps={config.eps:g} ({config.norm}), "
+            f"{core.scale_for(config):g} ({config.normalization}), {examples_line(config)}, "
             f"loss={config.loss}, attack={config.attack}, device={device}"
         ),
-        measure=lambda device, on_batch: core.landscape_measure(
+        measure=lambda config, device, on_batch: core.landscape_measure(
             config, device, lambda done, total: on_batch(done, total, "grid points")
         ),
         after=write_figures,

@@ -29,28 +29,41 @@ def ensure_writable(out) -> None:
         raise UsageError(f"--out {out}: not writable")
 
 
+def examples_line(config) -> str:
+    """What every evaluation runs on, for the describe line: dataset, split, n, eps, norm."""
+    return (
+        f"{config.dataset} {config.split} n={config.n_examples}, eps={config.eps:g} "
+        f"({config.norm})"
+    )
+
+
 def run_command(
     table: str,
-    units: Sequence,
     config,
     args: o.Sweep,
     *,
+    resolve: Callable,
     summary_columns: Sequence[str],
-    describe: Callable[[object, int], str],
+    describe: Callable[[object, Sequence, object, int], str],
     measure: Callable[..., Callable],
+    units: Callable[[object, Sequence], Sequence] = lambda config, refs: refs,
     after: Callable[[list[dict], Progress], None] | None = None,
 ) -> None:
-    """Sweep `measure(device, on_batch)` over this shard's `units` into OUT/<table>; always
-    raises Exit.
+    """Resolve `config` against the checkpoints under `args.paths`, then sweep
+    `measure(config, device, on_batch)` over this shard's `units(config, refs)` into OUT/<table>;
+    always raises Exit.
 
-    `describe(device, n_units)` is the one stderr line that says what will run;
+    `describe(config, refs, device, n_units)` is the one stderr line that says what will run;
     `on_batch(done, total, label="examples")` reports progress inside a checkpoint. `after(rows,
     progress)` may write extras (figures) from the rows before they are printed. Ends with
     `N done, N skipped, N failed (Xs)` on stderr (not with --quiet).
     """
-    from flatcli import runtime, sweep, tables
+    from flatcli import checkpoints, runtime, sweep, tables
     from flatcli.config import config_hash
 
+    refs = checkpoints.discover(args.paths)
+    config = resolve(config, refs)
+    units = units(config, refs)
     shard_spec = sweep.parse_shard(args.shard)
     device = runtime.resolve_device(config.device)
     chash = config_hash(config)
@@ -71,11 +84,11 @@ def run_command(
         raise Exit(0)
     ensure_writable(args.out)
     progress = Progress(args.quiet, table)
-    progress.log(f"{table}: {describe(device, len(shard_spec.take(units)))}")
+    progress.log(f"{table}: {describe(config, refs, device, len(shard_spec.take(units)))}")
     with progress:
         summary = sweep.run(
             units,
-            measure(device, progress.on_batch),
+            measure(config, device, progress.on_batch),
             table,
             args.out,
             chash,
