@@ -1,9 +1,5 @@
-"""Rendering: results on stdout (table | csv | json | jsonl), progress and logs on stderr.
-
-stdout carries results only; the table fits the terminal without cutting a value. stderr shows
-live progress (inside each checkpoint, with ETA) on a TTY, one plain line per checkpoint
-otherwise, nothing with --quiet (errors and failures are always shown).
-"""
+"""Rendering: results only on stdout (table | csv | json | jsonl), progress and logs on stderr
+(live on a TTY, a line per checkpoint otherwise, nothing with --quiet but failures)."""
 
 from __future__ import annotations
 

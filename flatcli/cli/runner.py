@@ -1,5 +1,5 @@
-"""What every evaluation command does once its config is resolved: plan, dry-run, run the sweep
-with progress on stderr, print the rows, exit with the sweep's code."""
+"""What every evaluation command does with its config: resolve it against the checkpoints, plan or
+dry-run, sweep with progress on stderr, print the rows, exit with the sweep's code."""
 
 from __future__ import annotations
 
