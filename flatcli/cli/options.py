@@ -189,9 +189,9 @@ def command(config_type, *, sweep: bool = True):
             for n, a in (_SWEEP_TRAILING.items() if sweep else ())
         ]
         own_kw = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-        positional = [p for p in own_kw if p.default is inspect.Parameter.empty]
+        required = [p for p in own_kw if p.default is inspect.Parameter.empty]
         keyword = [p for p in own_kw if p.default is not inspect.Parameter.empty]
-        params = [*first, *positional, *field_parameters(config_type), *keyword, *last]
+        params = [*first, *required, *field_parameters(config_type), *keyword, *last]
         to_field = fields.parameters(config_type)
         sweep_names = {p.name for p in (*first, *last)}
 
