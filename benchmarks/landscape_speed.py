@@ -62,16 +62,22 @@ def checkpoint(args, root: Path) -> tuple[Path, str, float | None]:
     model = models.build(
         args.arch, 10, 3, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)
     )
-    gen = torch.Generator().manual_seed(args.seed)
-    x = torch.rand((args.n, 3, 32, 32), generator=gen)
-    y = torch.randint(0, 10, (args.n,), generator=gen)
-    import numpy as np
-
-    data_path = root / "random.npz"
-    np.savez(data_path, x_test=x.numpy(), y_test=y.numpy(), x_train=x.numpy(), y_train=y.numpy())
+    data_path = random_npz(root / "random.npz", args.n, args.seed)
     path = root / "rand" / "model.safetensors"
     checkpoints.save_checkpoint(path, model, args.arch, {}, f"npz:{data_path}", None)
     return path, f"npz:{data_path}", 8 / 255
+
+
+def random_npz(path: Path, n: int, seed: int = 0) -> Path:
+    """Random CIFAR-shaped npz data whose test split holds n examples: flatcli holds out the last
+    min(500, len(x_test) // 5) test examples, so x_test gets n + 500 (at most 500 held out)."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((n + 500, 3, 32, 32), generator=gen)
+    y = torch.randint(0, 10, (n + 500,), generator=gen)
+    np.savez(path, x_test=x.numpy(), y_test=y.numpy(), x_train=x[:n].numpy(), y_train=y[:n].numpy())
+    return path
 
 
 def main(argv=None) -> None:
@@ -130,10 +136,10 @@ def main(argv=None) -> None:
             f"max |robust loss difference| {drift:.1e}"
         )
     print("  (loss-landscape reference: ~5.5 s per point)")
-    zero = next(r for r in base_rows if r["alpha"] == 0.0)
+    zero = min(base_rows, key=lambda r: abs(r["alpha"]))  # an even --steps has no alpha = 0
     ends = [r["robust_loss"] for r in base_rows if abs(r["alpha"]) == 1.0]
     print(
-        f"  robust loss at alpha=0: {zero['robust_loss']:.4f}, at alpha=-1/+1: "
+        f"  robust loss at alpha={zero['alpha']:.3g}: {zero['robust_loss']:.4f}, at alpha=-1/+1: "
         + " / ".join(f"{v:.4f}" for v in ends)
     )
 
