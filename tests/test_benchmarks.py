@@ -19,8 +19,9 @@ gpu = importlib.import_module("gpu")
 SMOKE_ROWS = (  # the first train variant makes the model the others measure
     [("train", "fp32:off")]
     + [(a, v) for a in ("pgd20", "apgd-ce") for v in ("fp32:off", "bf16:off")]
-    + [("apgd-t", "fp32:off"), ("train", "bf16:off")]
+    + [("train", "bf16:off")]
     + [(p, "fp32:off") for p in (*gpu.PROTOCOL, "protocol")]
+    + [("apgd-t", "fp32:off")]
 )
 
 
@@ -130,3 +131,24 @@ def test_every_benchmark_has_help(script, capsys):
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(script).main(["--help"])
     assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_a_compiled_variant_reaches_the_api_and_reports_its_compile_time(tmp_path, monkeypatch):
+    import pandas as pd
+
+    args = gpu.parse_args(["--smoke", "--repeats", "3", "--long-s", "10"])
+    bench = gpu.Bench(args, tmp_path)
+    bench.ensure_model()
+    calls, walls = [], iter([6.0, 2.0, 1.0, 1.5])  # cold (with the compile), then warm runs
+
+    def attack(path, **options):
+        calls.append(options)
+        return pd.DataFrame({"wall_time_s": [next(walls)], "robust_err": [0.5],
+                             "n_examples": [options["n_examples"]]})
+
+    monkeypatch.setattr(gpu.api, "attack", attack)
+    row = bench.attack_row("pgd20", ("bf16", "on"), {"error": "not run"})
+    used = {(c["precision"], c["compile"], c["attacks"]) for c in calls}
+    assert used == {("bf16", "on", "pgd20")}
+    assert (row["seconds"], row["compile_s"]) == (1.5, 4.5)
+    assert row["note"] == "peer failed: not run"
