@@ -47,6 +47,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import speed  # noqa: E402  (benchmarks/speed.py, beside this script)
+
 from flatcli import api  # noqa: E402
 from flatcli.errors import one_line  # noqa: E402
 
@@ -251,10 +253,6 @@ def nominal_flops(row: str, n: int, f: dict[str, float], robust_err: float | Non
 # timing
 
 
-def synced(device) -> Callable[[], None]:
-    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-
-
 def timed_runs(run: Callable[[], tuple[float, dict]], repeats: int, long_s: float,
                compiled: bool) -> tuple[float, float | None, dict]:
     """(median warm seconds, compile seconds or None, the last run's results).
@@ -274,14 +272,6 @@ def timed_runs(run: Callable[[], tuple[float, dict]], repeats: int, long_s: floa
     return median, (cold - median if compiled else None), result
 
 
-def timed_call(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, object]:
-    sync()
-    started = time.perf_counter()
-    result = fn()
-    sync()
-    return time.perf_counter() - started, result
-
-
 # ---------------------------------------------------------------------------------------------
 # the rows
 
@@ -292,7 +282,6 @@ class Bench:
     def __init__(self, args, root: Path):
         self.args, self.sizes, self.root = args, args.sizes, root
         self.device = torch.device(args.device)
-        self.sync = synced(self.device)
         self.started = time.perf_counter()
         self.rows: list[dict] = []
         self.dataset = synthetic_dataset(root / "synthetic.npz", self.sizes, args.seed)
@@ -350,9 +339,8 @@ class Bench:
 
     def api_run(self, call, variant, **options) -> tuple[float, object]:
         """(the sweep's wall_time_s, the rows DataFrame) of one flatcli.api call."""
-        self.sync()
+        speed.synchronize(self.device)
         frame = call(str(self.checkpoint), **self.api_options(variant, **options))
-        self.sync()
         return float(frame["wall_time_s"].iloc[0]), frame
 
     def with_flops(self, row: str, seconds: float, n: int, robust_err=None) -> dict:
@@ -436,7 +424,7 @@ class Bench:
         _, y = self.examples()
 
         def run():
-            seconds, points = timed_call(attack, self.sync)
+            seconds, points = speed.timed_call(attack, self.device)
             with torch.no_grad():
                 wrong = (model(points).argmax(1) != y).float().mean().item()
             return seconds, {"err": wrong}

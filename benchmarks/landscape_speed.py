@@ -15,12 +15,11 @@ random CIFAR-shaped data (a speed check only). Reference: the loss-landscape pro
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,14 +27,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flatcli import checkpoints, landscape, models  # noqa: E402
+import speed  # noqa: E402  (benchmarks/speed.py, beside this script)
+
+from flatcli import checkpoints, landscape  # noqa: E402
 from flatcli.config import LandscapeConfig  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--arch", choices=["small-cnn", "preact-resnet18"], default="small-cnn")
+    parser = speed.parser(__doc__)
     parser.add_argument("--n", type=int, default=128, help="examples (docs/method.md: 128)")
     parser.add_argument("--steps", type=int, default=51, help="grid points (docs/method.md: 51)")
     parser.add_argument("--attack", default="pgd20x10", help="docs/method.md: pgd20x10")
@@ -43,8 +42,6 @@ def parse_args(argv=None):
         "--point-batch", type=int, nargs="+", default=[1], help="grid points per pass (compared)"
     )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -58,10 +55,7 @@ def checkpoint(args, root: Path) -> tuple[Path, str, float | None]:
         path = root / "at" / "epoch_0002.safetensors"
         checkpoints.save_checkpoint(path, model, "small-cnn", {}, "digits", 2)
         return path, "digits", 0.1
-    torch.manual_seed(args.seed)
-    model = models.build(
-        args.arch, 10, 3, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)
-    )
+    model = speed.cifar_model(args.arch, args.seed)
     data_path = random_npz(root / "random.npz", args.n, args.seed)
     path = root / "rand" / "model.safetensors"
     checkpoints.save_checkpoint(path, model, args.arch, {}, f"npz:{data_path}", None)
@@ -111,13 +105,8 @@ def main(argv=None) -> None:
             measure = landscape.landscape_measure(batched, device)
             times = []
             for _ in range(args.repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                rows = measure(unit)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - started)
+                seconds, rows = speed.timed_call(functools.partial(measure, unit), device)
+                times.append(seconds)
             results[point_batch] = (statistics.median(times), rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
