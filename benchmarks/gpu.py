@@ -283,6 +283,7 @@ class Bench:
         self.args, self.sizes, self.root = args, args.sizes, root
         self.device = torch.device(args.device)
         self.started = time.perf_counter()
+        self.date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         self.rows: list[dict] = []
         self.dataset = synthetic_dataset(root / "synthetic.npz", self.sizes, args.seed)
         self.checkpoint: Path | None = None
@@ -311,6 +312,9 @@ class Bench:
             except Exception as err:  # one failing row must not stop the table
                 entry["note"] = f"error: {one_line(err)}"
         self.rows.append(entry)
+        done = f"{entry['seconds']:.3g} s" if entry["seconds"] is not None else entry["note"]
+        print(f"[{time.perf_counter() - self.started:5.0f} s] {row} {entry['variant']}: {done}",
+              file=sys.stderr, flush=True)
         if self.args.out is not None:
             write_outputs(self.args.out, self.header(), self.rows)
         return entry
@@ -318,7 +322,7 @@ class Bench:
     def header(self) -> dict:
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": self.date,
             "device": gpu,
             "torch": torch.__version__,
             "arch": self.sizes.arch,
@@ -575,7 +579,8 @@ def markdown(header: dict, rows: list[dict]) -> str:
     lines.append(
         "(robust errors in %; seconds: medians of warm runs; flatcli: the sweep's wall_time_s of "
         "one checkpoint through flatcli.api (load, clean pass, measure), peers: the attack call, "
-        "train: the last epoch; compile_s: cold run minus warm; TFLOP nominal, see nominal_flops)"
+        "train: the last epoch; compile_s: cold run minus warm (compile on/auto); TFLOP nominal, "
+        "see nominal_flops)"
     )
     return "\n".join(lines + [""] + ratios(rows))
 
@@ -585,10 +590,12 @@ def ratios(rows: list[dict]) -> list[str]:
     lines = []
     for row in rows:
         if row.get("peer_ratio") is not None:
+            ours, theirs = row["robust_err"], row["peer_robust_err"]
             lines.append(
                 f"{row['row']} {row['variant']} vs {row['peer']}: {row['peer_ratio']:.2f}x "
-                f"(target {TARGET_PEER_RATIO:g}x); robust error {100 * row['robust_err']:.1f}% "
-                f"vs {100 * row['peer_robust_err']:.1f}%"
+                f"(target {TARGET_PEER_RATIO:g}x at equal or stronger robust error); robust error "
+                f"{100 * ours:.1f}% vs {100 * theirs:.1f}%"
+                + (" WEAKER than the peer" if ours < theirs else "")
             )
     trains = {r["variant"]: r for r in rows if r["row"] == "train" and r["img_s"]}
     for label, row in trains.items():
