@@ -388,7 +388,8 @@ class Bench:
     # -- attacks vs peers
 
     def peer(self, name: str):
-        """(fn() -> adversarial points, label) of the peer of flatcli's attack `name`."""
+        """(the peer's model, fn() -> its adversarial points) for flatcli's attack `name`, on
+        the same checkpoint and the same first n test examples as flatcli's rows."""
         model = api.load_model(self.checkpoint, device=self.args.device)
         for p in model.parameters():
             p.requires_grad_(False)
