@@ -152,3 +152,27 @@ def test_a_compiled_variant_reaches_the_api_and_reports_its_compile_time(tmp_pat
     assert used == {("bf16", "on", "pgd20")}
     assert (row["seconds"], row["compile_s"]) == (1.5, 4.5)
     assert row["note"] == "peer failed: not run"
+
+
+def test_a_train_row_times_the_last_epoch_and_keeps_the_first_checkpoint(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from flatcli.training import loop
+
+    configs = []
+
+    def train(config, out, force=False):
+        configs.append(config)
+        rows = [{"epoch_time_s": 5.0, "n_examples": 512, "checkpoint": str(out / "e1")},
+                {"epoch_time_s": 2.0, "n_examples": 512, "checkpoint": str(out / "e2")}]
+        return SimpleNamespace(rows=rows)
+
+    monkeypatch.setattr(loop, "train", train)
+    bench = gpu.Bench(gpu.parse_args(["--smoke"]), tmp_path)
+    eager, compiled = bench.train_row(("fp32", "off")), bench.train_row(("bf16", "on"))
+    assert [(c.amp, c.compile) for c in configs] == [("none", "off"), ("bf16", "on")]
+    assert (eager["seconds"], eager["img_s"], eager["compile_s"]) == (2.0, 256.0, None)
+    assert compiled["compile_s"] == 3.0  # the first epoch's extra time
+    assert bench.checkpoint == tmp_path / "train-fp32-off" / "e2"  # the first row's model
+    with pytest.raises(ValueError, match="tf32"):
+        bench.train_row(("tf32", "off"))
