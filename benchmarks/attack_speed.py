@@ -17,10 +17,8 @@ errors; flatcli must be at least as strong within 1 point, otherwise a WARNING l
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,23 +26,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import speed  # noqa: E402  (benchmarks/speed.py, beside this script)
+
 from flatcli import data, models  # noqa: E402
 from flatcli.attacks.apgd import APGDCE  # noqa: E402
 from flatcli.attacks.pgd import PGD  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--arch", choices=["small-cnn", "preact-resnet18"], default="small-cnn")
+    parser = speed.parser(__doc__)
     parser.add_argument("--n", type=int, default=None,
                         help="examples (default: 400 for small-cnn, 256 for preact-resnet18)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--norm", choices=["linf", "l2"], default="linf")
     parser.add_argument("--eps", type=float, default=None,
                         help="default: 0.1 (digits) or 8/255 (CIFAR-shaped), 0.5 for l2")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     return parser.parse_args(argv)
 
 
@@ -63,9 +59,7 @@ def setup(args):
     else:
         if args.arch not in models.ARCHITECTURES:
             sys.exit(f"{args.arch} is not available in flatcli.models yet")
-        torch.manual_seed(args.seed)
-        model = models.build(args.arch, 10, 3, mean=(0.4914, 0.4822, 0.4465),
-                             std=(0.2471, 0.2435, 0.2616))
+        model = speed.cifar_model(args.arch, args.seed)
         gen = torch.Generator().manual_seed(args.seed)
         n = args.n or 256
         x = torch.rand((n, 3, 32, 32), generator=gen)
@@ -83,22 +77,12 @@ def timed_pair(ours, peer, repeats, device):
     The two alternate run by run, so that load from elsewhere on the machine hits both alike.
     Returns (t_ours, t_peer, result_ours, result_peer), the results of the last runs.
     """
-
-    def once(fn):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start, result
-
     ours(), peer()
     times_ours, times_peer = [], []
     for _ in range(repeats):
-        t, result_ours = once(ours)
+        t, result_ours = speed.timed_call(ours, device)
         times_ours.append(t)
-        t, result_peer = once(peer)
+        t, result_peer = speed.timed_call(peer, device)
         times_peer.append(t)
     return statistics.median(times_ours), statistics.median(times_peer), result_ours, result_peer
 

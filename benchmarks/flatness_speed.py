@@ -18,11 +18,9 @@ random CIFAR-shaped data (a speed check only).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,14 +29,14 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flatcli import data, flatness, models  # noqa: E402
+import speed  # noqa: E402  (benchmarks/speed.py, beside this script)
+
+from flatcli import data, flatness  # noqa: E402
 from flatcli.attacks.pgd import PGD  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--arch", choices=["small-cnn", "preact-resnet18"], default="small-cnn")
+    parser = speed.parser(__doc__)
     parser.add_argument(
         "--n",
         type=int,
@@ -51,8 +49,6 @@ def parse_args(argv=None):
     parser.add_argument("--xi", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eps", type=float, default=None, help="default: 0.1 digits, 8/255 CIFAR")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     return parser.parse_args(argv)
 
 
@@ -68,10 +64,7 @@ def setup(args):
         n = min(args.n or 256, len(y))
         x, y, eps = x[:n], y[:n], args.eps or 0.1
     else:
-        torch.manual_seed(args.seed)
-        model = models.build(
-            args.arch, 10, 3, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)
-        )
+        model = speed.cifar_model(args.arch, args.seed)
         gen = torch.Generator().manual_seed(args.seed)
         n = args.n or 128
         x = torch.rand((n, 3, 32, 32), generator=gen)
@@ -87,13 +80,8 @@ def timed(fn, repeats, device):
     result = fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+        seconds, result = speed.timed_call(fn, device)
+        times.append(seconds)
     return statistics.median(times), result
 
 

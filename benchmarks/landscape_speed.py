@@ -15,12 +15,11 @@ random CIFAR-shaped data (a speed check only). Reference: the loss-landscape pro
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,14 +27,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flatcli import checkpoints, landscape, models  # noqa: E402
+import speed  # noqa: E402  (benchmarks/speed.py, beside this script)
+
+from flatcli import checkpoints, landscape  # noqa: E402
 from flatcli.config import LandscapeConfig  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--arch", choices=["small-cnn", "preact-resnet18"], default="small-cnn")
+    parser = speed.parser(__doc__)
     parser.add_argument("--n", type=int, default=128, help="examples (docs/method.md: 128)")
     parser.add_argument("--steps", type=int, default=51, help="grid points (docs/method.md: 51)")
     parser.add_argument("--attack", default="pgd20x10", help="docs/method.md: pgd20x10")
@@ -43,8 +42,6 @@ def parse_args(argv=None):
         "--point-batch", type=int, nargs="+", default=[1], help="grid points per pass (compared)"
     )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -58,20 +55,23 @@ def checkpoint(args, root: Path) -> tuple[Path, str, float | None]:
         path = root / "at" / "epoch_0002.safetensors"
         checkpoints.save_checkpoint(path, model, "small-cnn", {}, "digits", 2)
         return path, "digits", 0.1
-    torch.manual_seed(args.seed)
-    model = models.build(
-        args.arch, 10, 3, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)
-    )
-    gen = torch.Generator().manual_seed(args.seed)
-    x = torch.rand((args.n, 3, 32, 32), generator=gen)
-    y = torch.randint(0, 10, (args.n,), generator=gen)
-    import numpy as np
-
-    data_path = root / "random.npz"
-    np.savez(data_path, x_test=x.numpy(), y_test=y.numpy(), x_train=x.numpy(), y_train=y.numpy())
+    model = speed.cifar_model(args.arch, args.seed)
+    data_path = random_npz(root / "random.npz", args.n, args.seed)
     path = root / "rand" / "model.safetensors"
     checkpoints.save_checkpoint(path, model, args.arch, {}, f"npz:{data_path}", None)
     return path, f"npz:{data_path}", 8 / 255
+
+
+def random_npz(path: Path, n: int, seed: int = 0) -> Path:
+    """Random CIFAR-shaped npz data whose test split holds n examples: flatcli holds out the last
+    min(500, len(x_test) // 5) test examples, so x_test gets n + 500 (at most 500 held out)."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((n + 500, 3, 32, 32), generator=gen)
+    y = torch.randint(0, 10, (n + 500,), generator=gen)
+    np.savez(path, x_test=x.numpy(), y_test=y.numpy(), x_train=x[:n].numpy(), y_train=y[:n].numpy())
+    return path
 
 
 def main(argv=None) -> None:
@@ -105,13 +105,8 @@ def main(argv=None) -> None:
             measure = landscape.landscape_measure(batched, device)
             times = []
             for _ in range(args.repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                rows = measure(unit)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - started)
+                seconds, rows = speed.timed_call(functools.partial(measure, unit), device)
+                times.append(seconds)
             results[point_batch] = (statistics.median(times), rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
@@ -130,10 +125,10 @@ def main(argv=None) -> None:
             f"max |robust loss difference| {drift:.1e}"
         )
     print("  (loss-landscape reference: ~5.5 s per point)")
-    zero = next(r for r in base_rows if r["alpha"] == 0.0)
+    zero = min(base_rows, key=lambda r: abs(r["alpha"]))  # an even --steps has no alpha = 0
     ends = [r["robust_loss"] for r in base_rows if abs(r["alpha"]) == 1.0]
     print(
-        f"  robust loss at alpha=0: {zero['robust_loss']:.4f}, at alpha=-1/+1: "
+        f"  robust loss at alpha={zero['alpha']:.3g}: {zero['robust_loss']:.4f}, at alpha=-1/+1: "
         + " / ".join(f"{v:.4f}" for v in ends)
     )
 
