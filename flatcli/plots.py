@@ -1,9 +1,6 @@
-"""Figure helpers shared by the report and the landscape command: matplotlib (Agg) with one
-style, atomic PNG/SVG saves, run colors, and the landscape table's own figures.
-
-Figures are sized for a page about 1000 px wide at `DPI` (a full-width figure is `PAGE_WIDTH`
-inches), so a browser shows them at their own size and 10 pt text stays >= 10 px on screen.
-"""
+"""Figures shared by the report and the landscape command: matplotlib (Agg) with one style, atomic
+PNG/SVG saves, run colors, and the landscape table's own figures. Sized for a page 1000 px
+wide at `DPI`, so a browser shows them unscaled."""
 
 from __future__ import annotations
 

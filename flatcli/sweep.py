@@ -1,10 +1,6 @@
-"""One measure over many checkpoints: shard, skip what is done, compute, write, report failures.
-
-Every evaluation command (attack, flatness, landscape) is `run(refs, measure, ...)` with its own
-`measure(ref) -> rows`. A failing checkpoint (`CheckpointError`, or any error while measuring it)
-is reported through `on_event` and skipped; the others still run. Rows are written per checkpoint,
-atomically, so a killed sweep loses at most the checkpoint in hand and a rerun resumes.
-"""
+"""One measure over many checkpoints: shard, plan (skip, recompute, replace or refuse each unit),
+compute, write each unit's part, report failures through `on_event` and go on. The rules:
+docs/method.md, "Implementation notes"."""
 
 from __future__ import annotations
 

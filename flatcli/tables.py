@@ -1,13 +1,6 @@
-"""Table schemas (one explicit pyarrow schema per table), atomic part writes, done keys, reading.
-
-Every table is a directory of part files, one per work unit:
-`OUT/<table>/<key>__<hash8>.parquet`, where `key` names the checkpoint and its content
-(`<run>__e<epoch:04d>__<digest8>`) and `hash8` the configuration. Temp files start with `.` and
-are renamed with `os.replace`, so a reader (pyarrow ignores dot-files) never sees a half-written
-part and a killed writer leaves none.
-The explicit schema is applied on every write: `pd.read_parquet("OUT/<table>")` then returns the
-whole table whatever mix of runs, shards and reruns wrote it.
-"""
+"""Table schemas (one explicit pyarrow schema per table), part files (atomic writes), and reading.
+Part names, atomicity and why every write applies the schema: docs/method.md, "Implementation
+notes"."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Finding checkpoints: files and directories -> `CheckpointRef(run, epoch, path, digest)`.
-
-A run is the directory holding the checkpoint (its parent when that directory is a snapshot
-folder such as `epoch_7/`); the epoch comes from flatcli's metadata, else the file name, else the
-snapshot folder. Runs that share a directory name within one call get parent names, with a note.
-The digest identifies the content, so results follow the file, not the name it was given.
-"""
+"""Finding checkpoints: files and directories -> `CheckpointRef(run, epoch, path, digest)`, runs
+named after their own directory (made distinct when two share a name). How runs and digests are
+chosen: docs/method.md, "Implementation notes"."""
 
 from __future__ import annotations
 

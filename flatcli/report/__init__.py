@@ -1,9 +1,6 @@
-"""`flatcli report`: one wide row per (run, epoch), correlations of flatness with robust
-generalization, figures, and the findings in sentences that claim only what the numbers support
-(the paper's "Findings to reproduce"). Inputs may be missing: the report names the command that
-makes each. Modules: sources (read), settings (how each table was measured), join (the
-per-epoch table), stats (correlations, Holm), findings (sentences), figures, render (md/html).
-"""
+"""`flatcli report`: `build` reads (sources), states the settings (settings), joins one row per
+(run, epoch) (join), correlates (stats), writes sentences (findings), draws (figures) and renders
+report.md/html (render). Statistics: docs/method.md, "Report statistics"."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""How each table was measured: the settings the report states first, and the differences
-between checkpoints that a comparison must not hide (issue 12: join on the configuration too).
-
-A checkpoint measured twice with different settings keeps only its latest setting's rows
-(`latest_setting`); settings that differ between checkpoints are named (`Settings.differences`),
-and a different threat model (dataset, eps, norm) refuses the comparison across runs.
-"""
+"""How each table was measured: the settings the report states first, the differences between
+checkpoints a comparison must not hide, and a differing threat model (dataset, eps, norm), which
+refuses the comparison across runs."""
 
 from __future__ import annotations
 
