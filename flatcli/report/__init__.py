@@ -129,9 +129,18 @@ def build(
         settings=measured.lines,
         captions=captions,
     )
+    report.written = _write(report, directory, how, outs, html_page)
+    return report
+
+
+def _write(
+    report: Report, directory: Path, how: str, outs: Sequence[Path], html_page: bool
+) -> list[Path]:
+    """Write the report's tables, report.md (and report.html); returns every file written,
+    the figures' too."""
     written = [
-        tables.write_table(directory, "report", records(table)),
-        tables.write_table(directory, "correlations", records(corr)),
+        tables.write_table(directory, "report", records(report.table)),
+        tables.write_table(directory, "correlations", records(report.correlations)),
     ]
     blocks = document(report, how, outs)
     written.append(
@@ -139,6 +148,4 @@ def build(
     )
     if html_page:
         written.append(files.atomic_write_text(directory / "report.html", render_html(blocks)))
-    figure_files = [p.with_suffix(s) for p in drawn.values() for s in (".png", ".svg")]
-    report.written = written + figure_files
-    return report
+    return written + [p.with_suffix(s) for p in report.figures.values() for s in (".png", ".svg")]
