@@ -132,6 +132,37 @@ def _attack_checkpoints(attack: pd.DataFrame, split: str) -> pd.DataFrame:
     )
 
 
+def _per_checkpoint(attack: pd.DataFrame, flatness: pd.DataFrame, xis: dict[str, float]):
+    """(what, one row per checkpoint with its settings, the columns that describe them) for the
+    attack on each split, then each flatness measure at the radius the report uses."""
+    for split in ("test", "train", "heldout"):
+        per = _attack_checkpoints(attack, split)
+        if not per.empty:
+            yield f"Attack, {split} split", per, ATTACK
+    for measure, xi in xis.items():
+        rows = flatness[flatness.measure == measure]
+        if xi is not None:
+            rows = rows[np.isclose(rows.xi, xi)]
+        if not rows.empty:
+            per = rows.sort_values("created_at").groupby(["run", "epoch"], dropna=False).last()
+            yield _MEASURE_NAMES.get(measure, measure), per.reset_index(), FLATNESS
+
+
+def _landscape_checkpoints(landscape: pd.DataFrame) -> pd.DataFrame:
+    """One row per (checkpoint, direction kind) with its settings and number of directions."""
+    return (
+        landscape.groupby(["run", "epoch", "direction_kind"], dropna=False)
+        .agg(
+            {
+                **{k: "first" for k in THREAT + ["n_examples", "normalization", "scale"]},
+                "direction": "nunique",
+            }
+        )
+        .reset_index()
+        .rename(columns={"direction": "directions"})
+    )
+
+
 def settings_of(
     attack: pd.DataFrame, flatness: pd.DataFrame, landscape: pd.DataFrame, xis: dict[str, float]
 ) -> Settings:
@@ -139,39 +170,12 @@ def settings_of(
     the radius the report uses (`xis`: measure -> xi), the landscape."""
     result = Settings()
     threat = []
-    for split in ("test", "train", "heldout"):
-        per = _attack_checkpoints(attack, split)
-        if per.empty:
-            continue
-        what = f"Attack, {split} split"
-        result.lines.append(_line(what, per, ATTACK))
-        result.differences += differences(what, per, ATTACK)
-        threat += differences(what, per, THREAT)
-    for measure, xi in xis.items():
-        rows = flatness[flatness.measure == measure]
-        if xi is not None:
-            rows = rows[np.isclose(rows.xi, xi)]
-        if rows.empty:
-            continue
-        per = rows.sort_values("created_at").groupby(["run", "epoch"], dropna=False).last()
-        per = per.reset_index()
-        what = _MEASURE_NAMES.get(measure, measure)
-        result.lines.append(_line(what, per, FLATNESS))
-        result.differences += differences(what, per, FLATNESS)
+    for what, per, columns in _per_checkpoint(attack, flatness, xis):
+        result.lines.append(_line(what, per, columns))
+        result.differences += differences(what, per, columns)
         threat += differences(what, per, THREAT)
     if not landscape.empty:
-        per = (
-            landscape.groupby(["run", "epoch", "direction_kind"], dropna=False)
-            .agg(
-                {
-                    **{k: "first" for k in THREAT + ["n_examples", "normalization", "scale"]},
-                    "direction": "nunique",
-                }
-            )
-            .reset_index()
-            .rename(columns={"direction": "directions"})
-        )
-        result.lines.append(_line("Landscape", per, LANDSCAPE))
+        result.lines.append(_line("Landscape", _landscape_checkpoints(landscape), LANDSCAPE))
     if threat:
         result.refused = (
             "the runs were not measured under one threat model ("
