@@ -1,6 +1,7 @@
 """Datasets as [0, 1] NCHW float tensors with fixed splits (train, test, heldout): the registry
-of dataset specs (each dataset's defaults, once), `npz:PATH` arrays, and `load_split`. Splits and
-files: docs/data.md; design notes: docs/method.md, "Implementation notes"."""
+of dataset specs (each dataset's defaults, once, and the spec of `npz:PATH` arrays) and
+`load_split`. Splits and files: docs/data.md; design notes: docs/method.md, "Implementation
+notes"."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Readers of datasets on disk: digits from scikit-learn, and torchvision's layouts under the data
-directory (CIFAR pickles, SVHN .mat, MNIST idx), with the official md5 checks. Never downloads;
-a missing file is a `DataError` naming its path. Layouts and sums: docs/data.md."""
+"""Readers of datasets on disk: digits from scikit-learn, torchvision's layouts under the data
+directory (CIFAR pickles, SVHN .mat, MNIST idx) with the official md5 checks, and a user's npz
+arrays; each checks what it read. Never downloads: a missing file is a `DataError` naming its
+path. Layouts and sums: docs/data.md."""
 
 from __future__ import annotations
 

@@ -117,24 +117,28 @@ def flatness_finding(run: str, group: pd.DataFrame, column: str) -> str | None:
         )
     best = g[g.is_best]
     if not best.empty and best.epoch.iloc[0] != last.epoch:
-        b = best.iloc[0]
-        se = f"{column}_se"
-        verdict = compare(b[column], b.get(se), last[column], last.get(se))
-        values = f"{fmt(b[column])} vs {fmt(last[column])} at the last epoch"
-        if verdict is None:
-            text += (
-                f" Early-stopped epoch {b.epoch}: {values}; no standard error for this measure, "
-                "so no verdict."
-            )
-        elif verdict == "no difference beyond noise":
-            bound = 2 * math.hypot(b[se], last[se])
-            text += (
-                f" Early-stopped epoch {b.epoch}: {values}: no difference beyond noise (2 "
-                f"standard errors of the difference: {fmt(bound, 2)})."
-            )
-        else:
-            text += f" The early-stopped epoch {b.epoch} is {verdict} ({values}, beyond 2 SE)."
+        text += _early_stop_sentence(best.iloc[0], last, column)
     return text
+
+
+def _early_stop_sentence(b, last, column: str) -> str:
+    """The early-stopped row `b` against the last epoch's: flatter or sharper only beyond 2
+    standard errors of the difference, no verdict without standard errors."""
+    se = f"{column}_se"
+    verdict = compare(b[column], b.get(se), last[column], last.get(se))
+    values = f"{fmt(b[column])} vs {fmt(last[column])} at the last epoch"
+    if verdict is None:
+        return (
+            f" Early-stopped epoch {b.epoch}: {values}; no standard error for this measure, "
+            "so no verdict."
+        )
+    if verdict == "no difference beyond noise":
+        bound = 2 * math.hypot(b[se], last[se])
+        return (
+            f" Early-stopped epoch {b.epoch}: {values}: no difference beyond noise (2 "
+            f"standard errors of the difference: {fmt(bound, 2)})."
+        )
+    return f" The early-stopped epoch {b.epoch} is {verdict} ({values}, beyond 2 SE)."
 
 
 def compared(how: str) -> tuple[str, str]:
