@@ -1,6 +1,7 @@
 """Architecture registry: name -> factory of the bare network, and `Classifier`, which wraps it
 with its input normalization so that every model takes inputs in [0, 1]. Parameter names follow
-the public codebases, so their state dicts load into `model.net` (docs/method.md, "Checkpoints").
+the public codebases, so their state dicts load into `model.net` (docs/method.md,
+"Implementation notes").
 """
 
 from __future__ import annotations

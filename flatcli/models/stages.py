@@ -1,6 +1,6 @@
 """What the CIFAR ResNet families share: four stages of residual blocks and the global average
 pool. The blocks themselves stay per family: their parameter names are those of the public
-codebases whose checkpoints load unchanged (docs/method.md, "Checkpoints")."""
+codebases whose checkpoints load unchanged (docs/method.md, "Implementation notes")."""
 
 from __future__ import annotations
 
