@@ -242,6 +242,7 @@ def _split(dataset: str, split: str, directory) -> tuple[np.ndarray, np.ndarray]
 
 
 def split_size(dataset: str, split: str, directory: str | os.PathLike | None = None) -> int:
+    """The number of examples in `split` of `dataset`."""
     return len(_split(dataset, split, directory)[1])
 
 

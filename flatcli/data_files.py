@@ -37,6 +37,7 @@ def _layout(name: str) -> str:
 
 
 def read_digits(_: Path | None) -> RawData:
+    """scikit-learn's 1797 digits in [0, 1], split 1200 / 597 by a fixed permutation."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -162,6 +163,7 @@ def _cifar_official_md5(name: str) -> dict[str, str]:
 
 
 def read_cifar(name: str, directory: Path | None) -> RawData:
+    """CIFAR-10 (`labels`) or CIFAR-100 (`fine_labels`) batches as uint8 NHWC."""
     folder, train_files, test_files, label_key, official = _CIFAR[name]
     layout = _layout(name)
     base = _root(name, layout, directory) / folder
@@ -214,6 +216,7 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_svhn(directory: Path | None) -> RawData:
+    """SVHN's train and test `.mat` files as uint8 NHWC, label 10 read as 0."""
     layout = _layout("svhn")
     root = _root("svhn", layout, directory)
     base = next((d for d in (root, root / "svhn") if (d / "train_32x32.mat").is_file()), root)
@@ -260,6 +263,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def read_mnist(name: str, folder: str, directory: Path | None) -> RawData:
+    """MNIST or Fashion-MNIST idx files (gzipped or not) as uint8 NHW."""
     layout = _layout(name)
     raw_dir = _root(name, layout, directory) / folder / "raw"
     arrays: dict[str, np.ndarray] = {}

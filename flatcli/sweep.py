@@ -63,6 +63,8 @@ class SweepEvent:
 
 @dataclass
 class SweepSummary:
+    """What a sweep did: units done, skipped and failed (with why), and every row, old and new."""
+
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list[tuple[object, str]] = field(default_factory=list)

@@ -88,6 +88,7 @@ def safetensors_header(path: Path) -> dict | None:
 
 
 def own_meta_from_header(header: dict | None) -> dict | None:
+    """flatcli's metadata in a safetensors header (`__metadata__["flatcli"]`), or None."""
     if not header:
         return None
     metadata = header.get("__metadata__") or {}

@@ -23,12 +23,14 @@ ACROSS = "Flatness and robustness across runs"
 
 
 def fmt(value, digits: int = 3) -> str:
+    """`value` to `digits` significant digits; n/a when missing or not finite."""
     if is_missing(value) or not math.isfinite(value):
         return "n/a"
     return f"{value:.{digits}g}"
 
 
 def pct(value) -> str:
+    """A fraction as a percentage with one decimal (0.123 -> 12.3 %); n/a when missing."""
     return "n/a" if is_missing(value) else f"{100 * value:.1f} %"
 
 

@@ -157,6 +157,7 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 
 def render_markdown(blocks, directory: Path) -> str:
+    """report.md from the blocks; figure paths relative to `directory` (where it is written)."""
     lines = []
     for kind, content in blocks:
         if kind == "h1":

@@ -28,12 +28,15 @@ _MEASURE_NAMES = {
 
 @dataclass
 class Settings:
+    """What `settings_of` found: lines to state, differences to name, and a refusal."""
+
     lines: list[str] = field(default_factory=list)  # "Test split: attacks ..., eps ..."
     differences: list[str] = field(default_factory=list)  # one sentence per differing setting
     refused: str | None = None  # why runs cannot be compared (a differing threat model)
 
 
 def show(value) -> str:
+    """A setting as the report prints it: floats to 4 significant digits, missing as n/a."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "n/a"
     if isinstance(value, (float, np.floating)):
