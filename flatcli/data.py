@@ -1,25 +1,7 @@
-"""Datasets as [0, 1] NCHW float tensors with fixed, documented splits.
-
-Splits (docs/method.md's protocol):
-- `train`: the training set, in its stored order (the train-side robust loss uses its first n).
-- `test`: the test set without its last `heldout` examples (evaluation uses its first n).
-- `heldout`: the last `heldout` examples of the test set, for early stopping only.
-
-The embedded default is scikit-learn's bundled handwritten digits (1797 images, 8x8, 16 grey
-levels scaled to [0, 1]): a fixed permutation (numpy RandomState(0)) puts 1200 images in train and
-597 in the test set, whose last 197 are held out, so `test` has 400 examples.
-
-cifar10, cifar100, svhn, mnist and fashion-mnist are read from the data directory (`--data-dir`,
-else `FLATCLI_DATA_DIR`) in torchvision's on-disk layouts (`flatcli.data_files`), never downloaded.
-
-`npz:PATH` reads a user's arrays `x_train`, `y_train`, `x_test`, `y_test` from `np.load(PATH)`
-(no pickles): images uint8 NHWC (0..255) or float NCHW in [0, 1] (N x H x W means one channel),
-square, integer labels >= 0, and optionally `n_classes` (a scalar). The class count belongs to
-the model: without `n_classes`, max label + 1 is only a lower bound and a checkpoint with more
-classes is evaluated as it is (`DatasetSpec.classes_from_labels`). Channels and size come from
-the images; eps 8/255 (pass `--eps` otherwise), mean 0 / std 1, default arch preact-resnet18
-from 32 px up (small-cnn below), and the last min(500, len(x_test) // 5) test examples held out.
-"""
+"""Datasets as [0, 1] NCHW float tensors with fixed splits (train, test, heldout): the registry
+of dataset specs (each dataset's defaults, once, and the spec of `npz:PATH` arrays) and
+`load_split`. Splits and files: docs/data.md; design notes: docs/method.md, "Implementation
+notes"."""
 
 from __future__ import annotations
 
@@ -32,8 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flatcli.data_files import RawData, read_cifar, read_digits, read_mnist, read_svhn
-from flatcli.errors import DataError, UsageError, one_line
+from flatcli.data_files import (
+    NPZ_KEYS,
+    RawData,
+    image_geometry,
+    labels_array,
+    npz_classes,
+    read_cifar,
+    read_digits,
+    read_mnist,
+    read_npz,
+    read_svhn,
+)
+from flatcli.errors import DataError, UsageError
 
 SPLITS = ("train", "test", "heldout")
 
@@ -75,7 +68,6 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-
 register(
     DatasetSpec(
         name="digits",
@@ -91,10 +83,6 @@ register(
         read=read_digits,
     )
 )
-
-
-
-# registry ------------------------------------------------------------------------------------
 
 _RGB_DEFAULTS = dict(in_channels=3, image_size=32, eps=8 / 255, default_arch="preact-resnet18",
                      heldout=500)
@@ -143,46 +131,16 @@ def get_spec(dataset: str) -> DatasetSpec:
     return DATASETS[dataset]
 
 
-# ---------------------------------------------------------------------------------------------
-# validation shared by every dataset
-
-
-def _geometry(images: np.ndarray, where: str) -> tuple[int, int, int]:
-    """(C, H, W) of uint8 NHWC / NHW or float NCHW / NHW images; DataError otherwise."""
-    if not isinstance(images, np.ndarray) or images.ndim not in (3, 4) or (
-        images.dtype != np.uint8 and images.dtype.kind != "f"
-    ):
-        raise DataError(
-            f"{where}: images must be uint8 NHWC (0..255) or float NCHW in [0, 1], got "
-            f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
-        )
-    if images.ndim == 3:
-        return 1, images.shape[1], images.shape[2]
-    if images.dtype == np.uint8:
-        return images.shape[3], images.shape[1], images.shape[2]
-    return images.shape[1], images.shape[2], images.shape[3]
-
-
-def _check_labels(labels: np.ndarray, n_images: int, where: str) -> None:
-    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
-        kind = getattr(labels, "dtype", type(labels).__name__)
-        raise DataError(f"{where}: labels must be integers, got {kind}")
-    if labels.ndim != 1 or len(labels) != n_images:
-        raise DataError(
-            f"{where}: expected {n_images} labels of shape [N], got shape {labels.shape}"
-        )
-    if labels.size and labels.min() < 0:
-        raise DataError(f"{where}: labels must be >= 0, found {labels.min()}")
-
-
 def _check_raw(spec: DatasetSpec, raw: RawData) -> RawData:
+    """`raw` when its images have the spec's geometry, its labels fit the spec's classes, and
+    its test set is larger than the held-out part; DataError otherwise."""
     for split, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
         where = f"{spec.name} {split}"
-        geometry = _geometry(x, where)
+        geometry = image_geometry(x, where)
         expected = (spec.in_channels, spec.image_size, spec.image_size)
         if geometry != expected:
             raise DataError(f"{where}: images are CxHxW {geometry}, expected {expected}")
-        _check_labels(y, len(x), where)
+        labels_array(y, len(x), where)
         if len(y) and y.max() >= spec.num_classes:
             raise DataError(
                 f"{where}: label {y.max()} is out of range for {spec.num_classes} classes"
@@ -197,12 +155,6 @@ def _check_raw(spec: DatasetSpec, raw: RawData) -> RawData:
     return raw
 
 
-# ---------------------------------------------------------------------------------------------
-# npz: a user's arrays
-
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
 def _npz_path(dataset: str) -> Path:
     text = dataset[len("npz:"):]
     if not text:
@@ -210,71 +162,18 @@ def _npz_path(dataset: str) -> Path:
     return Path(text).expanduser()
 
 
-@functools.lru_cache(maxsize=4)
-def _load_npz(path: Path, mtime_ns: int, size: int) -> RawData:
-    """Read and validate `path` (the stat values key the cache, so an edited file is re-read)."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise DataError(f"cannot read npz dataset {path}: {one_line(err)}") from None
-    if not hasattr(archive, "files"):
-        raise DataError(f"{path} holds a single array; expected an .npz with {', '.join(NPZ_KEYS)}")
-    with archive:
-        missing = [key for key in NPZ_KEYS if key not in archive.files]
-        if missing:
-            raise DataError(
-                f"{path} lacks array(s) {', '.join(missing)}; expected {', '.join(NPZ_KEYS)}"
-            )
-        try:
-            arrays = {key: archive[key] for key in NPZ_KEYS}
-        except Exception as err:  # a corrupt member, an object array (pickles are refused)
-            raise DataError(f"cannot read npz dataset {path}: {one_line(err)}") from None
-    geometry = {}
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        where = f"{path} x_{split}"
-        c, h, w = geometry[split] = _geometry(x, where)
-        if len(x) == 0:
-            raise DataError(f"{where} is empty")
-        if h != w:
-            layout = "NHWC" if x.dtype == np.uint8 else "NCHW"
-            raise DataError(
-                f"{where}: images must be square, got {h}x{w} with {c} channel(s) reading "
-                f"{x.dtype} shape {x.shape} as {layout} (uint8 must be NHWC, float NCHW)"
-            )
-        if x.dtype.kind == "f" and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
-            raise DataError(f"{where}: float images must lie in [0, 1] (found values outside)")
-        _check_labels(y, len(x), f"{path} y_{split}")
-    if geometry["train"] != geometry["test"]:
-        raise DataError(
-            f"{path}: x_train images are CxHxW {geometry['train']} but x_test {geometry['test']}"
-        )
-    return RawData(arrays["x_train"], arrays["y_train"].astype(np.int64),
-                   arrays["x_test"], arrays["y_test"].astype(np.int64))
-
-
-@functools.lru_cache(maxsize=4)
-def _npz_classes(path: Path, mtime_ns: int, size: int) -> int | None:
-    """The npz's `n_classes` scalar, or None when it has none."""
-    with np.load(path, allow_pickle=False) as archive:
-        if "n_classes" not in archive.files:
-            return None
-        value = archive["n_classes"]
-    if value.shape != () or value.dtype.kind not in "iu" or int(value) < 1:
-        raise DataError(f"{path}: n_classes must be a positive integer scalar, got {value!r}")
-    return int(value)
-
-
 def _read_npz(key: tuple[Path, int, int], _: Path | None) -> RawData:
-    return _load_npz(*key)
+    return read_npz(*key)
 
 
 @functools.lru_cache(maxsize=4)
 def _npz_spec_for(dataset: str, key: tuple[Path, int, int]) -> DatasetSpec:
-    raw = _load_npz(*key)
-    channels, size, _ = _geometry(raw.x_train, dataset)
+    """The spec of a user's arrays. The class count belongs to the model: without `n_classes`
+    in the file, max label + 1 is only a lower bound (`classes_from_labels`)."""
+    raw = read_npz(*key)
+    channels, size, _ = image_geometry(raw.x_train, dataset)
     labelled = int(max(raw.y_train.max(), raw.y_test.max())) + 1
-    stated = _npz_classes(*key)
+    stated = npz_classes(*key)
     if stated is not None and stated < labelled:
         raise DataError(f"{key[0]}: n_classes is {stated} but a label is {labelled - 1}")
     return DatasetSpec(
@@ -305,10 +204,6 @@ def _npz_spec(dataset: str) -> DatasetSpec:
     if not path.is_file():
         raise DataError(f"npz dataset {path} is not a file")
     return _npz_spec_for(dataset, (path.resolve(), stat.st_mtime_ns, stat.st_size))
-
-
-# ---------------------------------------------------------------------------------------------
-# splits
 
 
 @functools.lru_cache(maxsize=8)
@@ -347,6 +242,7 @@ def _split(dataset: str, split: str, directory) -> tuple[np.ndarray, np.ndarray]
 
 
 def split_size(dataset: str, split: str, directory: str | os.PathLike | None = None) -> int:
+    """The number of examples in `split` of `dataset`."""
     return len(_split(dataset, split, directory)[1])
 
 

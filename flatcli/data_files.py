@@ -1,30 +1,11 @@
-"""Reading datasets from disk: digits from scikit-learn, and torchvision's on-disk layouts under
-the data directory (flatcli never downloads; a missing file is a `DataError` naming its path).
-
-    cifar10        DATA_DIR/cifar-10-batches-py/{data_batch_1..data_batch_5, test_batch}
-    cifar100       DATA_DIR/cifar-100-python/{train, test}          (fine labels)
-    svhn           DATA_DIR/{train_32x32.mat, test_32x32.mat}       (or under DATA_DIR/svhn/)
-    mnist          DATA_DIR/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
-    fashion-mnist  DATA_DIR/FashionMNIST/raw/...                    (same file names as MNIST)
-
-CIFAR batches are pickles, read with the restricted unpickler checkpoints share
-(`flatcli.checkpoints.safe_load`): plain data only, any other global refused before anything is
-called. SVHN's `.mat` files are read with `scipy.io.loadmat` as torchvision does (label 10 -> 0);
-MNIST's idx files are parsed from their headers, gzipped or not.
-
-Checksum rule: a file that holds exactly as many examples as the official file of that name
-(10000 per CIFAR-10 batch, 50000/10000 for CIFAR-100, 73257/26032 for SVHN, 60000/10000 for
-MNIST and Fashion-MNIST) presents itself as the official download, so its md5 must equal the one
-torchvision publishes (`torchvision.datasets.CIFAR10.train_list`, `SVHN.split_list`,
-`MNIST.resources`, ...); a mismatch is a `DataError` (a corrupt or altered download). Files with
-other counts (subsets, your own data in these layouts, test fixtures) are not the official files
-and are read without an md5 check. torchvision publishes md5s only for MNIST's `.gz` files, so
-uncompressed idx files are checked by their headers and sizes only. Every dataset's structure is
-validated on read either way: image geometry, label range, and a test set larger than `heldout`.
-"""
+"""Readers of datasets on disk: digits from scikit-learn, torchvision's layouts under the data
+directory (CIFAR pickles, SVHN .mat, MNIST idx) with the official md5 checks, and a user's npz
+arrays; each checks what it read. Never downloads: a missing file is a `DataError` naming its
+path. Layouts and sums: docs/data.md."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import struct
@@ -55,11 +36,8 @@ def _layout(name: str) -> str:
     return DATASETS[name].layout
 
 
-# ---------------------------------------------------------------------------------------------
-# digits (bundled)
-
-
 def read_digits(_: Path | None) -> RawData:
+    """scikit-learn's 1797 digits in [0, 1], split 1200 / 597 by a fixed permutation."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -68,11 +46,6 @@ def read_digits(_: Path | None) -> RawData:
     order = np.random.RandomState(0).permutation(len(labels))
     train, test = order[:1200], order[1200:]
     return RawData(images[train], labels[train], images[test], labels[test])
-
-
-
-# ---------------------------------------------------------------------------------------------
-# files under the data directory
 
 
 def _root(name: str, layout: str, directory: Path | None) -> Path:
@@ -102,19 +75,35 @@ def _verify_md5(name: str, path: Path, expected: str) -> None:
         )
 
 
-def _labels_array(labels, n: int, where: str) -> np.ndarray:
+def labels_array(labels, n: int, where: str) -> np.ndarray:
+    """`labels` as int64 [n], checked: integers, one per image, none negative (DataError)."""
     try:
         arr = np.asarray(labels)
     except Exception as err:  # a ragged or odd object
         raise DataError(f"{where}: labels are not an integer array ({one_line(err)})") from None
-    if arr.dtype.kind not in "iu" or arr.ndim != 1 or len(arr) != n:
-        raise DataError(
-            f"{where}: expected {n} integer labels, got {arr.dtype} array of shape {arr.shape}"
-        )
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{where}: labels must be integers, got {arr.dtype}")
+    if arr.ndim != 1 or len(arr) != n:
+        raise DataError(f"{where}: expected {n} labels of shape [N], got shape {arr.shape}")
+    if arr.size and arr.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0, found {arr.min()}")
     return arr.astype(np.int64)
 
 
-# CIFAR pickles -------------------------------------------------------------------------------
+def image_geometry(images: np.ndarray, where: str) -> tuple[int, int, int]:
+    """(C, H, W) of uint8 NHWC / NHW or float NCHW / NHW images; DataError otherwise."""
+    if not isinstance(images, np.ndarray) or images.ndim not in (3, 4) or (
+        images.dtype != np.uint8 and images.dtype.kind != "f"
+    ):
+        raise DataError(
+            f"{where}: images must be uint8 NHWC (0..255) or float NCHW in [0, 1], got "
+            f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
+        )
+    if images.ndim == 3:
+        return 1, images.shape[1], images.shape[2]
+    if images.dtype == np.uint8:
+        return images.shape[3], images.shape[1], images.shape[2]
+    return images.shape[1], images.shape[2], images.shape[3]
 
 
 def _unpickle_restricted(path: Path):
@@ -149,7 +138,7 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
             f"{getattr(images, 'dtype', type(images).__name__)} {shape}"
         )
     images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # as torchvision: HWC
-    return images, _labels_array(entry[label_key], len(images), str(path))
+    return images, labels_array(entry[label_key], len(images), str(path))
 
 
 _CIFAR = {
@@ -174,6 +163,7 @@ def _cifar_official_md5(name: str) -> dict[str, str]:
 
 
 def read_cifar(name: str, directory: Path | None) -> RawData:
+    """CIFAR-10 (`labels`) or CIFAR-100 (`fine_labels`) batches as uint8 NHWC."""
     folder, train_files, test_files, label_key, official = _CIFAR[name]
     layout = _layout(name)
     base = _root(name, layout, directory) / folder
@@ -194,8 +184,6 @@ def read_cifar(name: str, directory: Path | None) -> RawData:
     (x_train, y_train), (x_test, y_test) = join(train_files), join(test_files)
     return RawData(x_train, y_train, x_test, y_test)
 
-
-# SVHN ----------------------------------------------------------------------------------------
 
 _SVHN_OFFICIAL = {"train": 73257, "test": 26032}
 
@@ -222,12 +210,13 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = labels.reshape(-1)
     if labels.dtype.kind == "f" and np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
-    labels = _labels_array(labels, images.shape[3], str(path))
+    labels = labels_array(labels, images.shape[3], str(path))
     labels[labels == 10] = 0  # SVHN stores the digit 0 as label 10, as torchvision maps it
     return images.transpose(3, 0, 1, 2), labels  # [H, W, C, N] -> NHWC
 
 
 def read_svhn(directory: Path | None) -> RawData:
+    """SVHN's train and test `.mat` files as uint8 NHWC, label 10 read as 0."""
     layout = _layout("svhn")
     root = _root("svhn", layout, directory)
     base = next((d for d in (root, root / "svhn") if (d / "train_32x32.mat").is_file()), root)
@@ -244,8 +233,6 @@ def read_svhn(directory: Path | None) -> RawData:
         out += [images, labels]
     return RawData(*out)
 
-
-# MNIST / Fashion-MNIST -----------------------------------------------------------------------
 
 _IDX_FILES = {"x_train": ("train-images-idx3-ubyte", 3), "y_train": ("train-labels-idx1-ubyte", 1),
               "x_test": ("t10k-images-idx3-ubyte", 3), "y_test": ("t10k-labels-idx1-ubyte", 1)}
@@ -276,6 +263,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def read_mnist(name: str, folder: str, directory: Path | None) -> RawData:
+    """MNIST or Fashion-MNIST idx files (gzipped or not) as uint8 NHW."""
     layout = _layout(name)
     raw_dir = _root(name, layout, directory) / folder / "raw"
     arrays: dict[str, np.ndarray] = {}
@@ -298,3 +286,71 @@ def read_mnist(name: str, folder: str, directory: Path | None) -> RawData:
     return RawData(arrays["x_train"], arrays["y_train"].astype(np.int64),
                    arrays["x_test"], arrays["y_test"].astype(np.int64))
 
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz_images(x: np.ndarray, where: str) -> tuple[int, int, int]:
+    """(C, H, W) of a user's images, checked: not empty, square, floats in [0, 1]."""
+    c, h, w = image_geometry(x, where)
+    if len(x) == 0:
+        raise DataError(f"{where} is empty")
+    if h != w:
+        layout = "NHWC" if x.dtype == np.uint8 else "NCHW"
+        raise DataError(
+            f"{where}: images must be square, got {h}x{w} with {c} channel(s) reading "
+            f"{x.dtype} shape {x.shape} as {layout} (uint8 must be NHWC, float NCHW)"
+        )
+    if x.dtype.kind == "f" and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+        raise DataError(f"{where}: float images must lie in [0, 1] (found values outside)")
+    return c, h, w
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise DataError(f"cannot read npz dataset {path}: {one_line(err)}") from None
+    if not hasattr(archive, "files"):
+        raise DataError(f"{path} holds a single array; expected an .npz with {', '.join(NPZ_KEYS)}")
+    with archive:
+        missing = [key for key in NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise DataError(
+                f"{path} lacks array(s) {', '.join(missing)}; expected {', '.join(NPZ_KEYS)}"
+            )
+        try:
+            return {key: archive[key] for key in NPZ_KEYS}
+        except Exception as err:  # a corrupt member, an object array (pickles are refused)
+            raise DataError(f"cannot read npz dataset {path}: {one_line(err)}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def read_npz(path: Path, mtime_ns: int, size: int) -> RawData:
+    """A user's `x_train, y_train, x_test, y_test` from `np.load(path)` (no pickles), checked;
+    the stat values key the cache, so an edited file is read again."""
+    arrays = _npz_arrays(path)
+    geometry = {
+        split: _npz_images(arrays[f"x_{split}"], f"{path} x_{split}") for split in ("train", "test")
+    }
+    if geometry["train"] != geometry["test"]:
+        raise DataError(
+            f"{path}: x_train images are CxHxW {geometry['train']} but x_test {geometry['test']}"
+        )
+    y_train, y_test = (
+        labels_array(arrays[f"y_{s}"], len(arrays[f"x_{s}"]), f"{path} y_{s}")
+        for s in ("train", "test")
+    )
+    return RawData(arrays["x_train"], y_train, arrays["x_test"], y_test)
+
+
+@functools.lru_cache(maxsize=4)
+def npz_classes(path: Path, mtime_ns: int, size: int) -> int | None:
+    """The npz's `n_classes` scalar, or None when it has none."""
+    with np.load(path, allow_pickle=False) as archive:
+        if "n_classes" not in archive.files:
+            return None
+        value = archive["n_classes"]
+    if value.shape != () or value.dtype.kind not in "iu" or int(value) < 1:
+        raise DataError(f"{path}: n_classes must be a positive integer scalar, got {value!r}")
+    return int(value)

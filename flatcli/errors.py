@@ -1,8 +1,6 @@
-"""Errors that carry a one-line message for the user.
-
-The CLI maps them to exit codes: `UsageError` (and subclasses) -> 2 before any work started,
-`CheckpointError` -> the checkpoint is reported and skipped, the sweep goes on (exit 1 at the end).
-"""
+"""Errors that carry a one-line message for the user. The CLI maps them to exit codes:
+`UsageError` (and `DataError`) -> 2; `CheckpointError` -> that checkpoint fails, the sweep goes
+on (exit 1 at the end), or 2 for a single explicit load."""
 
 import re
 

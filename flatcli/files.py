@@ -1,10 +1,5 @@
-"""Atomic file writes: nothing flatcli writes is ever seen half-written.
-
-Every table part, checkpoint, sidecar, run.json and resume state goes through `atomic_write`:
-the content is written to a hidden temp file in the target's directory (readers skip dot-files),
-flushed to disk, given the usual permissions (0o666 less the umask, like `open`), and renamed
-over the target with `os.replace`, which is atomic on POSIX file systems.
-"""
+"""Atomic file writes: every table part, checkpoint, sidecar and run.json is written to a hidden
+temp file beside its target and renamed over it, so nothing flatcli writes is seen half-written."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Figure helpers shared by the report and the landscape command: matplotlib (Agg) with one
-style, atomic PNG/SVG saves, run colors, and the landscape table's own figures.
-
-Figures are sized for a page about 1000 px wide at `DPI` (a full-width figure is `PAGE_WIDTH`
-inches), so a browser shows them at their own size and 10 pt text stays >= 10 px on screen.
-"""
+"""Figures shared by the report and the landscape command: matplotlib (Agg) with one style, atomic
+PNG/SVG saves, run colors, and the landscape table's own figures. Sized for a page 1000 px
+wide at `DPI`, so a browser shows them unscaled."""
 
 from __future__ import annotations
 
@@ -85,20 +82,89 @@ def _losses(df) -> list[str]:
     return [c for c in ("robust_loss", "clean_loss") if df[c].notna().any()]
 
 
-def landscape_figures(rows: Sequence[dict], out, fmt: str = "png") -> list[Path]:
-    """Figures of landscape rows under OUT/landscape_plots/ (atomic writes); returns the paths.
+def _epoch_color(plt, epochs: list, epoch):
+    """Viridis by the epoch's place among `epochs`; C0 for one epoch or none."""
+    import pandas as pd
 
-    1-D: one figure per (run, kind, configuration), a panel per loss, one line per epoch coloured
-    by epoch: the mean over random/hessian directions with a +-1 std band, the max over
-    adversarial ones. 2-D: one contour figure per checkpoint (mean, or max for adversarial, over
-    planes).
-    """
+    if len(epochs) > 1 and pd.notna(epoch):
+        return plt.get_cmap("viridis")(epochs.index(epoch) / (len(epochs) - 1))
+    return "C0"
+
+
+def _line_panel(plt, ax, group, loss: str, reduce: str, epochs: list) -> None:
+    """One loss along alpha, a line per checkpoint (the `reduce` over directions) and, for a
+    mean over several directions, a +-1 std band."""
+    import pandas as pd
+
+    for ckpt, curve in group.groupby("checkpoint", sort=False):
+        stats = curve.groupby("alpha")[loss].agg([reduce, "std"]).sort_index()
+        epoch = curve.epoch.iloc[0]
+        color = _epoch_color(plt, epochs, epoch)
+        label = f"epoch {int(epoch)}" if pd.notna(epoch) else Path(ckpt).name
+        ax.plot(stats.index, stats[reduce], color=color, label=label)
+        if reduce == "mean" and curve.direction.nunique() > 1:
+            band = stats["std"].fillna(0)
+            ax.fill_between(stats.index, stats[reduce] - band, stats[reduce] + band,
+                            color=color, alpha=0.15, linewidth=0)
+
+
+def _line_figure(plt, group, run: str, kind: str, losses: list[str]):
+    """1-D: a panel per loss, a line per epoch (viridis; a color bar beyond 12 epochs)."""
+    reduce = "max" if kind == "adversarial" else "mean"
+    fig, axes = plt.subplots(1, len(losses), figsize=(min(PAGE_WIDTH, 4.8 * len(losses)), 3.6),
+                             squeeze=False, constrained_layout=True)
+    epochs = sorted(group.epoch.dropna().unique())
+    n = group.direction.nunique()
+    what = f"{reduce} over {n} {kind} direction{'s' if n > 1 else ''}"
+    if reduce == "mean" and n > 1:
+        what += " (band: +-1 std)"
+    for ax, loss in zip(axes[0], losses, strict=True):
+        _line_panel(plt, ax, group, loss, reduce, epochs)
+        ax.set_xlabel("alpha (step along the direction)")
+        ax.set_ylabel(_LOSS_LABELS[loss])
+        ax.set_title(f"{run}: {what}")
+        if group.checkpoint.nunique() <= 12:
+            ax.legend()
+    if len(epochs) > 12:
+        sm = plt.cm.ScalarMappable(
+            cmap=plt.get_cmap("viridis"), norm=plt.Normalize(min(epochs), max(epochs))
+        )
+        fig.colorbar(sm, ax=axes[0].tolist(), label="epoch")
+    return fig
+
+
+def _plane_figure(plt, plane, run: str, kind: str, losses: list[str]):
+    """2-D, one checkpoint: a filled contour per loss over (alpha, beta), the mean (max for
+    adversarial) over planes; a white cross marks the checkpoint."""
+    import pandas as pd
+
+    reduce = "max" if kind == "adversarial" else "mean"
+    fig, axes = plt.subplots(1, len(losses), figsize=(min(PAGE_WIDTH, 5.2 * len(losses)), 4.2),
+                             squeeze=False, constrained_layout=True)
+    epoch = plane.epoch.iloc[0]
+    where = f"epoch {int(epoch)}" if pd.notna(epoch) else Path(plane.checkpoint.iloc[0]).name
+    for ax, loss in zip(axes[0], losses, strict=True):
+        grid = plane.groupby(["beta", "alpha"])[loss].agg(reduce).unstack("alpha")
+        xs, ys, zs = grid.columns.to_numpy(), grid.index.to_numpy(), grid.to_numpy()
+        contour = ax.contourf(xs, ys, zs, levels=20)
+        ax.contour(xs, ys, zs, levels=10, colors="k", linewidths=0.4)
+        fig.colorbar(contour, ax=ax, label=_LOSS_LABELS[loss])
+        ax.plot([0], [0], "w+", markersize=10, markeredgewidth=2)
+        ax.set_xlabel("alpha (direction 1)")
+        ax.set_ylabel("beta (direction 2)")
+        ax.grid(False)
+        ax.set_title(f"{run} {where}: {reduce} over {kind} planes")
+    return fig
+
+
+def landscape_figures(rows: Sequence[dict], out, fmt: str = "png") -> list[Path]:
+    """Figures of landscape rows under OUT/landscape_plots/ (atomic writes); returns the paths:
+    per (run, kind, configuration) one 1-D figure, or one 2-D figure per checkpoint. The mean
+    over random/hessian directions, the max over adversarial ones."""
     if fmt == "none" or not rows:
         return []
     if fmt not in FORMATS:
         raise UsageError(f"--plot {fmt!r}: choose png, svg or none")
-    import pandas as pd
-
     from flatcli.checkpoints import safe_name
 
     plt = pyplot()
@@ -106,72 +172,18 @@ def landscape_figures(rows: Sequence[dict], out, fmt: str = "png") -> list[Path]
     directory = Path(out) / LANDSCAPE_PLOTS
     written = []
     for (run, kind, chash), group in df.groupby(["run", "direction_kind", "config_hash"]):
-        reduce = "max" if kind == "adversarial" else "mean"
         losses = _losses(group)
         if not losses:
             continue
         tag = safe_name(f"{run}__{kind}")
         if group.beta.isna().all():
-            width = min(PAGE_WIDTH, 4.8 * len(losses))
-            fig, axes = plt.subplots(
-                1, len(losses), figsize=(width, 3.6), squeeze=False, constrained_layout=True
+            figures = [(f"{tag}__1d", _line_figure(plt, group, run, kind, losses))]
+        else:  # one at a time: drawn, saved and closed before the next is drawn
+            figures = (
+                (f"{tag}__{safe_name(Path(c).stem)}__2d", _plane_figure(plt, p, run, kind, losses))
+                for c, p in group.groupby("checkpoint", sort=False)
             )
-            epochs = sorted(group.epoch.dropna().unique())
-            cmap = plt.get_cmap("viridis")
-            for ax, loss in zip(axes[0], losses, strict=True):
-                for ckpt, curve in group.groupby("checkpoint", sort=False):
-                    stats = curve.groupby("alpha")[loss].agg([reduce, "std"]).sort_index()
-                    epoch = curve.epoch.iloc[0]
-                    if len(epochs) > 1 and pd.notna(epoch):
-                        color = cmap(epochs.index(epoch) / (len(epochs) - 1))
-                    else:
-                        color = "C0"
-                    label = f"epoch {int(epoch)}" if pd.notna(epoch) else Path(ckpt).name
-                    ax.plot(stats.index, stats[reduce], color=color, label=label)
-                    if reduce == "mean" and curve.direction.nunique() > 1:
-                        band = stats["std"].fillna(0)
-                        ax.fill_between(
-                            stats.index,
-                            stats[reduce] - band,
-                            stats[reduce] + band,
-                            color=color,
-                            alpha=0.15,
-                            linewidth=0,
-                        )
-                n = group.direction.nunique()
-                what = f"{reduce} over {n} {kind} direction{'s' if n > 1 else ''}"
-                if reduce == "mean" and n > 1:
-                    what += " (band: +-1 std)"
-                ax.set_xlabel("alpha (step along the direction)")
-                ax.set_ylabel(_LOSS_LABELS[loss])
-                ax.set_title(f"{run}: {what}")
-                if group.checkpoint.nunique() <= 12:
-                    ax.legend()
-            if len(epochs) > 12:
-                sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(min(epochs), max(epochs)))
-                fig.colorbar(sm, ax=axes[0].tolist(), label="epoch")
-            written += save(fig, directory / f"{tag}__1d__{chash[:8]}", [fmt])
-            plt.close(fig)
-            continue
-        for ckpt, plane in group.groupby("checkpoint", sort=False):
-            width = min(PAGE_WIDTH, 5.2 * len(losses))
-            fig, axes = plt.subplots(
-                1, len(losses), figsize=(width, 4.2), squeeze=False, constrained_layout=True
-            )
-            for ax, loss in zip(axes[0], losses, strict=True):
-                grid = plane.groupby(["beta", "alpha"])[loss].agg(reduce).unstack("alpha")
-                xs, ys, zs = grid.columns.to_numpy(), grid.index.to_numpy(), grid.to_numpy()
-                contour = ax.contourf(xs, ys, zs, levels=20)
-                ax.contour(xs, ys, zs, levels=10, colors="k", linewidths=0.4)
-                fig.colorbar(contour, ax=ax, label=_LOSS_LABELS[loss])
-                ax.plot([0], [0], "w+", markersize=10, markeredgewidth=2)  # the checkpoint
-                ax.set_xlabel("alpha (direction 1)")
-                ax.set_ylabel("beta (direction 2)")
-                ax.grid(False)
-                epoch = plane.epoch.iloc[0]
-                where = f"epoch {int(epoch)}" if pd.notna(epoch) else Path(ckpt).name
-                ax.set_title(f"{run} {where}: {reduce} over {kind} planes")
-            key = safe_name(Path(ckpt).stem)
-            written += save(fig, directory / f"{tag}__{key}__2d__{chash[:8]}", [fmt])
+        for stem, fig in figures:
+            written += save(fig, directory / f"{stem}__{chash[:8]}", [fmt])
             plt.close(fig)
     return written

@@ -1,7 +1,6 @@
-"""Registries (name -> entry with its help) of flatness measures, worst-case estimators, Hessian
-variants and landscape directions/normalizations. Torch-free, so `--help` lists them without
-importing torch; `flatcli.flatness` and `flatcli.landscape` dispatch on them.
-"""
+"""Names -> help of flatness measures, worst-case estimators and landscape directions,
+normalizations and adversarial losses. Torch-free, so `--help` lists them without importing torch;
+`flatcli.flatness` and `flatcli.landscape` dispatch on them."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""One measure over many checkpoints: shard, skip what is done, compute, write, report failures.
-
-Every evaluation command (attack, flatness, landscape) is `run(refs, measure, ...)` with its own
-`measure(ref) -> rows`. A failing checkpoint (`CheckpointError`, or any error while measuring it)
-is reported through `on_event` and skipped; the others still run. Rows are written per checkpoint,
-atomically, so a killed sweep loses at most the checkpoint in hand and a rerun resumes.
-"""
+"""One measure over many checkpoints: shard, plan (skip, recompute, replace or refuse each unit),
+compute, write each unit's part, report failures through `on_event` and go on. The rules:
+docs/method.md, "Implementation notes"."""
 
 from __future__ import annotations
 
@@ -67,6 +63,8 @@ class SweepEvent:
 
 @dataclass
 class SweepSummary:
+    """What a sweep did: units done, skipped and failed (with why), and every row, old and new."""
+
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list[tuple[object, str]] = field(default_factory=list)
@@ -163,6 +161,12 @@ def _same_file(written: str, path) -> bool:
         return os.path.abspath(written) == os.path.abspath(path)
 
 
+def _stamped(rows: list[dict], wall: float) -> list[dict]:
+    """`rows` with the unit's wall time (s, its whole measure) and one creation time."""
+    stamp = runtime.now_iso()
+    return [{**row, "wall_time_s": wall, "created_at": stamp} for row in rows]
+
+
 def run(
     refs: Sequence,
     measure: Callable[[object], list[dict]],
@@ -181,16 +185,15 @@ def run(
     """
     emit = on_event or (lambda event: None)
     work = plan(refs, table, out, config_hash, shard, force)
-    todo, skipped = work.todo, work.skipped
-    summary = SweepSummary(skipped=list(skipped))  # rows: the skipped ones' too, as written
-    total = len(todo) + len(skipped) + len(work.refused)
-    for i, ref in enumerate(skipped):
+    summary = SweepSummary(skipped=list(work.skipped))  # rows: the skipped ones' too, as written
+    total = len(work.todo) + len(work.skipped) + len(work.refused)
+    for i, ref in enumerate(work.skipped):
         summary.rows.extend(tables.read_part(out, table, ref.key, config_hash))
         emit(SweepEvent("skipped", ref, i, total, "already done"))
-    for i, (ref, message) in enumerate(work.refused, start=len(skipped)):
+    for i, (ref, message) in enumerate(work.refused, start=len(work.skipped)):
         summary.failed.append((ref, message))
         emit(SweepEvent("failed", ref, i, total, message))
-    for i, ref in enumerate(todo, start=len(skipped) + len(work.refused)):
+    for i, ref in enumerate(work.todo, start=len(work.skipped) + len(work.refused)):
         for note in work.notes.get(ref.key, []):
             emit(SweepEvent("warning", ref, i, total, note))
         emit(SweepEvent("start", ref, i, total))
@@ -202,13 +205,11 @@ def run(
         except Exception as err:  # one bad checkpoint must not stop the sweep
             if debug:
                 raise
-            message = one_line(err)
-            summary.failed.append((ref, message))
-            emit(SweepEvent("failed", ref, i, total, message))
+            summary.failed.append((ref, one_line(err)))
+            emit(SweepEvent("failed", ref, i, total, one_line(err)))
             continue
         wall = time.perf_counter() - started
-        stamp = runtime.now_iso()
-        rows = [{**row, "wall_time_s": wall, "created_at": stamp} for row in rows]
+        rows = _stamped(rows, wall)
         tables.write_part(out, table, ref.key, config_hash, rows)
         for stale in work.replaces.get(ref.key, []):
             stale.unlink(missing_ok=True)
@@ -219,4 +220,3 @@ def run(
             emit(SweepEvent("warning", ref, i, total, "; ".join(notes), rows))
         emit(SweepEvent("done", ref, i, total, f"{wall:.1f}s", rows))
     return summary
-

@@ -1,13 +1,6 @@
-"""Table schemas (one explicit pyarrow schema per table), atomic part writes, done keys, reading.
-
-Every table is a directory of part files, one per work unit:
-`OUT/<table>/<key>__<hash8>.parquet`, where `key` names the checkpoint and its content
-(`<run>__e<epoch:04d>__<digest8>`) and `hash8` the configuration. Temp files start with `.` and
-are renamed with `os.replace`, so a reader (pyarrow ignores dot-files) never sees a half-written
-part and a killed writer leaves none.
-The explicit schema is applied on every write: `pd.read_parquet("OUT/<table>")` then returns the
-whole table whatever mix of runs, shards and reruns wrote it.
-"""
+"""Table schemas (one explicit pyarrow schema per table), part files (atomic writes), and reading.
+Part names, atomicity and why every write applies the schema: docs/method.md, "Implementation
+notes"."""
 
 from __future__ import annotations
 
@@ -45,90 +38,84 @@ COMMON = [
     pa.field("created_at", pa.string()),
 ]
 
+
+def _with_common(*fields: pa.Field) -> pa.Schema:
+    """A sweep table's schema: the COMMON columns, then its own."""
+    return pa.schema(COMMON + list(fields))
+
+
 SCHEMAS: dict[str, pa.Schema] = {
     # `flatcli train`: one row per epoch (split "train"; n_examples = training examples). The
     # train_* columns are over the batches seen in the epoch (train mode, the training attack);
     # heldout_* come from `heldout_attack` on the held-out split (null on epochs not evaluated).
-    "train_log": pa.schema(
-        COMMON
-        + [
-            pa.field("method", pa.string()),
-            pa.field("lr", pa.float64()),
-            pa.field("train_loss", pa.float64()),
-            pa.field("train_clean_err", pa.float64()),
-            pa.field("train_robust_err", pa.float64()),  # null for --method clean
-            pa.field("heldout_attack", pa.string()),
-            pa.field("heldout_n", pa.int64()),
-            pa.field("heldout_clean_err", pa.float64()),
-            pa.field("heldout_clean_loss", pa.float64()),
-            pa.field("heldout_robust_err", pa.float64()),
-            pa.field("heldout_robust_loss", pa.float64()),
-            pa.field("epoch_time_s", pa.float64()),  # training only; wall_time_s includes eval
-        ]
+    "train_log": _with_common(
+        pa.field("method", pa.string()),
+        pa.field("lr", pa.float64()),
+        pa.field("train_loss", pa.float64()),
+        pa.field("train_clean_err", pa.float64()),
+        pa.field("train_robust_err", pa.float64()),  # null for --method clean
+        pa.field("heldout_attack", pa.string()),
+        pa.field("heldout_n", pa.int64()),
+        pa.field("heldout_clean_err", pa.float64()),
+        pa.field("heldout_clean_loss", pa.float64()),
+        pa.field("heldout_robust_err", pa.float64()),
+        pa.field("heldout_robust_loss", pa.float64()),
+        pa.field("epoch_time_s", pa.float64()),  # training only; wall_time_s includes eval
     ),
-    "attack": pa.schema(
-        COMMON
-        + [
-            pa.field("attack", pa.string()),
-            pa.field("steps", pa.int64()),
-            pa.field("restarts", pa.int64()),
-            pa.field("step_size", pa.float64()),
-            pa.field("clean_err", pa.float64()),
-            pa.field("clean_loss", pa.float64()),
-            pa.field("robust_err", pa.float64()),
-            pa.field("robust_loss", pa.float64()),  # nats; null when the attack gives no loss
-            pa.field("note", pa.string()),  # e.g. "non-finite weights"; null when all is well
-        ]
+    "attack": _with_common(
+        pa.field("attack", pa.string()),
+        pa.field("steps", pa.int64()),
+        pa.field("restarts", pa.int64()),
+        pa.field("step_size", pa.float64()),
+        pa.field("clean_err", pa.float64()),
+        pa.field("clean_loss", pa.float64()),
+        pa.field("robust_err", pa.float64()),
+        pa.field("robust_loss", pa.float64()),  # nats; null when the attack gives no loss
+        pa.field("note", pa.string()),  # e.g. "non-finite weights"; null when all is well
     ),
     # `flatcli flatness`: one row per (checkpoint, measure, xi). Clean measures have eps 0 and hold
     # clean losses in the *_robust_loss columns; hessian rows fill lambda_max/hessian_trace instead.
-    "flatness": pa.schema(
-        COMMON
-        + [
-            pa.field("measure", pa.string()),  # registries.MEASURES
-            pa.field("estimator", pa.string()),  # mean (average) | paper | per-batch | flatcli
-            pa.field("xi", pa.float64()),  # relative radius; null for the Hessian
-            pa.field("conv_scale", pa.float64()),  # conv weights multiplied by this before
-            pa.field("samples", pa.int64()),  # offsets (average) or Hutchinson probes (hessian)
-            pa.field("iterations", pa.int64()),  # attack steps / joint ascent steps / Lanczos
-            pa.field("restarts", pa.int64()),
-            pa.field("attack", pa.string()),  # the attack behind robust_loss; null when clean
-            pa.field("weight_lr", pa.float64()),  # worst case: normalized relative weight step
-            pa.field("robust_loss", pa.float64()),  # at the checkpoint's weights, nats
-            pa.field("robust_err", pa.float64()),  # at the checkpoint's weights, fraction
-            pa.field("perturbed_robust_loss", pa.float64()),  # mean (average) / worst found
-            pa.field("perturbed_robust_err", pa.float64()),  # mean (average) / at the worst point
-            pa.field("joint_loss", pa.float64()),  # worst: the joint ascent's own value
-            pa.field("reattack_loss", pa.float64()),  # worst per-batch: the attack re-run at nu*
-            pa.field("unclamped_flatness", pa.float64()),  # worst: before any clamp at RCE(w)
-            pa.field("flatness", pa.float64()),  # perturbed_robust_loss - robust_loss
-            pa.field("flatness_std", pa.float64()),  # over samples (average)
-            pa.field("lambda_max", pa.float64()),  # Hessian's largest eigenvalue (Lanczos)
-            pa.field("hessian_trace", pa.float64()),  # Hutchinson
-            pa.field("per_sample", pa.list_(pa.float64())),  # per-sample flatness / trace probes
-            pa.field("note", pa.string()),
-        ]
+    "flatness": _with_common(
+        pa.field("measure", pa.string()),  # registries.MEASURES
+        pa.field("estimator", pa.string()),  # mean (average) | paper | per-batch | flatcli
+        pa.field("xi", pa.float64()),  # relative radius; null for the Hessian
+        pa.field("conv_scale", pa.float64()),  # conv weights multiplied by this before
+        pa.field("samples", pa.int64()),  # offsets (average) or Hutchinson probes (hessian)
+        pa.field("iterations", pa.int64()),  # attack steps / joint ascent steps / Lanczos
+        pa.field("restarts", pa.int64()),
+        pa.field("attack", pa.string()),  # the attack behind robust_loss; null when clean
+        pa.field("weight_lr", pa.float64()),  # worst case: normalized relative weight step
+        pa.field("robust_loss", pa.float64()),  # at the checkpoint's weights, nats
+        pa.field("robust_err", pa.float64()),  # at the checkpoint's weights, fraction
+        pa.field("perturbed_robust_loss", pa.float64()),  # mean (average) / worst found
+        pa.field("perturbed_robust_err", pa.float64()),  # mean (average) / at the worst point
+        pa.field("joint_loss", pa.float64()),  # worst: the joint ascent's own value
+        pa.field("reattack_loss", pa.float64()),  # worst per-batch: the attack re-run at nu*
+        pa.field("unclamped_flatness", pa.float64()),  # worst: before any clamp at RCE(w)
+        pa.field("flatness", pa.float64()),  # perturbed_robust_loss - robust_loss
+        pa.field("flatness_std", pa.float64()),  # over samples (average)
+        pa.field("lambda_max", pa.float64()),  # Hessian's largest eigenvalue (Lanczos)
+        pa.field("hessian_trace", pa.float64()),  # Hutchinson
+        pa.field("per_sample", pa.list_(pa.float64())),  # per-sample flatness / trace probes
+        pa.field("note", pa.string()),
     ),
     # `flatcli landscape`: one row per (checkpoint, direction, alpha[, beta]); the loss at
     # w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D, `direction` numbers the plane).
-    "landscape": pa.schema(
-        COMMON
-        + [
-            pa.field("direction_kind", pa.string()),  # random | adversarial | hessian | interpolate
-            pa.field("direction", pa.int64()),
-            pa.field("alpha", pa.float64()),
-            pa.field("beta", pa.float64()),  # null in 1-D
-            pa.field("attack", pa.string()),  # the attack behind robust_*; null for --loss clean
-            pa.field("clean_loss", pa.float64()),
-            pa.field("clean_err", pa.float64()),
-            pa.field("robust_loss", pa.float64()),  # nats; null for --loss clean
-            pa.field("robust_err", pa.float64()),
-            pa.field("normalization", pa.string()),  # layer | layer-maxabs | filter | none
-            pa.field("scale", pa.float64()),  # relative length of the directions
-            pa.field("adversarial_loss", pa.string()),  # adversarial: clean | robust weight attack
-            pa.field("conv_scale", pa.float64()),  # conv weights multiplied by this before
-            pa.field("note", pa.string()),
-        ]
+    "landscape": _with_common(
+        pa.field("direction_kind", pa.string()),  # random | adversarial | hessian | interpolate
+        pa.field("direction", pa.int64()),
+        pa.field("alpha", pa.float64()),
+        pa.field("beta", pa.float64()),  # null in 1-D
+        pa.field("attack", pa.string()),  # the attack behind robust_*; null for --loss clean
+        pa.field("clean_loss", pa.float64()),
+        pa.field("clean_err", pa.float64()),
+        pa.field("robust_loss", pa.float64()),  # nats; null for --loss clean
+        pa.field("robust_err", pa.float64()),
+        pa.field("normalization", pa.string()),  # layer | layer-maxabs | filter | none
+        pa.field("scale", pa.float64()),  # relative length of the directions
+        pa.field("adversarial_loss", pa.string()),  # adversarial: clean | robust weight attack
+        pa.field("conv_scale", pa.float64()),  # conv weights multiplied by this before
+        pa.field("note", pa.string()),
     ),
     # `flatcli report`: one wide row per (run, epoch) joining attack (test and train split),
     # flatness, landscape and train_log, with run.json's method and regularizers. Not a sweep

@@ -550,7 +550,7 @@ def test_curves_join_the_measured_epochs_of_a_run_evaluated_every_few_epochs(tmp
         }
     )
     plt = plots.pyplot()
-    fig, _ = figures._curves(plt, df, tmp_path)
+    fig, _ = figures._curves(plt, df)
     lines = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() == "test"]
     assert len(lines) == 2  # robust loss and robust error panels
     assert all(list(line.get_xdata()) == [5, 10] for line in lines)

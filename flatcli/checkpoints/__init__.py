@@ -1,10 +1,7 @@
-"""Checkpoints: finding them (`discover`), reading them safely (`safe_load`), fitting foreign
-state dicts to our architectures (`state_dict`, `zoos`), flatcli's own format (`format`) and
-`load_model` (`load`). Importing this package does not import torch.
-
-Loading never runs code from a file: safetensors, or `torch.load(weights_only=True)` after the
-pickle's imports were checked against an allow-list without unpickling it.
-"""
+"""Checkpoints: finding them (discover, names), reading them without running code (safe_load),
+fitting foreign state dicts (state_dict, zoos), flatcli's own format (format) and `load_model`
+(load). Importing this package does not import torch. Design: docs/method.md, "Implementation
+notes"."""
 
 from flatcli.checkpoints.discover import (
     CHECKPOINT_PATTERNS,

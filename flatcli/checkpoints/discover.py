@@ -1,10 +1,6 @@
-"""Finding checkpoints: files and directories -> `CheckpointRef(run, epoch, path, digest)`.
-
-A run is the directory holding the checkpoint (its parent when that directory is a snapshot
-folder such as `epoch_7/`); the epoch comes from flatcli's metadata, else the file name, else the
-snapshot folder. Runs that share a directory name within one call get parent names, with a note.
-The digest identifies the content, so results follow the file, not the name it was given.
-"""
+"""Finding checkpoints: files and directories -> `CheckpointRef(run, epoch, path, digest)`, runs
+named after their own directory (made distinct when two share a name). How runs and digests are
+chosen: docs/method.md, "Implementation notes"."""
 
 from __future__ import annotations
 
@@ -158,12 +154,12 @@ class _Found:
     run_dir: Path  # absolute, symlinks not resolved
     run: str
     epoch: int | None
-
-
     note: str = ""
 
 
 def _ref_epoch_and_run(path: Path) -> tuple[int | None, Path]:
+    """(epoch, run directory): flatcli's metadata, else the file name, else a snapshot folder
+    (`epoch_7/`, whose parent is then the run)."""
     parent = path.absolute().parent
     meta = read_sidecar(path)
     if meta is not None and isinstance(meta.get("epoch"), int):
@@ -177,18 +173,9 @@ def _ref_epoch_and_run(path: Path) -> tuple[int | None, Path]:
     return None, parent
 
 
-def discover(paths: Sequence[str | os.PathLike]) -> list[CheckpointRef]:
-    """Checkpoints in files and directories (recursively), naturally sorted by (run, epoch, path).
-
-    Raises `UsageError` (one line) for a missing path, an empty directory, or a directory without
-    checkpoint files. A run is named after its own directory, however the paths were given; runs
-    of different directories with the same name get as many parent names as needed (`a-run1`,
-    `b-run1`) and a `note` saying so; two files of one directory with the same epoch name every
-    run of that directory after its file pattern (`run1-model.pt`). The same file reached twice
-    is kept once.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+def _files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The checkpoint files among `paths` (directories searched recursively); `UsageError` for
+    a missing path, an empty directory, or none found."""
     if not paths:
         raise UsageError("no checkpoint paths given")
     files: list[Path] = []
@@ -210,10 +197,24 @@ def discover(paths: Sequence[str | os.PathLike]) -> list[CheckpointRef]:
             files.append(path)
     if not files:
         raise UsageError(f"no checkpoint files among the given paths ({CHECKPOINT_PATTERNS})")
+    return files
 
+
+def discover(paths: Sequence[str | os.PathLike]) -> list[CheckpointRef]:
+    """Checkpoints in files and directories (recursively), naturally sorted by (run, epoch, path).
+
+    Raises `UsageError` (one line) for a missing path, an empty directory, or a directory without
+    checkpoint files. A run is named after its own directory, however the paths were given; runs
+    of different directories with the same name get as many parent names as needed (`a-run1`,
+    `b-run1`) and a `note` saying so; two files of one directory with the same epoch name every
+    run of that directory after its file pattern (`run1-model.pt`). The same file reached twice
+    is kept once.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     seen: set[Path] = set()
     items: list[_Found] = []
-    for path in files:
+    for path in _files(paths):
         real = path.resolve()
         if real in seen:
             continue
@@ -236,11 +237,9 @@ def _collisions(items: list[_Found]) -> list[list[_Found]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def _make_keys_unique(items: list[_Found]) -> None:
-    by_dir: dict[Path, list[_Found]] = {}
-    for item in items:
-        by_dir.setdefault(item.run_dir, []).append(item)
-    # 1. Different directories with the same name: prefix parent directory names, as few as needed.
+def _prefix_parents(items: list[_Found], by_dir: dict[Path, list[_Found]]) -> None:
+    """Runs of different directories with one name: prefix parent directory names, as few as
+    make them distinct (`a-run1`, `b-run1`)."""
     depth: dict[Path, int] = {}
     for _ in range(256):
         clashing = {
@@ -256,9 +255,17 @@ def _make_keys_unique(items: list[_Found]) -> None:
             for item in by_dir[run_dir]:
                 item.run = "-".join(parts[-d:])
         if not grown:
-            break
-    # 2. Files of one directory that share a key (`model_4.pt` and `model_4.pth`): name every run
-    #    of that directory after its file-name pattern (`run3-model.pt`, `run3-model.pth`).
+            return
+
+
+def _make_keys_unique(items: list[_Found]) -> None:
+    """Rename runs until no two items share a key; `UsageError` when renaming cannot help."""
+    by_dir: dict[Path, list[_Found]] = {}
+    for item in items:
+        by_dir.setdefault(item.run_dir, []).append(item)
+    _prefix_parents(items, by_dir)
+    # Files of one directory that share a key (`model_4.pt` and `model_4.pth`): every run of
+    # that directory is named after its file-name pattern (`run3-model.pt`, `run3-model.pth`).
     same_dir = {g[0].run_dir for g in _collisions(items) if len({i.run_dir for i in g}) == 1}
     for run_dir in same_dir:
         for item in by_dir[run_dir]:

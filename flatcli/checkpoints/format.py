@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from flatcli import __version__
 from flatcli.checkpoints.names import checkpoint_name, checkpoint_stem
 from flatcli.errors import UsageError
-from flatcli.files import atomic_write
+from flatcli.files import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from flatcli.models import Classifier
@@ -88,6 +88,7 @@ def safetensors_header(path: Path) -> dict | None:
 
 
 def own_meta_from_header(header: dict | None) -> dict | None:
+    """flatcli's metadata in a safetensors header (`__metadata__["flatcli"]`), or None."""
     if not header:
         return None
     metadata = header.get("__metadata__") or {}
@@ -152,13 +153,6 @@ def save_checkpoint(
         raise UsageError(f"checkpoint file must end in .safetensors, .pt or .pth: {path}")
     mean = tuple(float(v) for v in model.normalize.mean.flatten().tolist())
     std = tuple(float(v) for v in model.normalize.std.flatten().tolist())
-    num_classes = None
-    try:
-        from flatcli.data import get_spec
-
-        num_classes = get_spec(dataset).num_classes
-    except UsageError:
-        pass
     meta = jsonable(
         {
             "format": FORMAT,
@@ -166,7 +160,7 @@ def save_checkpoint(
             "arch": arch,
             "arch_kwargs": dict(arch_kwargs or {}),
             "dataset": dataset,
-            "num_classes": num_classes,
+            "num_classes": _class_count(model),
             "in_channels": len(mean),
             "mean": list(mean),
             "std": list(std),
@@ -184,6 +178,14 @@ def save_checkpoint(
         atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
     else:
         atomic_write(path, lambda tmp: torch.save({FORMAT: meta, "state_dict": state}, tmp))
-    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def _class_count(model: Classifier) -> int | None:
+    """The model's own class count, the output width of its last linear layer (the dataset's
+    count can be smaller: an npz whose labels do not cover every class)."""
+    from torch import nn
+
+    widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
+    return widths[-1] if widths else None

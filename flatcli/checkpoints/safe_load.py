@@ -1,10 +1,6 @@
-"""Reading checkpoint files without running code from them, and the one restricted unpickler.
-
-safetensors is read as is; torch files go through `torch.load(weights_only=True)` only after their
-pickles' imports were listed with `pickletools` (nothing executed) and found in the allow-list:
-torch's own names plus the plain data of `PLAIN_GLOBALS`. `RestrictedUnpickler` resolves exactly
-that plain data and nothing else; `flatcli.data` reads CIFAR's pickled batches with it.
-"""
+"""Reading checkpoint files without running code from them, and the one restricted unpickler
+(`RestrictedUnpickler`, also used for CIFAR's pickled batches). The rule: docs/method.md,
+"Implementation notes"."""
 
 from __future__ import annotations
 

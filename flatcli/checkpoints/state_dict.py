@@ -5,7 +5,7 @@ normalization, and load strictly into `Classifier.net` (or the whole `Classifier
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flatcli.checkpoints.format import jsonable
 from flatcli.checkpoints.names import natural
@@ -123,14 +123,26 @@ def _names(keys: set[str] | list[str], limit: int = 5) -> str:
     return shown + (", ..." if len(ordered) > limit else "")
 
 
-def fit_state(model: Classifier, state: dict, label: str, arch: str, hint: str) -> dict:
-    """Load `state` strictly into `model.net` or into the whole model; returns how it matched."""
-    net_state = model.net.state_dict()
-    full_state = model.state_dict()
+def _optional(key: str) -> bool:
+    """Entries a whole-model state dict may lack: BN's counters and the input normalization."""
+    return key.endswith("num_batches_tracked") or key.startswith("normalize.")
 
-    def optional(key: str) -> bool:
-        return key.endswith("num_batches_tracked") or key.startswith("normalize.")
 
+class _Match(NamedTuple):
+    """How a file's keys fit the model at one prefix level and target."""
+
+    score: int  # missing + unexpected keys; 0 is an exact fit
+    prefix: str  # stripped from every file key
+    mapping: dict  # our key -> the file's key
+    target: str  # "net" (Classifier.net) | "model" (the whole Classifier)
+    expected: dict  # the target's own state dict
+    missing: set
+    unexpected: set
+
+
+def _best_match(model: Classifier, state: dict) -> _Match:
+    """The prefix level and target under which `state`'s keys fit the model best."""
+    net_state, full_state = model.net.state_dict(), model.state_dict()
     best = None
     for prefix, mapping in _prefix_candidates(state):
         keys = set(mapping)
@@ -138,31 +150,42 @@ def fit_state(model: Classifier, state: dict, label: str, arch: str, hint: str) 
         if any(k.startswith(("net.", "normalize.")) for k in keys):
             targets.insert(0, ("model", full_state))
         for target, expected in targets:
-            skip = optional if target == "model" else lambda k: k.endswith("num_batches_tracked")
+            skip = _optional if target == "model" else lambda k: k.endswith("num_batches_tracked")
             missing = {k for k in set(expected) - keys if not skip(k)}
             unexpected = keys - set(expected)
             score = len(missing) + len(unexpected)
             if best is None or score < best[0]:
-                best = (score, prefix, mapping, target, expected, missing, unexpected)
+                best = _Match(score, prefix, mapping, target, expected, missing, unexpected)
             if score == 0:
-                break
-        if best[0] == 0:
+                return best
+    return best
+
+
+def _key_mismatch(label: str, arch: str, match: _Match) -> CheckpointError:
+    """The missing and unexpected keys, with as many names as fit one readable line."""
+    missing, unexpected = match.missing, match.unexpected
+    shown_prefix = "" if match.target == "model" else "net."
+    missing_names = {shown_prefix + k for k in missing}
+    unexpected_names = {match.mapping[k] for k in unexpected}
+    for limit in (5, 3, 2, 1):
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} ({_names(missing_names, limit)})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} ({_names(unexpected_names, limit)})")
+        text = f"{label}: does not match arch '{arch}': {', '.join(parts)}"
+        if len(text) - len(label) <= 280:
             break
-    score, prefix, mapping, target, expected, missing, unexpected = best
-    if score:
-        shown_prefix = "" if target == "model" else "net."
-        missing_names = {shown_prefix + k for k in missing}
-        unexpected_names = {mapping[k] for k in unexpected}
-        for limit in (5, 3, 2, 1):  # as many names as fit one readable line
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} ({_names(missing_names, limit)})")
-            if unexpected:
-                parts.append(f"unexpected {len(unexpected)} ({_names(unexpected_names, limit)})")
-            text = f"{label}: does not match arch '{arch}': {', '.join(parts)}"
-            if len(text) - len(label) <= 280:
-                break
-        raise CheckpointError(one_line(text, 400))
+    return CheckpointError(one_line(text, 400))
+
+
+def fit_state(model: Classifier, state: dict, label: str, arch: str, hint: str) -> dict:
+    """Load `state` strictly into `model.net` or into the whole model; returns how it matched
+    ({"prefix", "target"}). A key or shape mismatch is a one-line `CheckpointError`."""
+    match = _best_match(model, state)
+    if match.score:
+        raise _key_mismatch(label, arch, match)
+    mapping, expected = match.mapping, match.expected
     bad_shapes = [
         f"{mapping[k]} {list(state[mapping[k]].shape)} vs {list(expected[k].shape)}"
         for k in sorted(mapping, key=natural)
@@ -176,11 +199,11 @@ def fit_state(model: Classifier, state: dict, label: str, arch: str, hint: str) 
     loaded = {k: state[orig] for k, orig in mapping.items()}
     for key, value in expected.items():  # optional entries the file does not carry
         loaded.setdefault(key, value)
-    module = model if target == "model" else model.net
+    module = model if match.target == "model" else model.net
     try:
         module.load_state_dict(loaded, strict=True)
     except (RuntimeError, ValueError, TypeError) as err:
         raise CheckpointError(
             f"{label}: does not load into arch '{arch}' ({first_sentence(err)})"
         ) from None
-    return {"prefix": prefix or None, "target": target}
+    return {"prefix": match.prefix or None, "target": match.target}

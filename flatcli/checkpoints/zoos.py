@@ -1,13 +1,6 @@
-"""Model zoos read from local files (nothing is downloaded): RobustBench and MadryLab `robustness`.
-
-RobustBench keeps `models/<dataset>/<threat model>/<Name>.pt`; the entry's name fixes the
-architecture and, where the entry normalizes without storing it, the normalization
-(`robustbench/model_zoo/cifar10.py`). Served: the CIFAR-10 L-inf entries built from
-architectures flatcli has (WideResNet in the TRADES layout, PreActResNet-18, ResNet-18).
-MadryLab `robustness` saves `{"model": ..., "epoch": ...}` with the network twice,
-`module.model.*` and `module.attacker.model.*` (the same tensors), and the input normalization
-as `module.normalizer.new_mean/new_std` buffers (read by `state_dict.pop_normalization`).
-"""
+"""Model zoos read from local files (nothing is downloaded): RobustBench entries (the name fixes
+architecture and, where the entry normalizes in code, normalization; after
+`robustbench/model_zoo/cifar10.py`) and MadryLab `robustness`' doubled network."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Architecture registry: name -> factory, every model wrapped with its input normalization.
-
-A registered factory builds the bare network `net(num_classes, in_channels, **kwargs)`; `build`
-wraps it as `Classifier(normalize, net)` so that every model takes inputs in [0, 1] and owns its
-mean/std buffers. Parameter names inside `net` follow the common public codebases so that their
-state dicts load into `model.net` unchanged (see `flatcli.checkpoints`).
+"""Architecture registry: name -> factory of the bare network, and `Classifier`, which wraps it
+with its input normalization so that every model takes inputs in [0, 1]. Parameter names follow
+the public codebases, so their state dicts load into `model.net` (docs/method.md,
+"Implementation notes").
 """
 
 from __future__ import annotations
@@ -121,12 +119,6 @@ def _arch_value(text: str, key: str, value: str, default):
         raise UsageError(f"--arch {text}: {key} must be {kind.__name__}, got {value!r}") from None
 
 
-# Families register themselves on import; keep this list the table of contents.
-from flatcli.models import small  # noqa: E402,F401
-
-for _family in ("preact_resnet", "resnet", "wide_resnet"):
-    try:
-        __import__(f"flatcli.models.{_family}")
-    except ModuleNotFoundError as _err:  # a family not written yet
-        if _err.name != f"flatcli.models.{_family}":
-            raise
+# Each family registers its architectures on import, in this order (the order `--help` lists).
+from flatcli.models import small  # noqa: E402,F401,I001
+from flatcli.models import preact_resnet, resnet, wide_resnet  # noqa: E402,F401

@@ -1,28 +1,24 @@
-"""Pre-activation ResNet-18 (He et al., 2016), CIFAR layout of Rice et al.'s robust overfitting.
-
-Parameter and buffer names match `preactresnet.py` of locuslab/robust_overfitting, so its
-checkpoints load into `Classifier.net` unchanged:
-
-    conv1, layer{1..4}.{0,1}.bn1/conv1/bn2/conv2, layer{2..4}.0.shortcut.0 (1x1 conv), bn, linear
-
-The original pools with `avg_pool2d(out, 4)` (4x4 maps for 32x32 inputs); a global average pool
-is the same there and also accepts other input sizes. Initialization is PyTorch's default, as in
-the original (Kaiming-uniform for the convolutions).
-"""
+"""Pre-activation ResNet-18 (He et al., 2016) with the parameter names of locuslab/
+robust_overfitting's `preactresnet.py`, whose checkpoints load into `Classifier.net` unchanged:
+conv1, layer{1..4}.{0,1}.bn1/conv1/bn2/conv2, layer{2..4}.0.shortcut.0, bn, linear.
+PyTorch's default initialization, as the original."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flatcli.models import register
+from flatcli.models.stages import cifar_stages, global_pool
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-conv3x3; the projection shortcut sees the pre-activated input."""
-
-    expansion = 1
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3; the projection shortcut sees the pre-activated input.
+    Kept apart from WideResNet's block of the same shape: the two codebases name the layers
+    differently (`shortcut.0` vs `convShortcut`), and their checkpoints must load as saved."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
@@ -30,9 +26,9 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        if stride != 1 or in_planes != self.expansion * planes:
+        if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, self.expansion * planes, 1, stride=stride, bias=False)
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,40 +40,20 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(
-        self,
-        num_blocks: tuple[int, ...] = (2, 2, 2, 2),
-        num_classes: int = 10,
-        in_channels: int = 3,
-        width: int = 64,
-    ):
-        super().__init__()
-        block = PreActBlock
-        self.in_planes = width
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
-        self.layer1 = self._make_layer(block, width, num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(block, 2 * width, num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(block, 4 * width, num_blocks[2], stride=2)
-        self.layer4 = self._make_layer(block, 8 * width, num_blocks[3], stride=2)
-        self.bn = nn.BatchNorm2d(8 * width * block.expansion)
-        self.linear = nn.Linear(8 * width * block.expansion, num_classes)
+    """Logits [N, num_classes] of images [N, in_channels, H, W] (normalized by `Classifier`)."""
 
-    def _make_layer(self, block, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(block(self.in_planes, planes, s))
-            self.in_planes = planes * block.expansion
-        return nn.Sequential(*layers)
+    def __init__(self, num_blocks: Sequence[int], num_classes: int, in_channels: int, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.layer1, self.layer2, self.layer3, self.layer4 = cifar_stages(
+            PreActBlock, width, num_blocks
+        )
+        self.bn = nn.BatchNorm2d(8 * width)
+        self.linear = nn.Linear(8 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)
-        out = self.layer1(out)
-        out = self.layer2(out)
-        out = self.layer3(out)
-        out = self.layer4(out)
-        out = F.relu(self.bn(out))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(out)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        return self.linear(global_pool(F.relu(self.bn(out))))
 
 
 @register(

@@ -1,18 +1,7 @@
-"""WideResNet (Zagoruyko & Komodakis, 2016) in the layout of the TRADES / MART / AWP codebases.
-
-Parameter and buffer names match those codebases, so their checkpoints load into `Classifier.net`:
-
-    conv1, block{1,2,3}.layer.{i}.bn1/conv1/bn2/conv2, block{1,2,3}.layer.0.convShortcut
-    (1x1 conv, where the block changes width), bn1, fc
-
-TRADES' `wideresnet.py` also builds a `sub_block1` (a copy of `block1`) that `forward` never
-uses; its checkpoints contain those tensors, so `sub_block1=True` adds the same unused module for
-loading them. Its parameters take no part in the output and get no gradient.
-
-Depth is 6n + 4 with n blocks per group; WRN-28-10 has ~36.5M parameters, WRN-34-10 ~46.2M.
-The original pools with `avg_pool2d(out, 8)` (8x8 maps for 32x32 inputs); a global average pool
-is the same there and also accepts other input sizes. Initialization follows the original:
-convolutions N(0, 2 / (k * k * out_channels)), BN weight 1 and bias 0, linear bias 0.
+"""WideResNet (Zagoruyko & Komodakis, 2016) with the parameter names of the TRADES / MART / AWP
+codebases, whose checkpoints load into `Classifier.net` unchanged: conv1,
+block{1,2,3}.layer.{i}.bn1/conv1/bn2/conv2, block{1,2,3}.layer.0.convShortcut, bn1, fc.
+Depth 6n + 4; initialization as the original. `sub_block1`: see `WideResNet`.
 """
 
 from __future__ import annotations
@@ -23,10 +12,12 @@ from torch import nn
 
 from flatcli.errors import UsageError
 from flatcli.models import register
+from flatcli.models.stages import global_pool
 
 
 class BasicBlock(nn.Module):
-    """Pre-activation block; where the width changes, the shortcut sees the pre-activated input."""
+    """Pre-activation block; where the width changes, the shortcut sees the pre-activated input.
+    The same computation as `PreActBlock` (dropout aside), kept apart for the TRADES names."""
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, dropout: float = 0.0):
         super().__init__()
@@ -55,6 +46,8 @@ class BasicBlock(nn.Module):
 
 
 class NetworkBlock(nn.Module):
+    """One group of `nb_layers` blocks under `.layer` (the TRADES name)."""
+
     def __init__(
         self, nb_layers: int, in_planes: int, out_planes: int, stride: int, dropout: float = 0.0
     ):
@@ -76,15 +69,15 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(
-        self,
-        depth: int = 34,
-        num_classes: int = 10,
-        widen_factor: int = 10,
-        dropout: float = 0.0,
-        in_channels: int = 3,
-        sub_block1: bool = False,
-    ):
+    """Logits [N, num_classes] of images [N, in_channels, H, W] (normalized by `Classifier`).
+
+    TRADES' `wideresnet.py` also builds `sub_block1`, a copy of `block1` that `forward` never
+    uses, and its checkpoints carry those tensors: `sub_block1=True` adds the same unused module
+    so that they load (it takes no part in the output and gets no gradient).
+    """
+
+    def __init__(self, depth: int, num_classes: int, widen_factor: int, dropout: float,
+                 in_channels: int, sub_block1: bool):
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
             raise UsageError(
@@ -117,13 +110,8 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)
-        out = self.block1(out)
-        out = self.block2(out)
-        out = self.block3(out)
-        out = self.relu(self.bn1(out))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.fc(out)
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        return self.fc(global_pool(self.relu(self.bn1(out))))
 
 
 @register(
@@ -142,23 +130,20 @@ def wide_resnet(
     return WideResNet(depth, num_classes, widen_factor, dropout, in_channels, sub_block1)
 
 
-@register(
-    "wrn-28-10",
-    "WideResNet-28-10 (TRADES/MART/AWP names), ~36.5M parameters; kwargs: dropout=0, "
-    "sub_block1=False",
-)
-def wrn_28_10(
-    num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, sub_block1: bool = False
-) -> nn.Module:
-    return WideResNet(28, num_classes, 10, dropout, in_channels, sub_block1)
+def _wrn_10(depth: int):
+    """The factory of WRN-`depth`-10: depth and width fixed, so `--arch` cannot change them."""
+
+    def factory(
+        num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, sub_block1: bool = False
+    ) -> nn.Module:
+        return WideResNet(depth, num_classes, 10, dropout, in_channels, sub_block1)
+
+    return factory
 
 
-@register(
-    "wrn-34-10",
-    "WideResNet-34-10 (TRADES/MART/AWP names), ~46.2M parameters; kwargs: dropout=0, "
-    "sub_block1=False",
-)
-def wrn_34_10(
-    num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, sub_block1: bool = False
-) -> nn.Module:
-    return WideResNet(34, num_classes, 10, dropout, in_channels, sub_block1)
+for _depth, _size in ((28, "36.5M"), (34, "46.2M")):
+    register(
+        f"wrn-{_depth}-10",
+        f"WideResNet-{_depth}-10 (TRADES/MART/AWP names), ~{_size} parameters; kwargs: dropout=0, "
+        "sub_block1=False",
+    )(_wrn_10(_depth))

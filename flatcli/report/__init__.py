@@ -1,9 +1,6 @@
-"""`flatcli report`: one wide row per (run, epoch), correlations of flatness with robust
-generalization, figures, and the findings in sentences that claim only what the numbers support
-(the paper's "Findings to reproduce"). Inputs may be missing: the report names the command that
-makes each. Modules: sources (read), settings (how each table was measured), join (the
-per-epoch table), stats (correlations, Holm), findings (sentences), figures, render (md/html).
-"""
+"""`flatcli report`: `build` reads (sources), states the settings (settings), joins one row per
+(run, epoch) (join), correlates (stats), writes sentences (findings), draws (figures) and renders
+report.md/html (render). Statistics: docs/method.md, "Report statistics"."""
 
 from __future__ import annotations
 
@@ -132,9 +129,18 @@ def build(
         settings=measured.lines,
         captions=captions,
     )
+    report.written = _write(report, directory, how, outs, html_page)
+    return report
+
+
+def _write(
+    report: Report, directory: Path, how: str, outs: Sequence[Path], html_page: bool
+) -> list[Path]:
+    """Write the report's tables, report.md (and report.html); returns every file written,
+    the figures' too."""
     written = [
-        tables.write_table(directory, "report", records(table)),
-        tables.write_table(directory, "correlations", records(corr)),
+        tables.write_table(directory, "report", records(report.table)),
+        tables.write_table(directory, "correlations", records(report.correlations)),
     ]
     blocks = document(report, how, outs)
     written.append(
@@ -142,6 +148,4 @@ def build(
     )
     if html_page:
         written.append(files.atomic_write_text(directory / "report.html", render_html(blocks)))
-    figure_files = [p.with_suffix(s) for p in drawn.values() for s in (".png", ".svg")]
-    report.written = written + figure_files
-    return report
+    return written + [p.with_suffix(s) for p in report.figures.values() for s in (".png", ".svg")]

@@ -26,7 +26,33 @@ def _axis_label(df: pd.DataFrame, column: str) -> str:
     return f"{SHORT_LABELS[column]}{at}\n({unit}higher = sharper)"
 
 
-def _curves(plt, df: pd.DataFrame, directory: Path):
+def _curve_panel(ax, g: pd.DataFrame, column: str) -> None:
+    """One run's test (solid) and train (dashed) `column` per epoch, early stopping dotted."""
+    # Only measured epochs: a run evaluated every few epochs has train_log rows in between, and
+    # a line through their NaNs would draw nothing.
+    test, train = (g.dropna(subset=[f"{s}_{column}"]) for s in ("test", "train"))
+    ax.plot(test.epoch, test[f"test_{column}"], color="C0", label="test")
+    if not train.empty:
+        ax.plot(train.epoch, train[f"train_{column}"], "--", color="C1", label="train")
+    best = g[g.is_best]
+    if not best.empty:
+        ax.axvline(best.epoch.iloc[0], color="0.4", linestyle=":", label="early stopping")
+
+
+def _legend_of_all(fig, axes) -> None:
+    """One legend above the figure with every label any panel has, once."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
+
+
+def _curves(plt, df: pd.DataFrame):
+    """Robust loss and error per epoch: a row of run panels per metric (same y range in a row),
+    `_PER_ROW` runs per row; None with fewer than 2 epochs or no metric."""
     curves = df.dropna(subset=["epoch"])
     metrics = [
         (c, t)
@@ -46,40 +72,21 @@ def _curves(plt, df: pd.DataFrame, directory: Path):
         squeeze=False,
         constrained_layout=True,
     )
-    for k, chunk in enumerate(chunks):
-        for m, (column, title) in enumerate(metrics):
+    for m, (column, title) in enumerate(metrics):
+        values = curves[[f"test_{column}", f"train_{column}"]].stack()
+        low, high = values.min(), values.max()
+        pad = 0.05 * (high - low or 1)
+        for k, chunk in enumerate(chunks):
             row = axes[k * len(metrics) + m]
-            values = curves[[f"test_{column}", f"train_{column}"]].stack()
-            low, high = values.min(), values.max()
-            pad = 0.05 * (high - low or 1)
-            for ax, run in zip(row, chunk + [None] * (ncols - len(chunk)), strict=True):
-                if run is None:
-                    ax.set_visible(False)
-                    continue
-                g = curves[curves.run == run].sort_values("epoch")
-                # Only measured epochs: a run evaluated every few epochs has train_log rows in
-                # between, and a line through their NaNs would draw nothing.
-                test, train = (g.dropna(subset=[f"{s}_{column}"]) for s in ("test", "train"))
-                ax.plot(test.epoch, test[f"test_{column}"], color="C0", label="test")
-                if not train.empty:
-                    ax.plot(train.epoch, train[f"train_{column}"], "--", color="C1", label="train")
-                best = g[g.is_best]
-                if not best.empty:
-                    ax.axvline(
-                        best.epoch.iloc[0], color="0.4", linestyle=":", label="early stopping"
-                    )
+            for ax in row[len(chunk) :]:
+                ax.set_visible(False)
+            for ax, run in zip(row, chunk, strict=False):
+                _curve_panel(ax, curves[curves.run == run].sort_values("epoch"), column)
                 ax.set_ylim(low - pad, high + pad)
                 ax.set_title(str(run))
                 ax.set_xlabel("epoch")
-                if ax is row[0]:
-                    ax.set_ylabel(title)
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="outside upper center", ncols=len(labels), frameon=False)
+            row[0].set_ylabel(title)
+    _legend_of_all(fig, axes)
     caption = (
         f"{' and '.join(t.split(' (')[0] for _, t in metrics).capitalize()} per epoch, one panel "
         "per run (same scale in each row): test solid, train dashed, early stopping dotted."
@@ -218,7 +225,7 @@ def write_figures(
     drawn: dict[str, Path] = {}
     captions: dict[str, str] = {}
     makers = {
-        "curves": lambda: _curves(plt, df, directory),
+        "curves": lambda: _curves(plt, df),
         "flatness": lambda: _flatness(plt, df, colors),
         "scatter": lambda: _scatter(plt, df, corr, how, colors),
         "landscape": lambda: _landscape(plt, landscape, colors),

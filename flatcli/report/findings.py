@@ -23,12 +23,14 @@ ACROSS = "Flatness and robustness across runs"
 
 
 def fmt(value, digits: int = 3) -> str:
+    """`value` to `digits` significant digits; n/a when missing or not finite."""
     if is_missing(value) or not math.isfinite(value):
         return "n/a"
     return f"{value:.{digits}g}"
 
 
 def pct(value) -> str:
+    """A fraction as a percentage with one decimal (0.123 -> 12.3 %); n/a when missing."""
     return "n/a" if is_missing(value) else f"{100 * value:.1f} %"
 
 
@@ -117,48 +119,81 @@ def flatness_finding(run: str, group: pd.DataFrame, column: str) -> str | None:
         )
     best = g[g.is_best]
     if not best.empty and best.epoch.iloc[0] != last.epoch:
-        b = best.iloc[0]
-        se = f"{column}_se"
-        verdict = compare(b[column], b.get(se), last[column], last.get(se))
-        values = f"{fmt(b[column])} vs {fmt(last[column])} at the last epoch"
-        if verdict is None:
-            text += (
-                f" Early-stopped epoch {b.epoch}: {values}; no standard error for this measure, "
-                "so no verdict."
-            )
-        elif verdict == "no difference beyond noise":
-            bound = 2 * math.hypot(b[se], last[se])
-            text += (
-                f" Early-stopped epoch {b.epoch}: {values}: no difference beyond noise (2 "
-                f"standard errors of the difference: {fmt(bound, 2)})."
-            )
-        else:
-            text += f" The early-stopped epoch {b.epoch} is {verdict} ({values}, beyond 2 SE)."
+        text += _early_stop_sentence(best.iloc[0], last, column)
     return text
 
 
-def _pairs_note(chosen: pd.DataFrame, measure: str) -> int:
-    return int(chosen[measure].notna().sum())
+def _early_stop_sentence(b, last, column: str) -> str:
+    """The early-stopped row `b` against the last epoch's: flatter or sharper only beyond 2
+    standard errors of the difference, no verdict without standard errors."""
+    se = f"{column}_se"
+    verdict = compare(b[column], b.get(se), last[column], last.get(se))
+    values = f"{fmt(b[column])} vs {fmt(last[column])} at the last epoch"
+    if verdict is None:
+        return (
+            f" Early-stopped epoch {b.epoch}: {values}; no standard error for this measure, "
+            "so no verdict."
+        )
+    if verdict == "no difference beyond noise":
+        bound = 2 * math.hypot(b[se], last[se])
+        return (
+            f" Early-stopped epoch {b.epoch}: {values}: no difference beyond noise (2 "
+            f"standard errors of the difference: {fmt(bound, 2)})."
+        )
+    return f" The early-stopped epoch {b.epoch} is {verdict} ({values}, beyond 2 SE)."
+
+
+def compared(how: str) -> tuple[str, str]:
+    """(which checkpoints, what a pair is) under `--select how`."""
+    if how == "all":
+        return "every checkpoint pooled", "checkpoints"
+    return f"the {how} epoch of each run", "runs"
+
+
+def _relation(r, what: str, target: str, how: str) -> str:
+    """The sentence for one across-run correlation row `r` between `what` (measure and target)."""
+    at, unit = compared(how)
+    if how == "all":
+        return (
+            f"Across {r.n} {unit} ({at}): Kendall tau between {what} is {fmt(r.kendall, 2)} "
+            "(coefficient only: epochs of one run are not independent, so no p-value)."
+        )
+    adjusted = r.kendall_p_holm
+    tested = (
+        f"p = {fmt_p(r.kendall_p)}, Holm-adjusted p = {fmt_p(adjusted)} over {int(r.tests)} tests"
+    )
+    if is_missing(adjusted) or adjusted >= ALPHA or r.kendall == 0:
+        return (
+            f"Across {r.n} {unit} ({at}): no evidence of a relation between {what} "
+            f"(Kendall tau {fmt(r.kendall, 2)}, {tested}, n = {r.n})."
+        )
+    noun = {"test_robust_err": "robust error", "rce_gap": "gap"}.get(target, TARGETS[target])
+    side = "lower" if r.kendall > 0 else "higher"  # flatness: higher = sharper
+    return (
+        f"Across {r.n} {unit} ({at}): Kendall tau between {what} is "
+        f"{fmt(r.kendall, 2)} ({tested}; Spearman {fmt(r.spearman, 2)}, Pearson "
+        f"{fmt(r.pearson, 2)}): flatter runs had a {side} {noun}."
+    )
 
 
 def across_runs_finding(
     corr: pd.DataFrame, chosen: pd.DataFrame, how: str, refused: str | None = None
 ) -> list[str]:
     """Finding 3: across runs, flatter minima with lower robust error / smaller gap? Stated only
-    at a Holm-adjusted p < ALPHA; pooled epochs (`all`) get the coefficient only."""
+    at a Holm-adjusted p < ALPHA; pooled epochs (`all`) get the coefficient only. Robust error
+    and the gap are always answered; other targets only when significant."""
     if refused:
         return [f"Not compared across runs: {refused}."]
     out = []
     scope = corr[corr.scope != "within run"]
-    at = "every checkpoint pooled" if how == "all" else f"the {how} epoch of each run"
-    unit = "checkpoints" if how == "all" else "runs"
     for measure in [m for m in SHARPNESS_COLUMNS if chosen[m].notna().any()]:
         label = FLATNESS_LABELS[measure]
         rows = scope[(scope.measure == measure) & scope.kendall.notna()]
         if rows.empty:
+            at, unit = compared(how)
             out.append(
                 f"Across {unit} ({at}): {label} is not correlated with robustness: that needs "
-                f"3 pairs that vary, there are {_pairs_note(chosen, measure)}."
+                f"3 pairs that vary, there are {int(chosen[measure].notna().sum())}."
             )
             continue
         for target in TARGETS:
@@ -167,35 +202,8 @@ def across_runs_finding(
                 continue
             r = row.iloc[0]
             stated = target in ("test_robust_err", "rce_gap")
-            if not stated and (how == "all" or not r.kendall_p_holm < ALPHA):
-                continue  # other targets: in the table, in the text only when significant
-            what = f"{label} and {TARGETS[target]}"
-            if how == "all":
-                out.append(
-                    f"Across {r.n} {unit} ({at}): Kendall tau between {what} is "
-                    f"{fmt(r.kendall, 2)} (coefficient only: epochs of one run are not "
-                    "independent, so no p-value)."
-                )
-                continue
-            p, adjusted = r.kendall_p, r.kendall_p_holm
-            tested = (
-                f"p = {fmt_p(p)}, Holm-adjusted p = {fmt_p(adjusted)} over {int(r.tests)} tests"
-            )
-            if is_missing(adjusted) or adjusted >= ALPHA or r.kendall == 0:
-                out.append(
-                    f"Across {r.n} {unit} ({at}): no evidence of a relation between {what} "
-                    f"(Kendall tau {fmt(r.kendall, 2)}, {tested}, n = {r.n})."
-                )
-                continue
-            noun = {"test_robust_err": "robust error", "rce_gap": "gap"}.get(
-                target, TARGETS[target]
-            )
-            side = "lower" if r.kendall > 0 else "higher"  # flatness: higher = sharper
-            out.append(
-                f"Across {r.n} {unit} ({at}): Kendall tau between {what} is "
-                f"{fmt(r.kendall, 2)} ({tested}; Spearman {fmt(r.spearman, 2)}, Pearson "
-                f"{fmt(r.pearson, 2)}): flatter runs had a {side} {noun}."
-            )
+            if stated or (how != "all" and r.kendall_p_holm < ALPHA):
+                out.append(_relation(r, f"{label} and {TARGETS[target]}", target, how))
     return out
 
 

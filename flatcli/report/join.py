@@ -182,6 +182,24 @@ def _best_epochs(sources: Sources) -> dict[str, int]:
     return best
 
 
+def _run_columns(df: pd.DataFrame, sources: Sources) -> pd.DataFrame:
+    """`df` with each run's method, regularizers and directory (run.json), and early stopping
+    (best_epoch, is_best) and is_last per row."""
+    configs = {run: info.get("config", {}) for run, info in sources.runs.items()}
+    df["method"] = df.run.map(lambda r: configs.get(r, {}).get("method"))
+    df["regularizers"] = df.run.map(lambda r: describe_regularizers(configs.get(r, {})))
+    df.loc[~df.run.isin(list(configs)), "regularizers"] = None
+    for key in ("label_smoothing", "weight_decay", "awp_gamma", "trades_beta"):
+        df[key] = df.run.map(lambda r, k=key: configs.get(r, {}).get(k))
+    dirs = {run: str(path) for run, path in sources.run_dirs.items()}
+    df["run_dir"] = df.run.map(lambda r: dirs.get(r))
+    df["best_epoch"] = df.run.map(_best_epochs(sources)).astype("Int64")
+    df["is_best"] = df.epoch.notna() & (df.epoch == df.best_epoch).fillna(False)
+    last = df.groupby("run").epoch.transform("max")
+    df["is_last"] = (df.epoch == last).fillna(False).astype(bool)
+    return df
+
+
 def per_epoch(sources: Sources, notes: list[str] | None = None) -> pd.DataFrame:
     """The wide per-(run, epoch) table with the `report` schema's columns; a checkpoint measured
     twice with different settings is named in `notes`."""
@@ -215,22 +233,8 @@ def per_epoch(sources: Sources, notes: list[str] | None = None) -> pd.DataFrame:
     df["rce_gap"] = df.test_robust_loss - df.train_robust_loss
     df["rerr_gap"] = df.test_robust_err - df.train_robust_err
     identity = _identity(sources).astype({"epoch": "Int64"})
-    df = df.drop(columns=_IDENTITY).merge(identity, on=keys, how="left")
-    best = _best_epochs(sources)
-    configs = {run: info.get("config", {}) for run, info in sources.runs.items()}
-    df["method"] = df.run.map(lambda r: configs.get(r, {}).get("method"))
-    df["regularizers"] = df.run.map(lambda r: describe_regularizers(configs.get(r, {})))
-    df.loc[~df.run.isin(list(configs)), "regularizers"] = None
-    for key in ("label_smoothing", "weight_decay", "awp_gamma", "trades_beta"):
-        df[key] = df.run.map(lambda r, k=key: configs.get(r, {}).get(k))
-    dirs = {run: str(path) for run, path in sources.run_dirs.items()}
-    df["run_dir"] = df.run.map(lambda r: dirs.get(r))
-    df["best_epoch"] = df.run.map(best).astype("Int64")
-    df["is_best"] = df.epoch.notna() & (df.epoch == df.best_epoch).fillna(False)
-    last = df.groupby("run").epoch.transform("max")
-    df["is_last"] = (df.epoch == last).fillna(False).astype(bool)
-    df = df.sort_values(keys).reset_index(drop=True)
-    return df[tables.columns("report")]
+    df = _run_columns(df.drop(columns=_IDENTITY).merge(identity, on=keys, how="left"), sources)
+    return df.sort_values(keys).reset_index(drop=True)[tables.columns("report")]
 
 
 def select(df: pd.DataFrame, how: str) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from flatcli import plots
 from flatcli.report.columns import FLATNESS_COLUMNS, SHORT_LABELS, TARGETS, is_missing
-from flatcli.report.findings import ACROSS, fmt_p, per_run, statistics_note
+from flatcli.report.findings import ACROSS, compared, fmt_p, per_run, statistics_note
 
 
 @dataclass
@@ -134,7 +134,7 @@ def document(report: Report, how: str, outs: Sequence[Path]) -> list[tuple[str, 
         blocks += [("h2", title), ("details", items or [("", ["Not enough data (see above)."])])]
     across = correlation_view(report.correlations)
     if not across.empty:
-        which = "every checkpoint pooled" if how == "all" else f"the {how} epoch of each run"
+        which = compared(how)[0]
         blocks += [("h2", f"Correlations across runs ({which})"), ("table", across)]
     within = correlation_view(report.correlations, within=True)
     if not within.empty:
@@ -157,6 +157,7 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 
 def render_markdown(blocks, directory: Path) -> str:
+    """report.md from the blocks; figure paths relative to `directory` (where it is written)."""
     lines = []
     for kind, content in blocks:
         if kind == "h1":

@@ -1,10 +1,6 @@
-"""How each table was measured: the settings the report states first, and the differences
-between checkpoints that a comparison must not hide (issue 12: join on the configuration too).
-
-A checkpoint measured twice with different settings keeps only its latest setting's rows
-(`latest_setting`); settings that differ between checkpoints are named (`Settings.differences`),
-and a different threat model (dataset, eps, norm) refuses the comparison across runs.
-"""
+"""How each table was measured: the settings the report states first, the differences between
+checkpoints a comparison must not hide, and a differing threat model (dataset, eps, norm), which
+refuses the comparison across runs."""
 
 from __future__ import annotations
 
@@ -32,12 +28,15 @@ _MEASURE_NAMES = {
 
 @dataclass
 class Settings:
+    """What `settings_of` found: lines to state, differences to name, and a refusal."""
+
     lines: list[str] = field(default_factory=list)  # "Test split: attacks ..., eps ..."
     differences: list[str] = field(default_factory=list)  # one sentence per differing setting
     refused: str | None = None  # why runs cannot be compared (a differing threat model)
 
 
 def show(value) -> str:
+    """A setting as the report prints it: floats to 4 significant digits, missing as n/a."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "n/a"
     if isinstance(value, (float, np.floating)):
@@ -136,6 +135,37 @@ def _attack_checkpoints(attack: pd.DataFrame, split: str) -> pd.DataFrame:
     )
 
 
+def _per_checkpoint(attack: pd.DataFrame, flatness: pd.DataFrame, xis: dict[str, float]):
+    """(what, one row per checkpoint with its settings, the columns that describe them) for the
+    attack on each split, then each flatness measure at the radius the report uses."""
+    for split in ("test", "train", "heldout"):
+        per = _attack_checkpoints(attack, split)
+        if not per.empty:
+            yield f"Attack, {split} split", per, ATTACK
+    for measure, xi in xis.items():
+        rows = flatness[flatness.measure == measure]
+        if xi is not None:
+            rows = rows[np.isclose(rows.xi, xi)]
+        if not rows.empty:
+            per = rows.sort_values("created_at").groupby(["run", "epoch"], dropna=False).last()
+            yield _MEASURE_NAMES.get(measure, measure), per.reset_index(), FLATNESS
+
+
+def _landscape_checkpoints(landscape: pd.DataFrame) -> pd.DataFrame:
+    """One row per (checkpoint, direction kind) with its settings and number of directions."""
+    return (
+        landscape.groupby(["run", "epoch", "direction_kind"], dropna=False)
+        .agg(
+            {
+                **{k: "first" for k in THREAT + ["n_examples", "normalization", "scale"]},
+                "direction": "nunique",
+            }
+        )
+        .reset_index()
+        .rename(columns={"direction": "directions"})
+    )
+
+
 def settings_of(
     attack: pd.DataFrame, flatness: pd.DataFrame, landscape: pd.DataFrame, xis: dict[str, float]
 ) -> Settings:
@@ -143,39 +173,12 @@ def settings_of(
     the radius the report uses (`xis`: measure -> xi), the landscape."""
     result = Settings()
     threat = []
-    for split in ("test", "train", "heldout"):
-        per = _attack_checkpoints(attack, split)
-        if per.empty:
-            continue
-        what = f"Attack, {split} split"
-        result.lines.append(_line(what, per, ATTACK))
-        result.differences += differences(what, per, ATTACK)
-        threat += differences(what, per, THREAT)
-    for measure, xi in xis.items():
-        rows = flatness[flatness.measure == measure]
-        if xi is not None:
-            rows = rows[np.isclose(rows.xi, xi)]
-        if rows.empty:
-            continue
-        per = rows.sort_values("created_at").groupby(["run", "epoch"], dropna=False).last()
-        per = per.reset_index()
-        what = _MEASURE_NAMES.get(measure, measure)
-        result.lines.append(_line(what, per, FLATNESS))
-        result.differences += differences(what, per, FLATNESS)
+    for what, per, columns in _per_checkpoint(attack, flatness, xis):
+        result.lines.append(_line(what, per, columns))
+        result.differences += differences(what, per, columns)
         threat += differences(what, per, THREAT)
     if not landscape.empty:
-        per = (
-            landscape.groupby(["run", "epoch", "direction_kind"], dropna=False)
-            .agg(
-                {
-                    **{k: "first" for k in THREAT + ["n_examples", "normalization", "scale"]},
-                    "direction": "nunique",
-                }
-            )
-            .reset_index()
-            .rename(columns={"direction": "directions"})
-        )
-        result.lines.append(_line("Landscape", per, LANDSCAPE))
+        result.lines.append(_line("Landscape", _landscape_checkpoints(landscape), LANDSCAPE))
     if threat:
         result.refused = (
             "the runs were not measured under one threat model ("

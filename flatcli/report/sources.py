@@ -137,42 +137,30 @@ def prefixes(outs: Sequence[Path], homes: list[dict], labels: Sequence[str] | No
     return [f"{n}/" for n in names], note
 
 
-def load_sources(
-    outs: Sequence[Path], run_dirs: Sequence[Path] = (), labels: Sequence[str] | None = None
-) -> Sources:
-    """Read the tables under each OUT and the runs' train_log/run.json.
-
-    Run directories are the `--runs` given, those under each OUT that hold a run.json, and the
-    directories of the checkpoints named in the tables. A run is named as in the tables (the
-    `run` column, prefixed by its OUT's label when there is one); a run directory seen only
-    here is named by its directory.
-    """
+def _require_dirs(outs: Sequence[Path], run_dirs: Sequence[Path]) -> None:
     for out in outs:
         if not Path(out).is_dir():
             raise UsageError(f"{out}: no such directory")
     for run_dir in run_dirs:
         if not Path(run_dir).is_dir():
             raise UsageError(f"--runs {run_dir}: no such directory")
-    skipped: list[tuple[Path, str]] = []
-    per_out = [{t: _read(Path(o), t, skipped) for t in (*MEASURED, "train_log")} for o in outs]
-    homes = [_run_homes({t: f[t] for t in MEASURED}) for f in per_out]
-    prefix, note = prefixes(outs, homes, labels)
-    for frames, pre in zip(per_out, prefix, strict=True):
-        for table, df in frames.items():
-            if pre and not df.empty:
-                frames[table] = df.assign(run=pre + df.run.astype(str))
-    frames = {t: _concat([f[t] for f in per_out], t) for t in MEASURED}
+
+
+def _names_by_dir(frames: dict[str, pd.DataFrame]) -> dict[Path, str]:
+    """checkpoint directory -> the run name the tables give it (the first seen)."""
     names: dict[Path, str] = {}
     for df in frames.values():
         for run, checkpoint in df[["run", "checkpoint"]].drop_duplicates().itertuples(index=False):
             names.setdefault(Path(checkpoint).parent.resolve(), run)
-    candidates = [(Path(r), "") for r in run_dirs]
-    for out, pre in zip(outs, prefix, strict=True):
-        candidates += [(p.parent, pre) for p in sorted(Path(out).glob("**/run.json"))]
-    candidates += [(p, "") for p in names]
+    return names
+
+
+def _runs(candidates: list[tuple[Path, str]], names: dict[Path, str], skipped: list):
+    """({run: run.json}, {run: directory}, [train_log frames]) of the candidate directories
+    (directory, prefix) that hold a run.json or a train_log; the first of a name wins."""
     runs: dict[str, dict] = {}
     dirs: dict[str, Path] = {}
-    logs = [f["train_log"] for f in per_out]
+    logs = []
     for run_dir, pre in candidates:
         resolved = run_dir.resolve()
         name = names.get(resolved, pre + run_dir.name)
@@ -185,11 +173,40 @@ def load_sources(
         log = _read(resolved, "train_log", skipped)
         if not log.empty:
             logs.append(log.assign(run=name))
+    return runs, dirs, logs
+
+
+def load_sources(
+    outs: Sequence[Path], run_dirs: Sequence[Path] = (), labels: Sequence[str] | None = None
+) -> Sources:
+    """Read the tables under each OUT and the runs' train_log/run.json.
+
+    Run directories are the `--runs` given, those under each OUT that hold a run.json, and the
+    directories of the checkpoints named in the tables. A run is named as in the tables (the
+    `run` column, prefixed by its OUT's label when there is one); a run directory seen only
+    here is named by its directory.
+    """
+    _require_dirs(outs, run_dirs)
+    skipped: list[tuple[Path, str]] = []
+    per_out = [{t: _read(Path(o), t, skipped) for t in (*MEASURED, "train_log")} for o in outs]
+    homes = [_run_homes({t: f[t] for t in MEASURED}) for f in per_out]
+    prefix, note = prefixes(outs, homes, labels)
+    for frames, pre in zip(per_out, prefix, strict=True):
+        for table, df in frames.items():
+            if pre and not df.empty:
+                frames[table] = df.assign(run=pre + df.run.astype(str))
+    frames = {t: _concat([f[t] for f in per_out], t) for t in MEASURED}
+    names = _names_by_dir(frames)
+    candidates = [(Path(r), "") for r in run_dirs]
+    for out, pre in zip(outs, prefix, strict=True):
+        candidates += [(p.parent, pre) for p in sorted(Path(out).glob("**/run.json"))]
+    candidates += [(p, "") for p in names]
+    runs, dirs, logs = _runs(candidates, names, skipped)
     return Sources(
         attack=frames["attack"],
         flatness=frames["flatness"],
         landscape=frames["landscape"],
-        train_log=_concat(logs, "train_log"),
+        train_log=_concat([f["train_log"] for f in per_out] + logs, "train_log"),
         runs=runs,
         run_dirs=dirs,
         skipped=skipped,

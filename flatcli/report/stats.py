@@ -1,11 +1,6 @@
 """Rank and linear correlations of sharpness with robust generalization, and Holm's adjustment.
-
-p-values are given only where the pairs are independent: across runs, one checkpoint per run.
-The epochs of one run, alone or pooled over runs (`--select all`), are autocorrelated (each
-epoch starts from the previous one), so those rows carry the coefficient only. A permutation
-test that permutes whole runs would be valid there, but with the 3-8 runs of a study its
-smallest possible p (1/n!) rarely reaches the level, so it would add a column that says little.
-"""
+p-values only across runs, one checkpoint per run (why: docs/method.md, "Report statistics" and
+"Implementation notes")."""
 
 from __future__ import annotations
 
