@@ -220,6 +220,7 @@ class _Trainer:
             f"{head}: {c.method} {c.arch} on {c.dataset} ({len(self.data.y)} examples), {attack}, "
             f"{c.epochs} epochs, {c.schedule} lr {c.lr:g}, device {self.device}"
             + (f", {self.dist.world} processes" if self.dist.active else "")
+            + (", compiled (the first epoch includes compiling)" if self.step.compiled else "")
         )
 
     def _best_text(self) -> str:

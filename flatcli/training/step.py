@@ -34,6 +34,7 @@ class Step:
         self.amp_dtype, self.full = amp_dtype, full
         self.awp_gamma, self.awp_layers = awp  # (gamma, layers) of `methods.awp_offset`
         self.fast_net = compilation.compiled(net, policy, device)
+        self.compiled = self.fast_net is not net
         self.fast_model = (
             self.fast_net if model is net else compilation.compiled(model, policy, device)
         )
