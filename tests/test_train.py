@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -658,3 +659,221 @@ def test_train_help_has_examples_and_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "Example: flatcli train" in done.stdout and "--milestones 60,90,120" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# speed without changing results: data on the device, no per-step host syncs, bf16, compile
+
+# (train_loss, train_robust_err) of epochs 1 and 2 as recorded with the host-side data path
+# (main at fba36f0, one CPU thread) before the data moved to the device; the resident path must
+# reproduce them bitwise.
+RECORDED = {
+    "at": ((2.4162023067474365, 0.9166666666666666), (2.4167333443959556, 0.90625)),
+    "trades-noise": (
+        (2.32091801961263, 0.9111111111111111),
+        (2.3174982918633353, 0.8888888888888888),
+    ),
+    "mart-entropy": (
+        (2.5652573903401694, 0.9166666666666666),
+        (2.5776246388753257, 0.8854166666666666),
+    ),
+    "awp-extra-clip": ((2.353727877140045, 0.9453125), (2.3299221992492676, 0.9765625)),
+    "at-bf16": ((2.4159468015034995, 0.9166666666666666), (2.41621732711792, 0.90625)),
+    "clean-cnn": ((2.292000150680542, None),),
+}
+
+
+def _extra_npz(tmp_path) -> str:
+    import numpy as np
+
+    from flatcli import data
+
+    x, y = data.load_split("digits", "test", 100)
+    np.savez(tmp_path / "extra.npz", x=x.numpy(), y=y.numpy())
+    return str(tmp_path / "extra.npz")
+
+
+@pytest.mark.parametrize("case", sorted(RECORDED))
+def test_device_resident_training_reproduces_the_host_path_bitwise(tmp_path, case):
+    extra = {
+        "at": {},
+        "trades-noise": dict(method="trades", label_noise=0.2, train_examples=90),  # short batch
+        "mart-entropy": dict(method="mart", optimizer="entropy-sgd", entropy_steps=2),
+        "awp-extra-clip": dict(
+            method="awp", extra_data=_extra_npz(tmp_path), extra_fraction=0.25, weight_clip=0.05
+        ),
+        "at-bf16": dict(amp="bf16"),
+        "clean-cnn": dict(method="clean", arch="small-cnn", train_examples=80, epochs=1),
+    }[case]
+    rows = train(TrainConfig(**{**FAST, **extra}), tmp_path / "run").rows
+    assert tuple((r["train_loss"], r["train_robust_err"]) for r in rows) == RECORDED[case]
+
+
+def test_crop_flip_and_cutout_are_batched_draws_of_the_documented_transforms():
+    x = torch.rand(256, 2, 8, 8)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    out = regularizers.crop_flip(x, 1, torch.Generator().manual_seed(0))
+    seen = set()
+    for b in range(len(x)):
+        for top in range(3):
+            for left in range(3):
+                window = padded[b, :, top : top + 8, left : left + 8]
+                for flip in (False, True):
+                    if torch.equal(out[b], window.flip(-1) if flip else window):
+                        seen.add((top, left, flip))
+                        break
+                else:
+                    continue
+                break
+            else:
+                continue
+            break
+        else:
+            raise AssertionError(f"image {b} is no (flipped) crop of the padded input")
+    assert len(seen) == 18  # every offset, flipped and not
+    again = regularizers.crop_flip(x, 1, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    ones = torch.ones(64, 3, 8, 8)
+    cut = regularizers.cutout(ones, 4, torch.Generator().manual_seed(0))
+    zeros = cut == 0
+    assert (zeros.sum((1, 2, 3)) == 3 * 16).all()  # a 4x4 square, a quarter of 8x8, per image
+    rows, cols = zeros[:, 0].any(2), zeros[:, 0].any(1)
+    assert (rows.sum(1) == 4).all() and (cols.sum(1) == 4).all()
+    assert len({tuple(r.nonzero().flatten().tolist()) for r in rows}) == 5  # every position
+    aug = regularizers.Augmenter("cutout", 8)(ones, torch.Generator().manual_seed(1))
+    assert aug.shape == ones.shape and (aug == 0).any()
+
+
+_SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+def _host_syncs_in_training(monkeypatch, tmp_path, config) -> int:
+    """Reads of device values on the host (Tensor.item and friends) inside the epoch's steps."""
+    from flatcli.training import loop
+
+    counting = {"on": False, "n": 0}
+    for name in _SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            counting["n"] += counting["on"]
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    train_epoch = loop._Trainer._train_epoch
+
+    def watched(self, *args):
+        counting["on"] = True
+        try:
+            return train_epoch(self, *args)
+        finally:
+            counting["on"] = False
+
+    monkeypatch.setattr(loop._Trainer, "_train_epoch", watched)
+    train(config, tmp_path / f"run{config.train_examples}")
+    monkeypatch.undo()
+    return counting["n"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(method="awp", label_noise=0.2, augment="crop-flip", weight_clip=0.5),
+        dict(method="trades", optimizer="entropy-sgd", entropy_steps=2, augment="cutout"),
+        dict(method="mart", extra_fraction=0.25),
+    ],
+)
+def test_training_steps_never_wait_on_the_host(monkeypatch, tmp_path, options):
+    if "extra_fraction" in options:
+        options = {**options, "extra_data": _extra_npz(tmp_path)}
+    counts = [
+        _host_syncs_in_training(
+            monkeypatch,
+            tmp_path,
+            TrainConfig(**{**FAST, "epochs": 1, "train_examples": n, **options}),
+        )
+        for n in (48, 160)  # 2 and 5 steps
+    ]
+    assert counts == [0, 0], counts
+
+
+def test_bf16_training_runs_channels_last_and_its_loss_is_close_to_fp32s(tmp_path, monkeypatch):
+    from flatcli.training import step
+
+    layouts = []  # the layout of a 32-channel convolution's weight at each step
+    gradient = step.Step.gradient
+
+    def spy(self, *args, **kwargs):
+        conv = [m.weight for m in self.net.modules() if isinstance(m, torch.nn.Conv2d)][1]
+        layouts.append(conv.is_contiguous(memory_format=torch.channels_last))
+        return gradient(self, *args, **kwargs)
+
+    monkeypatch.setattr(step.Step, "gradient", spy)
+    common = dict(arch="small-cnn", width=4, epochs=1, train_examples=64, batch_size=32, eps=0.1)
+    common.update(attack="pgd2", heldout_examples=32, heldout_attack="pgd1")
+    fp32 = train(TrainConfig(**common), tmp_path / "fp32").rows[0]
+    assert layouts == [False, False]
+    bf16 = train(TrainConfig(**common, amp="bf16"), tmp_path / "bf16").rows[0]
+    assert layouts[2:] == [True, True]
+    assert bf16["dtype"] == "bfloat16" and fp32["dtype"] == "float32"
+    assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.02)
+    assert abs(bf16["train_robust_err"] - fp32["train_robust_err"]) <= 2 / 64
+    cpu = torch.device("cpu")
+    tiny, mlp = models.build("tiny", 10, 1), torch.nn.Sequential(torch.nn.Linear(4, 2))
+    assert step.memory_format(tiny, cpu, None) == torch.contiguous_format
+    assert step.memory_format(tiny, cpu, torch.bfloat16) == torch.channels_last
+    assert step.memory_format(mlp, cpu, torch.bfloat16) == torch.contiguous_format
+
+
+def test_compiled_training_traces_full_batches_only_and_equals_eager(tmp_path, monkeypatch):
+    """`--compile on` through the trainer, with a recording backend (no inductor): every graph
+    sees the full batch (the short last one runs eagerly) and the log equals eager's."""
+    import torch._dynamo
+
+    batch_sizes = []
+
+    def recording(gm, example_inputs):
+        images = [t for t in example_inputs if tuple(t.shape[1:]) == (1, 8, 8)]
+        batch_sizes.extend(t.shape[0] for t in images)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=recording, **kw))
+    config = TrainConfig(**{**FAST, "epochs": 1, "train_examples": 80, "heldout_attack": "pgd1"})
+    torch._dynamo.reset()
+    try:
+        on = train(dataclasses.replace(config, compile="on"), tmp_path / "on").rows
+    finally:
+        torch._dynamo.reset()
+    off = train(dataclasses.replace(config, compile="off"), tmp_path / "off").rows
+    assert batch_sizes and set(batch_sizes) == {32}  # 80 = 32 + 32 + 16: the 16 ran eagerly
+    assert on[0]["train_loss"] == pytest.approx(off[0]["train_loss"], rel=1e-6)
+    assert on[0]["train_robust_err"] == off[0]["train_robust_err"]
+
+
+def test_inductor_compiled_training_step_equals_the_eager_step():
+    """One real `torch.compile` (inductor, CPU) of the train-mode step: 3 updates of the tiny
+    model give the eager losses and weights up to float rounding."""
+    import torch._dynamo
+
+    from flatcli.training.step import Step
+
+    torch.manual_seed(0)
+    x, y = torch.rand(3, 16, 1, 8, 8), torch.randint(0, 10, (3, 16))
+    runs = []
+    for policy in ("off", "on"):
+        torch.manual_seed(1)
+        net = models.build("tiny", 10, 1).train()
+        sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        step = Step(net, net, methods.build("clean"), sgd, None, policy, torch.device("cpu"),
+                    16, (0.0, "weights"))  # fmt: skip
+        losses = []
+        for k in range(3):
+            loss, _, _ = step.gradient(x[k], y[k], y[k], None)
+            sgd.step()
+            losses.append(loss.item())
+        runs.append((losses, [p.detach().clone() for p in net.parameters()]))
+        torch._dynamo.reset()
+    (eager, w_eager), (compiled, w_compiled) = runs
+    assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(w_eager, w_compiled, strict=True))

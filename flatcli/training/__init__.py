@@ -1,16 +1,9 @@
 """`flatcli train`: adversarial training with the methods docs/method.md compares.
 
-- `registry.py`: the methods by name, their options and help (torch-free)
-- `methods.py`: their objectives (clean, AT, TRADES, MART, AT-AWP) on the one PGD
-- `config.py`: `resolve_config`, every default filled in and validated
-- `rundir.py`: run.json, the resume state, resuming and extending a run
-- `distributed.py`: DDP set-up; `loop.py`: the epochs
-- `regularizers.py`: augmentation, label noise, weight clipping, Entropy-SGD, extra data
-- `schedules.py`: learning rates as pure functions of the step
-
-Importing this package imports nothing heavy; `train` and friends load torch when first used.
-Digits defaults (`flatcli.config.TRAIN_DEFAULTS["digits"]`) and their measured robust
-overfitting: see the README's training section.
+`registry` (methods by name, torch-free), `methods` (objectives), `config` (resolve_config),
+`rundir` (run directory, resume), `distributed` (DDP), `loop` (epochs), `batches` (data on the
+device), `step` (one update), `regularizers`, `schedules`. Importing this package imports
+nothing heavy; `train` and friends load torch when first used.
 """
 
 from __future__ import annotations

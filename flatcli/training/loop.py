@@ -1,16 +1,11 @@
 """The training loop: epochs, a checkpoint per epoch, the train log, the best epoch, resume.
 
-Determinism: nothing random carries over from one epoch to the next. Shuffling, the attack's
-random starts, label noise, extra-data draws and Entropy-SGD noise use generators derived from
-(seed, purpose, epoch[, rank]); the global generator (augmentation, dropout) is seeded the same
-way inside `fork_rng` per epoch; the learning rate is a pure function of (epoch, step). So a run
-resumed from `trainer_state.pt` after a kill repeats the interrupted epoch exactly (bitwise on
-the CPU). The run directory: `rundir.py`; DDP: `distributed.py`; the config: `config.py`.
+Every draw comes from a generator derived from (seed, purpose, epoch[, rank]), so a resumed run
+repeats the interrupted epoch exactly (bitwise on the CPU); docs/method.md, training.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -25,7 +20,7 @@ from flatcli import checkpoints, data, runtime, tables
 from flatcli.config import TrainConfig, config_hash
 from flatcli.errors import FlatcliError
 from flatcli.training import methods, regularizers, rundir, schedules
-from flatcli.training.batches import Batches
+from flatcli.training.batches import Batches, Resident
 from flatcli.training.config import config_dict, resolve_config
 from flatcli.training.distributed import (
     Distributed,
@@ -37,6 +32,7 @@ from flatcli.training.distributed import (
     process_group,
 )
 from flatcli.training.rundir import LOG_TABLE, RUN_FILE, STATE_FILE, read_run
+from flatcli.training.step import Step, Tally, memory_format
 
 __all__ = [
     "LOG_TABLE",
@@ -127,9 +123,8 @@ class _Trainer:
             net = models.build(
                 c.arch, spec.num_classes, spec.in_channels, spec.mean, spec.std, **arch_kwargs(c)
             )
-        net = net.to(self.device)
-        if self.device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        self.memory_format = memory_format(net, self.device, self.amp_dtype)
+        net = net.to(self.device, memory_format=self.memory_format)
         self.net = net
         self.model = net
         if self.dist.active:
@@ -152,20 +147,28 @@ class _Trainer:
         self.augmenter = (
             None if c.augment == "none" else regularizers.Augmenter(c.augment, self.spec.image_size)
         )
+        n_lab, n_extra, _ = self._steps()
+        awp = (c.awp_gamma, c.awp_layers)
+        self.step = Step(
+            net, self.model, self.method, self.optimizer, self.amp_dtype, c.compile,
+            self.device, n_lab + n_extra, awp,
+        )  # fmt: skip
 
     def _load_data(self) -> None:
+        """The training split (and extra data) moved to the device once; rank 0's held-out split
+        too."""
         c = self.config
-        self.x, self.y = data.load_split(c.dataset, "train", c.train_examples, c.data_dir)
-        self.extra = None
+        x, y = data.load_split(c.dataset, "train", c.train_examples, c.data_dir)
+        extra = None
         if c.extra_data is not None:
-            self.extra = regularizers.load_extra(
+            extra = regularizers.load_extra(
                 c.extra_data, self.spec.in_channels, self.spec.image_size, self.spec.num_classes
             )
+        self.data = Resident.on(self.device, x, y, extra)
         self.x_held = self.y_held = None
         if self.dist.main:
-            self.x_held, self.y_held = data.load_split(
-                c.dataset, "heldout", c.heldout_examples, c.data_dir
-            )
+            held = data.load_split(c.dataset, "heldout", c.heldout_examples, c.data_dir)
+            self.x_held, self.y_held = (t.to(self.device) for t in held)
 
     def _load_state(self) -> int:
         """Restore the last complete epoch from `trainer_state.pt`; returns it (0: fresh)."""
@@ -183,8 +186,8 @@ class _Trainer:
             except FlatcliError as err:
                 message = str(err)
         broadcast_error(self.dist, message)
-        self._build()
         self._load_data()
+        self._build()
         start = self.done = self._load_state()
         self.started = time.time()
         if start >= c.epochs:
@@ -214,9 +217,10 @@ class _Trainer:
         if self.extended:
             head = f"extending from {self.extended['from_epochs']} epochs, at epoch {start + 1}"
         return (
-            f"{head}: {c.method} {c.arch} on {c.dataset} ({len(self.y)} examples), {attack}, "
+            f"{head}: {c.method} {c.arch} on {c.dataset} ({len(self.data.y)} examples), {attack}, "
             f"{c.epochs} epochs, {c.schedule} lr {c.lr:g}, device {self.device}"
             + (f", {self.dist.world} processes" if self.dist.active else "")
+            + (", compiled (the first epoch includes compiling)" if self.step.compiled else "")
         )
 
     def _best_text(self) -> str:
@@ -228,9 +232,9 @@ class _Trainer:
     def _steps(self) -> tuple[int, int, int]:
         """(labelled per step, extra per step, steps per epoch) for this process."""
         per_rank = self.config.batch_size // self.dist.world
-        n_extra = round(self.config.extra_fraction * per_rank) if self.extra is not None else 0
+        n_extra = round(self.config.extra_fraction * per_rank) if self.config.extra_data else 0
         n_lab = per_rank - n_extra
-        shard = math.ceil(len(self.y) / self.dist.world)
+        shard = math.ceil(len(self.data.y) / self.dist.world)
         return n_lab, n_extra, math.ceil(shard / n_lab)
 
     def _lr(self, epoch: int, step: int, steps: int) -> float:
@@ -253,23 +257,30 @@ class _Trainer:
         n_lab, n_extra, steps = self._steps()
         rank = self.dist.rank
         gens = {
-            "attack": runtime.generator(c.seed, "attack", epoch, rank),
-            "labels": runtime.generator(c.seed, "labels", epoch, rank),
-            "entropy": runtime.generator(c.seed, "entropy", epoch),  # same on every rank
+            "attack": self._generator("attack", epoch, rank),
+            "labels": self._generator("labels", epoch, rank),
+            "entropy": self._generator("entropy", epoch),  # same on every rank
         }
         passes = c.entropy_steps if self.entropy is not None else 1  # a batch per Langevin step
         extra_order = None
         if n_extra:
             g = runtime.generator(c.seed, "extra", epoch, rank)
-            m = len(self.extra[1])
+            m = len(self.data.extra[1])
             need = math.ceil(passes * steps * n_extra / m)
             extra_order = torch.cat([torch.randperm(m, generator=g) for _ in range(need)])
-        batches = Batches(self, epoch, passes, steps, n_lab, n_extra, extra_order)
+        augment = self._generator("augment", epoch, rank)
+        batches = Batches(
+            self, self.data, epoch, passes, steps, n_lab, n_extra, extra_order, augment
+        )
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(runtime.unit_seed(c.seed, "global", epoch, rank))
-            stats = self._train_epoch(epoch, batches, steps, gens)
-        all_reduce(self.dist, stats)
+            tally = self._train_epoch(epoch, batches, steps, gens)
+        totals = tally.totals()
+        all_reduce(self.dist, totals)
+        totals = totals.tolist()  # the epoch's one read of the device
+        self._check_finite(tally, totals[4:], epoch)
+        stats = totals[:4]
         train_time = time.perf_counter() - t0
         lr = self._lr(epoch, steps - 1, steps)
         done = epoch + 1
@@ -298,18 +309,24 @@ class _Trainer:
         barrier(self.dist)
         self.emit(TrainEvent("epoch", done, c.epochs, row=row))
 
-    def _train_epoch(self, epoch, batches, steps, gens) -> torch.Tensor:
-        """One epoch of `steps` updates; returns [loss sum, examples, clean correct, robust
-        correct] (float64) of the batches at the current weights."""
+    def _generator(self, *keys) -> torch.Generator:
+        """The generator of one work unit (the run's seed and `keys`), on the training device so
+        that drawing from it never waits on the host (on the CPU: `runtime.generator`)."""
+        g = torch.Generator(device=self.device)
+        return g.manual_seed(runtime.unit_seed(self.config.seed, *keys))
+
+    def _train_epoch(self, epoch, batches, steps, gens) -> Tally:
+        """One epoch of `steps` updates; returns its totals, still on the device (the batches'
+        losses and correct counts at the weights they were trained at)."""
         from flatcli import weights
 
-        c, net, method = self.config, self.net, self.method
+        c, net = self.config, self.net
         awp = c.method == "awp" and epoch >= c.awp_warmup
         clip_params = [p for _, p in weights.layers(net)] if c.weight_clip else None
-        sums = torch.zeros(4, dtype=torch.float64)
+        tally = Tally(steps, self.device)
         net.train()
 
-        def closure(k: int, step: int):
+        def closure(k: int):
             """Gradient of batch k at the current weights: (loss, logits, labels, clean)."""
             xb, yb = batches[k]
             target = yb
@@ -321,24 +338,7 @@ class _Trainer:
                     gens["labels"],
                     c.label_noise_classes,
                 )
-            x_adv, clean_logits = None, None
-            if method.attack is not None:
-                net.eval()
-                with torch.no_grad(), methods.autocast(self.device, self.amp_dtype):
-                    clean_logits = net(xb)
-                x_adv = method.adversarial(net, xb, yb, gens["attack"])
-                net.train()
-            offset = None
-            if awp:
-                offset = methods.awp_offset(
-                    net, x_adv, target, c.awp_gamma, self.amp_dtype, c.awp_layers
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            with weights.perturbed(net, offset) if offset else contextlib.nullcontext():
-                loss, logits = method.loss(self.model, xb, x_adv, target)
-                self._check_finite(loss, epoch, step)
-                loss.backward()
-            return loss.detach(), logits.detach(), yb, clean_logits
+            return (*self.step.gradient(xb, yb, target, gens["attack"], awp), yb)
 
         for step in range(steps):
             lr = self._lr(epoch, step, steps)
@@ -346,40 +346,34 @@ class _Trainer:
                 group["lr"] = lr
             if self.entropy is not None:  # a new batch and attack for every Langevin step
                 first = self.entropy.gradient(
-                    lambda i, step=step: closure(step * c.entropy_steps + i, step),
-                    gens["entropy"],
+                    lambda i, step=step: closure(step * c.entropy_steps + i), gens["entropy"]
                 )
             else:
-                first = closure(step, step)
-            loss, logits, yb, clean_logits = first
+                first = closure(step)
+            loss, logits, clean_logits, yb = first
             self.optimizer.step()
             if clip_params:
                 regularizers.clip_weights(clip_params, c.weight_clip)
-            n = len(yb)
-            right = (logits.argmax(1) == yb).sum().item()
-            clean_right = (
-                right if clean_logits is None else (clean_logits.argmax(1) == yb).sum().item()
-            )
-            sums += torch.tensor(
-                [loss.item() * n, n, clean_right, right if clean_logits is not None else 0],
-                dtype=torch.float64,
-            )
+            tally.add(step, loss, logits, yb, clean_logits)
             self.emit(TrainEvent("batch", epoch + 1, c.epochs, step=step + 1, steps=steps))
-        return sums
+        return tally
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0])
-        all_reduce(self.dist, bad)
-        if bad.item() > 0:
-            last = epoch  # the last complete epoch
-            kept = "no epoch completed yet" if last == 0 else f"epoch {last} stays (resume state)"
-            saved = sorted(self.run_dir.glob("epoch_*.safetensors"))
-            if saved:
-                kept += f", last checkpoint {saved[-1].name}"
-            raise TrainingDiverged(
-                f"non-finite training loss ({loss.item()}) in epoch {epoch + 1}, batch {step + 1}:"
-                f" training stopped; {kept}; try a lower --lr"
-            )
+    def _check_finite(self, tally: Tally, bad: list[float], epoch: int) -> None:
+        """Stop (TrainingDiverged) if a step's loss was not finite on any rank; `bad`: per step,
+        the number of ranks where it was not. The epoch is not saved: the last complete one
+        stays."""
+        first = next((i for i, b in enumerate(bad) if b > 0), None)
+        if first is None:
+            return
+        loss = tally.losses[first].item()
+        kept = "no epoch completed yet" if epoch == 0 else f"epoch {epoch} stays (resume state)"
+        saved = sorted(self.run_dir.glob("epoch_*.safetensors"))
+        if saved:
+            kept += f", last checkpoint {saved[-1].name}"
+        raise TrainingDiverged(
+            f"non-finite training loss ({loss}) in epoch {epoch + 1}, batch {first + 1}:"
+            f" training stopped; {kept}; try a lower --lr"
+        )
 
     def _heldout(self, epoch: int) -> dict | None:
         c = self.config
@@ -418,8 +412,8 @@ class _Trainer:
         )
 
     def _row(self, epoch, lr, stats, held, path, train_time, wall) -> dict:
-        c = self.config
-        loss_sum, n, clean_right, robust_right = stats.tolist()
+        c, extra = self.config, self.data.extra
+        loss_sum, n, clean_right, robust_right = stats
         return {
             "run": self.run_name,
             "checkpoint": None if path is None else str(path),
@@ -427,7 +421,7 @@ class _Trainer:
             "dataset": c.dataset,
             "arch": c.arch,
             "split": "train",
-            "n_examples": len(self.y) + (0 if self.extra is None else len(self.extra[1])),
+            "n_examples": len(self.data.y) + (0 if extra is None else len(extra[1])),
             "eps": c.eps,
             "norm": c.norm,
             "seed": c.seed,

@@ -1,10 +1,5 @@
-"""Training objectives of the methods docs/method.md compares: clean, AT, TRADES, MART, AT-AWP.
-
-Every method (`registry.METHODS` names them) is two pieces: `adversarial` (the inner
-maximization: the one PGD, `flatcli.attacks.pgd.PGD`, on the model in eval mode, restarts
-batched) and `loss` (the outer loss in train mode, with the logits the robust error is counted
-on). AWP adds `awp_offset`, the weight offset the caller trains at.
-"""
+"""Training objectives (clean, AT, TRADES, MART, AT-AWP; docs/method.md): each method is its
+inner maximization `adversarial` (the one PGD) and its outer `loss`; AWP adds `awp_offset`."""
 
 from __future__ import annotations
 
@@ -27,18 +22,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-class _Autocast(nn.Module):
-    """`model` called under autocast, so PGD's forwards run in bf16 like the training step's."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype | None):
-        super().__init__()
-        self.model, self.dtype = model, dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(x.device, self.dtype):
-            return self.model(x)
 
 
 class Method:
@@ -68,22 +51,25 @@ class Method:
     def adversarial(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor | None:
-        """Adversarial inputs [B, ...] for the batch (model in eval mode), or None (clean)."""
+        """Adversarial inputs [B, ...] for the batch (model in eval mode), or None (clean).
+        The random starts come from `generator`, which lives on x's device."""
         if self.attack is None:
             return None
-        starts = self.attack.draw_starts(x.detach().cpu(), generator)
-        return self._points(model, x, y, None if starts is None else starts.to(x.device))
+        return self._points(model, x, y, self.attack.draw_starts(x.detach(), generator))
 
     def _points(self, model, x, y, starts, loss_fn=ce_per_example) -> torch.Tensor:
-        outcome = self.attack(
-            _Autocast(model, self.amp_dtype),
-            x,
-            y,
-            starts,
-            keep_points=True,
-            final=self.attack_point == "final",
-            loss_fn=loss_fn,
-        )
+        # One autocast region for the whole search: the bf16 copies of the weights are cast
+        # once per batch, not once per PGD step (the ops outside the model are fp32 either way).
+        with autocast(x.device, self.amp_dtype):
+            outcome = self.attack(
+                model,
+                x,
+                y,
+                starts,
+                keep_points=True,
+                final=self.attack_point == "final",
+                loss_fn=loss_fn,
+            )
         return outcome.points.detach()
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -92,26 +78,19 @@ class Method:
     def loss(
         self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor | None, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scalar training loss, logits the robust error is counted on)."""
-        raise NotImplementedError
+        """(scalar training loss, logits the robust error is counted on): here the
+        cross-entropy at x_adv (AT), or at x without an attack (clean training)."""
+        with autocast(x.device, self.amp_dtype):
+            logits = model(x if x_adv is None else x_adv)
+        return self._ce(logits, target), logits
 
 
 class Clean(Method):
     name = "clean"
 
-    def loss(self, model, x, x_adv, target):
-        with autocast(x.device, self.amp_dtype):
-            logits = model(x)
-        return self._ce(logits, target), logits
-
 
 class AT(Method):
     name = "at"
-
-    def loss(self, model, x, x_adv, target):
-        with autocast(x.device, self.amp_dtype):
-            logits = model(x_adv)
-        return self._ce(logits, target), logits
 
 
 class AWP(AT):
@@ -133,7 +112,7 @@ class TRADES(Method):
         with torch.no_grad(), autocast(x.device, self.amp_dtype):
             p_clean = F.softmax(model(x).float(), dim=1)
         shape = (self.attack.restarts, *x.shape)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(x.device)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=x.device)
         starts = torch.stack([self.attack.threat.project(0.001 * n.to(x.dtype), x) for n in noise])
 
         def kl(logits, _y):  # PGD stacks the restarts: [R*B] rows against p_clean [B]

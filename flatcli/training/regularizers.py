@@ -1,10 +1,6 @@
 """Regularizers that combine with any method: augmentation, label noise, weight clipping,
-Entropy-SGD, pseudo-labelled extra data. (Label smoothing and weight decay are arguments of the
-loss and of SGD.)
-
-Randomness: augmentation uses torchvision's transforms, which draw from torch's global generator;
-the trainer seeds it per (seed, epoch, rank) inside `torch.random.fork_rng`, so an epoch's draws
-are the same whether or not the run was resumed. Everything else takes an explicit generator.
+Entropy-SGD, pseudo-labelled extra data (docs/method.md). Every draw comes from an explicit
+generator on the batch's device, so nothing waits on the host inside a training step.
 """
 
 from __future__ import annotations
@@ -15,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from flatcli.errors import DataError
 
@@ -22,38 +19,66 @@ AUGMENTATIONS = ("none", "crop-flip", "cutout", "autoaugment")
 OPTIMIZERS = ("sgd", "entropy-sgd")
 
 
+def crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-example random crop of x [B, C, H, W] zero-padded by `pad`, then a horizontal flip
+    with probability 1/2, batched on x's device (`generator` lives there too)."""
+    b, c, h, w = x.shape
+    dev = x.device
+    top, left = torch.randint(0, 2 * pad + 1, (2, b, 1), generator=generator, device=dev)
+    flip = torch.rand(b, 1, generator=generator, device=dev) < 0.5
+    cols = torch.arange(w, device=dev)
+    cols = torch.where(flip, cols.flip(0), cols) + left  # [B, W]; flipped after the crop
+    rows = torch.arange(h, device=dev) + top  # [B, H]
+    index = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]
+    padded = F.pad(x, (pad, pad, pad, pad)).flatten(2)
+    return padded.gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+
+
+def cutout(x: torch.Tensor, side: int, generator: torch.Generator) -> torch.Tensor:
+    """x [B, C, H, W] with one `side` x `side` square per example, placed uniformly inside the
+    image, set to 0 (torchvision's RandomErasing with a square patch), batched."""
+    b, _, h, w = x.shape
+    dev = x.device
+    top = torch.randint(0, h - side + 1, (b, 1), generator=generator, device=dev)
+    left = torch.randint(0, w - side + 1, (b, 1), generator=generator, device=dev)
+    rows = torch.arange(h, device=dev) - top
+    cols = torch.arange(w, device=dev) - left
+    inside = ((rows >= 0) & (rows < side))[:, :, None] & ((cols >= 0) & (cols < side))[:, None]
+    return x.masked_fill(inside[:, None], 0)
+
+
 class Augmenter:
-    """Per-example random augmentation of a batch of [0, 1] float images (torchvision v2).
+    """Per-example random augmentation of a batch of [0, 1] float images [B, C, H, W].
 
     - `crop-flip`: random crop with zero padding of image_size // 8 (4 px on 32 px) and a
       horizontal flip with probability 1/2 (the CIFAR-10 standard).
     - `cutout`: crop-flip, then one square of a quarter of the image area (16x16 on 32x32) set
-      to 0 (`RandomErasing` with a square patch inside the image).
-    - `autoaugment`: crop-flip, then AutoAugment's CIFAR-10 policy, applied to uint8 images.
+      to 0, inside the image.
+    - `autoaugment`: crop-flip, then AutoAugment's CIFAR-10 policy (torchvision, image by image,
+      on uint8; it draws from torch's global generator, which the trainer seeds per epoch).
+
+    crop-flip and cutout run batched on the batch's device from `generator` (on that device).
     """
 
     def __init__(self, name: str, image_size: int):
-        from torchvision.transforms import v2
-
         self.name = name
-        pad = max(1, image_size // 8)
-        self.base = v2.Compose([v2.RandomCrop(image_size, padding=pad), v2.RandomHorizontalFlip()])
-        self.extra = None
-        if name == "cutout":
-            self.extra = v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0)
-        elif name == "autoaugment":
-            self.extra = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+        self.pad = max(1, image_size // 8)
+        self.side = max(1, round(image_size / 2))  # a quarter of the area
+        self.auto = None
+        if name == "autoaugment":
+            from torchvision.transforms import v2
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float [B, C, H, W] in [0, 1] on the CPU -> a new augmented batch."""
-        if self.name == "autoaugment":
-            images = (x * 255).round().to(torch.uint8)
-            out = torch.stack([self.extra(self.base(img)) for img in images])
-            return out.float() / 255
-        out = [self.base(img) for img in x]
-        if self.extra is not None:
-            out = [self.extra(img) for img in out]
-        return torch.stack(out)
+            self.auto = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x: float [B, C, H, W] in [0, 1] -> a new augmented batch on the same device."""
+        out = crop_flip(x, self.pad, generator)
+        if self.name == "cutout":
+            out = cutout(out, self.side, generator)
+        elif self.auto is not None:
+            images = (out * 255).round().to(torch.uint8)
+            out = torch.stack([self.auto(img) for img in images]).float() / 255
+        return out
 
 
 LABEL_NOISE_CLASSES = ("all", "others")
@@ -68,15 +93,16 @@ def noisy_labels(
 ) -> torch.Tensor:
     """With probability `rate` per example a random label, fresh per batch (the attack still uses
     the true labels): drawn uniformly from `all` K classes (the paper's code; it may hit the true
-    one) or from the K - 1 `others`."""
-    flip = torch.rand(len(y), generator=generator) < rate
+    one) or from the K - 1 `others`. `generator` lives on y's device."""
+    n, dev = len(y), y.device
+    flip = torch.rand(n, generator=generator, device=dev) < rate
     if classes == "all":
-        drawn = torch.randint(0, num_classes, (len(y),), generator=generator)
+        drawn = torch.randint(0, num_classes, (n,), generator=generator, device=dev)
     else:
-        drawn = (
-            y.cpu() + torch.randint(1, num_classes, (len(y),), generator=generator)
-        ) % num_classes
-    return torch.where(flip, drawn, y.cpu()).to(y.device)
+        drawn = (y + torch.randint(1, num_classes, (n,), generator=generator, device=dev)) % (
+            num_classes
+        )
+    return torch.where(flip, drawn, y)
 
 
 def clip_weights(params: Sequence[torch.Tensor], bound: float) -> None:
@@ -134,7 +160,8 @@ class EntropySGD:
 
     def gradient(self, closure: Callable[[int], tuple], generator: torch.Generator) -> tuple:
         """Run the Langevin loop (closure(0), ..., closure(steps - 1)); leave w - mu in `.grad`;
-        return the first closure result (loss and logits at w, for the log)."""
+        return the first closure result (loss and logits at w, for the log). `generator`
+        (the noise) lives on the parameters' device."""
         w = [p.detach().clone() for p in self.params]
         mu = [t.clone() for t in w]
         buf = [torch.zeros_like(t) for t in w]
@@ -153,8 +180,10 @@ class EntropySGD:
                         d = d.add(b, alpha=self.momentum) if self.nesterov else b.clone()
                     d.add_(p - w0, alpha=self.gamma)
                     if self.noise > 0:
-                        z = torch.randn(p.shape, generator=generator, dtype=p.dtype)
-                        d.add_(z.to(p.device), alpha=noise_scale)
+                        z = torch.randn(
+                            p.shape, generator=generator, dtype=p.dtype, device=p.device
+                        )
+                        d.add_(z, alpha=noise_scale)
                     p.add_(d, alpha=-self.lr)
                     m.mul_(self.alpha).add_(p, alpha=1 - self.alpha)
         with torch.no_grad():

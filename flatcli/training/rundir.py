@@ -1,7 +1,5 @@
-"""A run directory: `run.json` (resolved config, hash, versions, model description, status,
-best epoch), `epoch_NNNN.safetensors` + `.json`, `train_log/` parts, and `trainer_state.pt` (the
-resume point, tensors and plain values only: `torch.load(weights_only=True)`). Here: creating,
-validating, resuming and extending it."""
+"""A run directory (`run.json`, checkpoints, `train_log/`, the resume state
+`trainer_state.pt`, read with `weights_only=True`): creating, validating, resuming, extending."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""Learning-rate schedules as pure functions of the training step.
-
-A schedule has no state of its own: the rate at (epoch, step within epoch) is computed from the
-config alone, so resuming needs nothing but the epoch number, and a resumed run sees exactly the
-rates of an uninterrupted one.
-
-- `multistep`: `lr * factor**k` after k milestones (epochs; fractions are resolved to epochs by
-  `resolve_milestones`); constant within an epoch, as `torch.optim.lr_scheduler.MultiStepLR`
-  stepped once per epoch. Milestone m means: epochs m+1, m+2, ... (1-based) use the decayed rate.
-- `cosine`: `lr * (1 + cos(pi * t / T)) / 2`, per step t of T.
-- `cyclic`: one triangle per step (Smith; Rice et al. 2020): 0 -> lr linearly until `peak` of
-  training, then linearly back to 0 at the end.
-"""
+"""Learning-rate schedules as pure functions of the training step: no state, so a resumed run
+sees exactly the rates of an uninterrupted one (docs/method.md, training)."""
 
 from __future__ import annotations
 
@@ -52,7 +41,15 @@ def learning_rate(
     factor: float = 0.1,
     peak: float = 0.4,
 ) -> float:
-    """The learning rate of batch `step` (0-based) of `epoch` (0-based)."""
+    """The learning rate of batch `step` (0-based) of `epoch` (0-based).
+
+    - `multistep`: `lr * factor**k` after k milestones (epochs; fractions are resolved to epochs
+      by `resolve_milestones`); constant within an epoch, as `MultiStepLR` stepped once per
+      epoch. Milestone m means: epochs m+1, m+2, ... (1-based) use the decayed rate.
+    - `cosine`: `lr * (1 + cos(pi * t / T)) / 2`, per step t of T.
+    - `cyclic`: one triangle (Smith; Rice et al. 2020): 0 -> lr linearly until `peak` of
+      training, then linearly back to 0 at the end.
+    """
     if schedule == "multistep":
         return base_lr * factor ** sum(1 for m in milestones if m <= epoch)
     total = max(1, epochs * steps_per_epoch)
