@@ -85,6 +85,27 @@ def _nonfinite_note(reference: float, values: Sequence[float], what: str) -> str
     return None
 
 
+def _settings_per_pass(model, x, attack, batch_size: int, limit: int) -> int:
+    """Weight settings per stacked pass: one for an attack that cannot stack (drops rows), else
+    what fits on the device (`runtime.settings_per_pass`)."""
+    if attack is not None and not getattr(attack, "keeps_rows", False):
+        return 1
+    device = next(model.parameters()).device
+    rows = min(batch_size, len(x)) * max(1, getattr(attack, "restarts", 1) or 1)
+    return runtime.settings_per_pass(model, x[:1].to(device), rows, limit, device)
+
+
+def _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch):
+    """The engine's results at each w + offset: one stacked pass, or in place for one offset."""
+    if len(offsets) > 1:
+        found = engine.robust_losses_at(model, offsets, x, y, attacks, seed_keys, batch_size)
+        if on_batch is not None:
+            on_batch(len(y), len(y))
+        return found
+    with weights.perturbed(model, offsets[0]):
+        return [engine.robust_losses(model, x, y, attacks, seed_keys, batch_size, on_batch)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Average case
 
@@ -101,12 +122,16 @@ def average_flatness(
     reference: engine.ExampleLosses | None = None,
     weight_norm: str = "l2",
     on_batch: Callable[[int, int], None] | None = None,
+    settings_per_pass: int | None = None,
 ) -> list[FlatnessResult]:
     """Average-case flatness at each xi: "clean-average" results, and "average" (of the robust
     loss, re-running `attack` on every perturbed model) when an attack is given.
 
     `reference`: the engine's result at w with the same attack and seed_keys, if already computed.
-    The model is evaluated in place (eval mode) and restored bitwise.
+    The (sample, xi) settings run `settings_per_pass` at a time in one stacked pass
+    (`engine.robust_losses_at`; default sized from free device memory, `runtime.settings_per_pass`)
+    or one at a time in place (restored bitwise); both give the same draws, so the same results
+    up to float rounding. An attack that does not keep its rows runs one setting at a time.
     """
     xis = _xi_list(xi)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -126,17 +151,32 @@ def average_flatness(
     clean = {v: [] for v in xis}
     robust = {v: [] for v in xis}
     errs = {m: {v: [] for v in xis} for m in refs_err}
-    for s in range(samples):
-        # One direction per sample, shared by every xi (common random numbers across the grid).
-        unit = ball(1.0).random_start(w, runtime.generator(*seed_keys, "weight-direction", s))
-        for v in xis:
-            with weights.perturbed(model, [v * u for u in unit]):
-                out = engine.robust_losses(model, x, y, attacks, seed_keys, batch_size, on_batch)
+    per_pass = _settings_per_pass(model, x, attack, batch_size, samples * len(xis))
+    if settings_per_pass is not None:
+        per_pass = settings_per_pass
+    settings = [(s, v) for s in range(samples) for v in xis]
+    units: dict[int, list[torch.Tensor]] = {}
+    for begin in range(0, len(settings), per_pass):
+        chunk = settings[begin : begin + per_pass]
+        for s in dict.fromkeys(s for s, _ in chunk):
+            # One direction per sample, shared by every xi (common random numbers across the
+            # grid), drawn once whatever the stacking.
+            if s not in units:
+                gen = runtime.generator(*seed_keys, "weight-direction", s)
+                units[s] = ball(1.0).random_start(w, gen)
+        offsets = [[v * u for u in units[s]] for s, v in chunk]
+        for (_, v), out in zip(
+            chunk,
+            _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch),
+            strict=True,
+        ):
             clean[v].append(out.clean_loss.mean().item())
             errs["clean-average"][v].append(engine.error_rate(out.clean_correct))
             if attack is not None:
                 robust[v].append(out.robust[attack.name].loss.mean().item())
                 errs["average"][v].append(engine.error_rate(out.robust[attack.name].correct))
+        for s in [s for s in units if s < chunk[-1][0]]:
+            del units[s]  # every xi of that sample is done
     results = []
     for measure, ref, values, steps, restarts in [
         (

@@ -60,3 +60,45 @@ def provenance(device: torch.device, dtype: str = "float32") -> dict:
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+CPU_SETTINGS = 1  # weight settings per stacked pass on CPU (stacking measured no faster there)
+_FREE_SHARE = 0.5  # of the free device memory a stacked pass may plan to use
+_ACTIVATION_FACTOR = 4  # forward activations kept for backward, their gradients, the attack's
+
+
+def activation_bytes(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """Bytes of the outputs of every leaf module of `model` on `example` [1, ...] (one forward
+    pass without gradients): the activation memory of one example."""
+    total = [0]
+
+    def count(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
+def settings_per_pass(
+    model: torch.nn.Module, example: torch.Tensor, rows: int, limit: int, device: torch.device
+) -> int:
+    """How many weight settings (samples, restarts, grid points) one stacked pass holds, in
+    [1, limit]: on CUDA as many as fit in half the free memory (`torch.cuda.mem_get_info`), each
+    setting costing a float32 copy of the weights and the activations of `rows` examples
+    (forward and backward, measured on `example` [1, ...]); on CPU `CPU_SETTINGS`. The batch
+    loops' out-of-memory halving stays the safety net."""
+    limit = max(1, int(limit))
+    if torch.device(device).type != "cuda":
+        return min(limit, CPU_SETTINGS)
+    free, _ = torch.cuda.mem_get_info(device)
+    weight_bytes = sum(4 * p.numel() for p in model.parameters())
+    per_setting = weight_bytes + rows * _ACTIVATION_FACTOR * activation_bytes(model, example)
+    return max(1, min(limit, int(_FREE_SHARE * free) // max(1, per_setting)))
