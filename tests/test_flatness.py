@@ -19,7 +19,18 @@ import torch
 from conftest import quick_adversarial_training
 from torch import nn
 
-from flatcli import data, engine, flatness, hessian, models, registries, runtime, tables, weights
+from flatcli import (
+    checkpoints,
+    data,
+    engine,
+    flatness,
+    hessian,
+    models,
+    registries,
+    runtime,
+    tables,
+    weights,
+)
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
 from flatcli.cli import main
@@ -561,3 +572,49 @@ def test_cli_worst_reattack_fills_its_column_and_keeps_the_paper_value(run_dir, 
     for a, b in zip(json.loads(plain), json.loads(asked), strict=True):
         assert a["reattack_loss"] is None and isinstance(b["reattack_loss"], float)
         assert a["flatness"] == b["flatness"] and a["config_hash"] != b["config_hash"]
+
+
+@pytest.fixture(scope="module")
+def sample_model():
+    """The bundled AT checkpoint's last epoch, channels_last as `load_for_eval` makes it on CUDA
+    (the memory format that broke the stacked path there)."""
+    path = Path(__file__).resolve().parents[1] / "sample_checkpoints/at/epoch_0025.safetensors"
+    model, _ = checkpoints.load_model(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(memory_format=torch.channels_last)
+
+
+def test_stacked_average_samples_equal_one_at_a_time(sample_model, examples):
+    """Samples x xis stacked 4 per pass (a pass spans two samples) == one at a time in place: the
+    same offsets and attack starts per sample, whatever the stacking."""
+    x, y = examples[0][:24], examples[1][:24]
+    run = dict(samples=3, attack=_pgd(2, 2), seed_keys=KEYS, batch_size=10)
+    one = flatness.average_flatness(sample_model, x, y, [0.25, 0.5], settings_per_pass=1, **run)
+    stacked = flatness.average_flatness(sample_model, x, y, [0.25, 0.5], settings_per_pass=4, **run)
+    assert len(one) == len(stacked) == 4
+    for a, b in zip(one, stacked, strict=True):
+        assert (a.measure, a.xi, a.loss, a.err) == (b.measure, b.xi, b.loss, b.err)
+        assert b.per_sample == pytest.approx(a.per_sample, abs=1e-5)
+        assert b.perturbed_err == pytest.approx(a.perturbed_err, abs=1 / 24 + 1e-9)
+    assert len({round(v, 6) for v in one[0].per_sample}) == 3  # the samples differ
+
+
+@pytest.mark.parametrize("estimator", ["paper", "per-batch"])
+def test_stacked_worst_restarts_equal_one_at_a_time(sample_model, examples, estimator):
+    x, y = examples[0][:20], examples[1][:20]
+    ref = engine.robust_losses(sample_model, x, y, [_pgd(2)], KEYS).robust["pgd2x1"]
+    run = dict(eps=EPS, iterations=2, restarts=3, weight_batch=8, seed_keys=KEYS)
+    if estimator == "paper":
+        estimate = flatness.worst_case.worst_paper
+    else:
+        estimate = flatness.worst_case.worst_per_batch
+        run["attack"] = _pgd(2)
+    one = estimate(sample_model, x, y, 0.01, ref, restarts_per_pass=1, **run)
+    stacked = estimate(sample_model, x, y, 0.01, ref, restarts_per_pass=3, **run)
+    assert stacked.perturbed_loss == pytest.approx(one.perturbed_loss, abs=1e-5)
+    assert stacked.joint_loss == pytest.approx(one.joint_loss, abs=1e-5)
+    assert stacked.perturbed_err == one.perturbed_err
+    if estimator == "paper":  # the kept offset is the same restart's
+        for a, b in zip(one.nu, stacked.nu, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
