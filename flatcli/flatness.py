@@ -85,16 +85,6 @@ def _nonfinite_note(reference: float, values: Sequence[float], what: str) -> str
     return None
 
 
-def _settings_per_pass(model, x, attack, batch_size: int, limit: int) -> int:
-    """Weight settings per stacked pass: one for an attack that cannot stack (drops rows), else
-    what fits on the device (`runtime.settings_per_pass`)."""
-    if attack is not None and not getattr(attack, "keeps_rows", False):
-        return 1
-    device = next(model.parameters()).device
-    rows = min(batch_size, len(x)) * max(1, getattr(attack, "restarts", 1) or 1)
-    return runtime.settings_per_pass(model, x[:1].to(device), rows, limit, device)
-
-
 def _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch):
     """The engine's results at each w + offset: one stacked pass, or in place for one offset."""
     if len(offsets) > 1:
@@ -151,9 +141,11 @@ def average_flatness(
     clean = {v: [] for v in xis}
     robust = {v: [] for v in xis}
     errs = {m: {v: [] for v in xis} for m in refs_err}
-    per_pass = _settings_per_pass(model, x, attack, batch_size, samples * len(xis))
-    if settings_per_pass is not None:
-        per_pass = settings_per_pass
+    per_pass = settings_per_pass
+    if per_pass is None:
+        per_pass = runtime.attack_settings_per_pass(
+            model, x, attack, batch_size, len(xis) * samples
+        )
     settings = [(s, v) for s in range(samples) for v in xis]
     units: dict[int, list[torch.Tensor]] = {}
     for begin in range(0, len(settings), per_pass):

@@ -166,17 +166,20 @@ def evaluate_grid(
     seed_keys: tuple = (0,),
     batch_size: int = 512,
     on_point: Callable[[int, int], None] | None = None,
-    point_batch: int = 1,
+    point_batch: int | None = 1,
 ) -> list[dict]:
     """Clean (and, with an attack, robust) loss and error at w + sum_i c_i d_i for each point c.
 
     Every point re-runs the attack with the same `seed_keys` (hence the same starts as `flatcli
     attack`). One point at a time moves the model in place and restores it bitwise;
     `point_batch` > 1 evaluates that many points in one stacked pass
-    (`engine.robust_losses_at`), equal up to float rounding (the attack must keep its rows).
+    (`engine.robust_losses_at`), equal up to float rounding (the attack must keep its rows);
+    None: what fits in free device memory (`runtime.settings_per_pass`; 1 on CPU).
     """
     attacks = [attack] if attack is not None else []
     n_layers = len(directions[0])
+    if point_batch is None:
+        point_batch = runtime.attack_settings_per_pass(model, x, attack, batch_size, len(points))
 
     def offset(coefficients) -> list[torch.Tensor]:
         return [

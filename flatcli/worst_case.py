@@ -192,11 +192,10 @@ def _input_ascent(norm, eps, input_step, x, seed_keys, restarts):
     return threat, step, restart_starts(threat, x.cpu(), gen, restarts)
 
 
-def _passes(model, example, rows, restarts, per_pass) -> list[range]:
+def _passes(model, x, rows, restarts, per_pass) -> list[range]:
     """The restarts in groups of `per_pass` (default: what fits, `runtime.settings_per_pass`)."""
-    device = example.device
     if per_pass is None:
-        per_pass = runtime.settings_per_pass(model, example, rows, restarts, device)
+        per_pass = runtime.settings_per_pass(model, x[:1], rows, restarts)
     return [range(b, min(restarts, b + per_pass)) for b in range(0, restarts, per_pass)]
 
 
@@ -258,8 +257,7 @@ def worst_paper(
     batches = [slice(b, min(n, b + weight_batch)) for b in range(0, n, weight_batch)]
     threat, step, starts = _input_ascent(norm, eps, input_step, x, seed_keys, restarts)
     best: dict = {}
-    example = x[:1].to(device)
-    for chunk in _passes(model, example, min(n, weight_batch), restarts, restarts_per_pass):
+    for chunk in _passes(model, x, min(n, weight_batch), restarts, restarts_per_pass):
         g = len(chunk)
         gens = [runtime.generator(*seed_keys, "worst-weights", r) for r in chunk]
         nu = _stack([weights.uniform_norm_offset(w, xi, gen) for gen in gens])
@@ -378,7 +376,7 @@ def worst_per_batch(
     n = len(y)
     totals = {"joint": 0.0, "again": 0.0, "value": 0.0, "wrong": 0}
     bad = 0
-    passes = _passes(model, x[:1].to(device), min(n, weight_batch), restarts, restarts_per_pass)
+    passes = _passes(model, x, min(n, weight_batch), restarts, restarts_per_pass)
     for b, begin in enumerate(range(0, n, weight_batch)):
         index = slice(begin, min(n, begin + weight_batch))
         xb, yb = x[index].to(device), y[index].to(device)

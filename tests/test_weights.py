@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch._prims_common import suggest_memory_format
 
-from flatcli import models, weights
+from flatcli import models, runtime, weights
 from flatcli.attacks.ascent import Variable, ascend
 from flatcli.errors import UsageError
 
@@ -325,3 +325,25 @@ def test_stacked_ball_steps_and_projects_each_setting_as_alone():
             alone = ball.project(ball.step(nus[r], grads[r], 0.3), w)
             for a, b in zip(out, alone, strict=True):
                 torch.testing.assert_close(a[r], b, rtol=1e-6, atol=1e-7)
+
+
+def test_settings_per_pass_fits_free_memory_and_is_the_fixed_cap_on_cpu():
+    model = _model()
+    x = torch.rand(1, 1, 8, 8)
+    outputs = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() * 4))
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert runtime.activation_bytes(model, x) == sum(outputs) > 0
+    assert runtime.settings_per_pass(model, x, 64, 50) == min(50, runtime.CPU_SETTINGS)
+    assert runtime.settings_per_pass(model, x, 64, 1) == 1
+    # 8 GB free, half of it planned: 4e9 // (1e8 + 100 x 4 x 1e6) = 8 settings
+    assert runtime.settings_that_fit(8 * 10**9, 10**8, 10**6, 100, 50) == 8
+    assert runtime.settings_that_fit(8 * 10**9, 10**8, 10**6, 100, 5) == 5  # at most limit
+    assert runtime.settings_that_fit(10**6, 10**8, 10**6, 100, 5) == 1  # at least one
