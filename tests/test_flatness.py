@@ -618,3 +618,15 @@ def test_stacked_worst_restarts_equal_one_at_a_time(sample_model, examples, esti
     if estimator == "paper":  # the kept offset is the same restart's
         for a, b in zip(one.nu, stacked.nu, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_lanczos_stops_at_a_breakdown_found_after_the_loop():
+    """A rank-2 operator on R^6: the Krylov space of a generic start has dimension 3, so the
+    recurrence breaks down after 3 steps and the Ritz values are 0 and the two eigenvalues."""
+    gen = torch.Generator().manual_seed(0)
+    u = torch.linalg.qr(torch.randn(6, 2, generator=gen))[0]
+    a = u @ torch.diag(torch.tensor([3.0, -1.5])) @ u.T
+    ritz = hessian.lanczos(lambda v: a @ v, torch.randn(6, generator=gen), 6)
+    assert ritz.tolist() == pytest.approx([-1.5, 0.0, 3.0], abs=1e-5)
+    full = hessian.lanczos(lambda v: torch.diag(torch.arange(1.0, 7.0)) @ v, torch.ones(6), 4)
+    assert len(full) == 4 and full[-1] < 6  # no breakdown: every step kept, from below
