@@ -215,56 +215,61 @@ def worst_flatness(
     y: torch.Tensor,
     xi: float,
     eps: float = 0.0,
-    norm: str = "linf",
-    input_step: float | None = None,
-    iterations: int = 20,
-    restarts: int = 10,
-    weight_lr: float = 0.01,
-    weight_batch: int = 128,
-    seed_keys: tuple = (0,),
     attack=None,
     batch_size: int = 512,
     weight_norm: str = "l2",
     estimator: str = "paper",
+    **options,
 ) -> worst_case.WorstResult:
     """Worst-case flatness at xi (the paper): "worst" for eps > 0, "clean-worst" for eps = 0, by
-    `estimator` (paper | per-batch, `flatcli.worst_case`). RCE(w) comes from `attack` (default
-    PGD with the ascent's iterations, restarts and step) with the engine's starts for seed_keys.
+    `estimator` (paper | per-batch, `flatcli.worst_case`). `options`: fields of
+    `worst_case.Ascent` (norm, input_step, iterations, restarts, weight_lr, weight_batch,
+    seed_keys, restarts_per_pass; defaults `FlatnessConfig`'s). RCE(w) comes from `attack`
+    (default PGD with the ascent's iterations, restarts and step) with the engine's starts for
+    seed_keys.
     """
     if estimator not in ESTIMATORS:
         raise UsageError(f"--worst-estimator {estimator!r}: choose {', '.join(ESTIMATORS)}")
     xi = check_xi(xi)
     weights.require_layers(model)
+    ascent = dataclasses.replace(_ascent(FlatnessConfig(), eps, (0,)), eps=eps, **options)
     robust = eps > 0
     if robust and attack is None:
         from flatcli.attacks.pgd import PGD
 
-        step = input_step if input_step is not None else PAPER_STEP_RATIO * eps
-        attack = PGD(f"pgd{iterations}x{restarts}", norm, eps, iterations, step, restarts)
+        it, restarts = ascent.iterations, ascent.restarts
+        step = ascent.input_step or PAPER_STEP_RATIO * eps
+        attack = PGD(f"pgd{it}x{restarts}", ascent.norm, eps, it, step, restarts)
     attacks = [attack] if robust else []
-    reference = engine.robust_losses(model, x, y, attacks, seed_keys, batch_size)
+    reference = engine.robust_losses(model, x, y, attacks, ascent.seed_keys, batch_size)
     ref = reference.robust[attack.name] if robust else reference.clean_loss
-    common = dict(
-        eps=eps,
-        norm=norm,
-        input_step=input_step,
-        iterations=iterations,
-        restarts=restarts,
-        weight_lr=weight_lr,
-        weight_batch=weight_batch,
-        seed_keys=seed_keys,
-    )
-    if estimator == "paper":
-        if weight_norm != "l2":
-            raise UsageError("--worst-estimator paper uses the l2 ball; use --weight-norm l2")
-        result = worst_case.worst_paper(model, x, y, xi, ref, **common)
-    else:
-        result = worst_case.worst_per_batch(
-            model, x, y, xi, ref, attack=attack, weight_norm=weight_norm, **common
-        )
+    if estimator == "paper" and weight_norm != "l2":
+        raise UsageError("--worst-estimator paper uses the l2 ball; use --weight-norm l2")
+    result = _estimate(model, x, y, xi, ref, estimator, weight_norm, attack, ascent)
     if not robust:
         result.err = engine.error_rate(reference.clean_correct)
     return result
+
+
+def _ascent(config: FlatnessConfig, eps: float, seed_keys: tuple) -> worst_case.Ascent:
+    """The worst-case ascent of `config` at input radius eps (0: clean)."""
+    return worst_case.Ascent(
+        eps=eps,
+        norm=config.norm,
+        input_step=config.step_size,
+        iterations=config.iterations,
+        restarts=config.restarts,
+        weight_lr=config.weight_lr,
+        weight_batch=config.weight_batch,
+        seed_keys=seed_keys,
+    )
+
+
+def _estimate(model, x, y, xi, ref, estimator, weight_norm, attack, ascent):
+    """The estimator's result with RCE(w) `ref`."""
+    if estimator == "paper":
+        return worst_case.worst_paper(model, x, y, xi, ref, ascent)
+    return worst_case.worst_per_batch(model, x, y, xi, ref, ascent, attack, weight_norm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,27 +334,14 @@ def _worst(model, x, y, xi, measure, config, keys, reference, attack) -> worst_c
     clean = measure == "clean-worst"
     outcome = None if clean else reference.robust[attack.name]
     ref = reference.clean_loss if clean else outcome
-    common = dict(
-        eps=0.0 if clean else config.eps,
-        norm=config.norm,
-        input_step=config.step_size,
-        iterations=config.iterations,
-        restarts=config.restarts,
-        weight_lr=config.weight_lr,
-        weight_batch=config.weight_batch,
-        seed_keys=keys,
-    )
-    if config.worst_estimator == "paper":
-        result = worst_case.worst_paper(model, x, y, xi, ref, **common)
-        if config.worst_reattack and not clean and result.nu is not None:
-            # asked for: the attack behind RCE(w) re-run at the final nu, with the same starts
-            with weights.perturbed(model, result.nu):
-                again = engine.robust_losses(model, x, y, [attack], keys, config.batch_size)
-            result.reattack_loss = again.robust[attack.name].loss.mean().item()
-    else:
-        result = worst_case.worst_per_batch(
-            model, x, y, xi, ref, attack=attack, weight_norm=config.weight_norm, **common
-        )
+    ascent = _ascent(config, 0.0 if clean else config.eps, keys)
+    estimator = config.worst_estimator
+    result = _estimate(model, x, y, xi, ref, estimator, config.weight_norm, attack, ascent)
+    if estimator == "paper" and config.worst_reattack and not clean and result.nu is not None:
+        # asked for: the attack behind RCE(w) re-run at the final nu, with the same starts
+        with weights.perturbed(model, result.nu):
+            again = engine.robust_losses(model, x, y, [attack], keys, config.batch_size)
+        result.reattack_loss = again.robust[attack.name].loss.mean().item()
     if clean:  # the clean loss at w comes with its error
         result.err = engine.error_rate(reference.clean_correct)
     return result

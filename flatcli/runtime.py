@@ -62,7 +62,7 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-CPU_SETTINGS = 1  # weight settings per stacked pass on CPU (stacking measured no faster there)
+CPU_SETTINGS = 1  # on CPU stacking measured no faster (compute-bound), and RAM is not sized
 _FREE_SHARE = 0.5  # of the free device memory a stacked pass may plan to use
 _ACTIVATION_FACTOR = 4  # forward activations kept for backward, their gradients, the attack's
 

@@ -51,28 +51,47 @@ class WorstResult:
     nu: list[torch.Tensor] | None = field(default=None, repr=False)  # paper: the final offset
 
 
-def _check(iterations: int, restarts: int, weight_batch: int, weight_lr: float) -> None:
-    for name, value in [
-        ("iterations", iterations),
-        ("restarts", restarts),
-        ("weight-batch", weight_batch),
-    ]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"--{name} must be an integer >= 1, got {value}")
-    if not (weight_lr > 0 and math.isfinite(weight_lr)):
-        raise UsageError(f"--weight-lr must be positive, got {weight_lr:g}")
+@dataclass(frozen=True)
+class Ascent:
+    """The joint ascent of both estimators (docs/method.md; defaults: `FlatnessConfig`'s): input
+    ball (`eps` 0: clean, `norm`, signed `input_step`, default PAPER_STEP_RATIO x eps), weight
+    step `weight_lr`, `iterations` x `restarts` (restart r's draws from `seed_keys`, whatever
+    the stacking), batches of `weight_batch` examples; `restarts_per_pass` (runtime) restarts
+    run stacked, None: what fits on the device."""
 
+    eps: float
+    norm: str
+    input_step: float | None
+    iterations: int
+    restarts: int
+    weight_lr: float
+    weight_batch: int
+    seed_keys: tuple = (0,)
+    restarts_per_pass: int | None = None
 
-def _check(iterations: int, restarts: int, weight_batch: int, weight_lr: float) -> None:
-    for name, value in [
-        ("iterations", iterations),
-        ("restarts", restarts),
-        ("weight-batch", weight_batch),
-    ]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"--{name} must be an integer >= 1, got {value}")
-    if not (weight_lr > 0 and math.isfinite(weight_lr)):
-        raise UsageError(f"--weight-lr must be positive, got {weight_lr:g}")
+    def checked(self) -> tuple[float, int, int, float, int, tuple]:
+        """(eps, iterations, restarts, weight_lr, weight_batch, seed_keys), or a one-line
+        `UsageError` for a count below 1 or a step that is not positive."""
+        for name, value in [
+            ("iterations", self.iterations),
+            ("restarts", self.restarts),
+            ("weight-batch", self.weight_batch),
+        ]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{name} must be an integer >= 1, got {value}")
+        if not (self.weight_lr > 0 and math.isfinite(self.weight_lr)):
+            raise UsageError(f"--weight-lr must be positive, got {self.weight_lr:g}")
+        per_pass = self.restarts_per_pass
+        if per_pass is not None and (isinstance(per_pass, bool) or per_pass < 1):
+            raise UsageError(f"restarts per pass must be >= 1, got {per_pass}")
+        return (
+            self.eps,
+            self.iterations,
+            self.restarts,
+            self.weight_lr,
+            self.weight_batch,
+            self.seed_keys,
+        )
 
 
 def joint_ascent_stacked(
@@ -181,20 +200,23 @@ def _err(correct: torch.Tensor | None) -> float | None:
     return None if correct is None else engine.error_rate(correct)
 
 
-def _input_ascent(norm, eps, input_step, x, seed_keys, restarts):
+def _input_ascent(ascent: Ascent, x: torch.Tensor):
     """(threat, signed step, starts [R, N, ...] drawn with (seed_keys, "worst-input")) of the
     input ascent, or three Nones for eps = 0 (the clean worst case)."""
-    if eps <= 0:
+    if ascent.eps <= 0:
         return None, None, None
-    threat = make_threat(norm, eps)
-    step = input_step if input_step is not None else PAPER_STEP_RATIO * eps
-    gen = runtime.generator(*seed_keys, "worst-input")
-    return threat, step, restart_starts(threat, x.cpu(), gen, restarts)
+    threat = make_threat(ascent.norm, ascent.eps)
+    step = ascent.input_step if ascent.input_step is not None else PAPER_STEP_RATIO * ascent.eps
+    gen = runtime.generator(*ascent.seed_keys, "worst-input")
+    return threat, step, restart_starts(threat, x.cpu(), gen, ascent.restarts)
 
 
-def _passes(model, x, rows, restarts, per_pass) -> list[range]:
-    """The restarts in groups of `per_pass` (default: what fits, `runtime.settings_per_pass`)."""
+def _passes(model, x, ascent: Ascent) -> list[range]:
+    """The restarts in groups of `restarts_per_pass` (default: what fits on the device for a
+    batch of `weight_batch` rows, `runtime.settings_per_pass`)."""
+    restarts, per_pass = ascent.restarts, ascent.restarts_per_pass
     if per_pass is None:
+        rows = min(len(x), ascent.weight_batch)
         per_pass = runtime.settings_per_pass(model, x[:1], rows, restarts)
     return [range(b, min(restarts, b + per_pass)) for b in range(0, restarts, per_pass)]
 
@@ -216,15 +238,7 @@ def worst_paper(
     y: torch.Tensor,
     xi: float,
     reference,
-    eps: float = 0.0,
-    norm: str = "linf",
-    input_step: float | None = None,
-    iterations: int = 20,
-    restarts: int = 10,
-    weight_lr: float = 0.01,
-    weight_batch: int = 128,
-    seed_keys: tuple = (0,),
-    restarts_per_pass: int | None = None,
+    ascent: Ascent,
 ) -> WorstResult:
     """The paper's estimator, relative L2 ball ||nu_l|| <= xi ||w_l||: one offset nu for the whole
     set started uniformly in norm inside the ball; in each of `iterations` passes over the set,
@@ -240,7 +254,7 @@ def worst_paper(
     over delta is RCE(w) itself, so flatness is 0 exactly and no ascent runs.
     """
     xi = weights.check_xi(xi)
-    _check(iterations, restarts, weight_batch, weight_lr)
+    eps, iterations, restarts, weight_lr, weight_batch, seed_keys = ascent.checked()
     ref_loss, ref_correct = _reference(reference, y)
     loss = ref_loss.mean().item()
     err = _err(ref_correct)
@@ -255,9 +269,9 @@ def worst_paper(
     model.eval()
     n = len(y)
     batches = [slice(b, min(n, b + weight_batch)) for b in range(0, n, weight_batch)]
-    threat, step, starts = _input_ascent(norm, eps, input_step, x, seed_keys, restarts)
+    threat, step, starts = _input_ascent(ascent, x)
     best: dict = {}
-    for chunk in _passes(model, x, min(n, weight_batch), restarts, restarts_per_pass):
+    for chunk in _passes(model, x, ascent):
         g = len(chunk)
         gens = [runtime.generator(*seed_keys, "worst-weights", r) for r in chunk]
         nu = _stack([weights.uniform_norm_offset(w, xi, gen) for gen in gens])
@@ -340,17 +354,9 @@ def worst_per_batch(
     y: torch.Tensor,
     xi: float,
     reference,
-    eps: float = 0.0,
-    norm: str = "linf",
-    input_step: float | None = None,
-    iterations: int = 20,
-    restarts: int = 10,
-    weight_lr: float = 0.01,
-    weight_batch: int = 128,
-    seed_keys: tuple = (0,),
+    ascent: Ascent,
     attack=None,
     weight_norm: str = "l2",
-    restarts_per_pass: int | None = None,
 ) -> WorstResult:
     """flatcli's earlier estimator: per batch of `weight_batch` examples its own nu, `restarts`
     joint ascents (`joint_ascent_stacked`, `restarts_per_pass` at a time) from random starts on
@@ -360,7 +366,7 @@ def worst_per_batch(
     `reference` as in `worst_paper`; `attack` (the engine's, drawn with seed_keys) is required
     for eps > 0."""
     xi = weights.check_xi(xi)
-    _check(iterations, restarts, weight_batch, weight_lr)
+    eps, iterations, restarts, weight_lr, weight_batch, seed_keys = ascent.checked()
     ref_loss, ref_correct = _reference(reference, y)
     _, w = weights.named_weights(model)
     ball = weights.ball_named(weight_norm)(xi).around(w)
@@ -369,14 +375,14 @@ def worst_per_batch(
         raise UsageError("the per-batch worst case needs the attack behind RCE(w)")
     device = w[0].device
     model.eval()
-    threat, step, starts = _input_ascent(norm, eps, input_step, x, seed_keys, restarts)
+    threat, step, starts = _input_ascent(ascent, x)
     attack_starts = None
     if robust:
         attack_starts = attack.draw_starts(x.cpu(), runtime.generator(*seed_keys, attack.name))
     n = len(y)
     totals = {"joint": 0.0, "again": 0.0, "value": 0.0, "wrong": 0}
     bad = 0
-    passes = _passes(model, x, min(n, weight_batch), restarts, restarts_per_pass)
+    passes = _passes(model, x, ascent)
     for b, begin in enumerate(range(0, n, weight_batch)):
         index = slice(begin, min(n, begin + weight_batch))
         xb, yb = x[index].to(device), y[index].to(device)

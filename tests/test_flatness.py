@@ -30,6 +30,7 @@ from flatcli import (
     runtime,
     tables,
     weights,
+    worst_case,
 )
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
@@ -605,13 +606,16 @@ def test_stacked_worst_restarts_equal_one_at_a_time(sample_model, examples, esti
     x, y = examples[0][:20], examples[1][:20]
     ref = engine.robust_losses(sample_model, x, y, [_pgd(2)], KEYS).robust["pgd2x1"]
     run = dict(eps=EPS, iterations=2, restarts=3, weight_batch=8, seed_keys=KEYS)
-    if estimator == "paper":
-        estimate = flatness.worst_case.worst_paper
-    else:
-        estimate = flatness.worst_case.worst_per_batch
-        run["attack"] = _pgd(2)
-    one = estimate(sample_model, x, y, 0.01, ref, restarts_per_pass=1, **run)
-    stacked = estimate(sample_model, x, y, 0.01, ref, restarts_per_pass=3, **run)
+    run.update(norm="linf", input_step=None, weight_lr=0.01)
+    extra = {} if estimator == "paper" else {"attack": _pgd(2)}
+    estimate = getattr(worst_case, "worst_paper" if estimator == "paper" else "worst_per_batch")
+    results = [
+        estimate(
+            sample_model, x, y, 0.01, ref, worst_case.Ascent(**run, restarts_per_pass=k), **extra
+        )
+        for k in (1, 3)
+    ]
+    one, stacked = results
     assert stacked.perturbed_loss == pytest.approx(one.perturbed_loss, abs=1e-5)
     assert stacked.joint_loss == pytest.approx(one.joint_loss, abs=1e-5)
     assert stacked.perturbed_err == one.perturbed_err
