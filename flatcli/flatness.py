@@ -1,10 +1,7 @@
-"""Flatness of the robust loss (the paper): the measure registry, the average case, and the sweep's
-`flatness_measure(config, device)` -> `measure(ref) -> rows` (like `evaluation.attack_measure`).
+"""Flatness of the robust loss (docs/method.md): the average case, the worst case (estimators in
+`flatcli.worst_case`), the Hessian (`flatcli.hessian`), and the sweep's `flatness_measure`.
 
-Worst-case estimators live in `flatcli.worst_case`, the Hessian in `flatcli.hessian`. Weight
-directions come from `runtime.generator(*seed_keys, ...)` per sample and do not depend on xi (common
-random numbers across a xi grid); the input attack's starts are the engine's for the whole set, so
-results do not depend on the batch size and xi = 0 gives flatness 0 exactly.
+Average-case samples run stacked (`engine.robust_losses_at`) with the draws of one at a time.
 """
 
 from __future__ import annotations

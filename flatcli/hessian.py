@@ -1,12 +1,6 @@
-"""The Hessian of the cross-entropy w.r.t. the weights: λmax, trace and top eigenvectors.
-
-Shared by `flatcli.flatness` (λmax/trace rows) and `flatcli.landscape` (Hessian directions), so
-neither imports the other. Two variants (docs/method.md, "Other sharpness measures"):
-- `flatcli`: mean cross-entropy over the evaluation examples (at the one PGD's worst points, or
-  clean), every layer of `weights.layers`.
-- `paper`: the paper's code: clean cross-entropy on held-out examples, weights with dim > 1 only,
-  Hessian-vector products of the batch-mean loss summed over batches of `PAPER_BATCH`.
-λmax is not scale-invariant: multiplying conv weights before BN by a scales their block by 1/a².
+"""The Hessian of the cross-entropy w.r.t. the weights: λmax (Lanczos), trace (Hutchinson) and top
+eigenvectors, in the variants `flatcli` and `paper` (docs/method.md, "Other sharpness measures").
+Shared by `flatcli.flatness` and `flatcli.landscape`.
 """
 
 from __future__ import annotations

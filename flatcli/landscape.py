@@ -1,10 +1,7 @@
 """Landscapes of the robust (and clean) loss along weight directions, 1-D and 2-D (docs/method.md).
 
-Directions come from the `DIRECTIONS` registry (random, adversarial, hessian, interpolate) and are
-rescaled per layer by a `NORMALIZATIONS` entry; each grid point moves the weights in place and
-re-runs the attack with the work unit's seed keys, so alpha = 0 reproduces `flatcli attack`.
-The unit of work is (checkpoint, direction) (`units`), so a killed run resumes per direction;
-`flatcli.plots.landscape_figures` draws the table.
+One unit of work is (checkpoint, direction) (`units`); grid points run one at a time in place or
+`point_batch` at a time stacked, with the attack starts of `flatcli attack` at every point.
 """
 
 from __future__ import annotations

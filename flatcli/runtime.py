@@ -1,4 +1,4 @@
-"""Device choice, per-work-unit seeded generators, provenance columns."""
+"""Device choice and sizing of stacked passes, per-work-unit seeded generators, provenance."""
 
 from __future__ import annotations
 
