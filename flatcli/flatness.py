@@ -1,10 +1,7 @@
-"""Flatness of the robust loss (the paper): the measure registry, the average case, and the sweep's
-`flatness_measure(config, device)` -> `measure(ref) -> rows` (like `evaluation.attack_measure`).
+"""Flatness of the robust loss (docs/method.md): the average case, the worst case (estimators in
+`flatcli.worst_case`), the Hessian (`flatcli.hessian`), and the sweep's `flatness_measure`.
 
-Worst-case estimators live in `flatcli.worst_case`, the Hessian in `flatcli.hessian`. Weight
-directions come from `runtime.generator(*seed_keys, ...)` per sample and do not depend on xi (common
-random numbers across a xi grid); the input attack's starts are the engine's for the whole set, so
-results do not depend on the batch size and xi = 0 gives flatness 0 exactly.
+Average-case samples run stacked (`engine.robust_losses_at`) with the draws of one at a time.
 """
 
 from __future__ import annotations
@@ -85,6 +82,17 @@ def _nonfinite_note(reference: float, values: Sequence[float], what: str) -> str
     return None
 
 
+def _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch):
+    """The engine's results at each w + offset: one stacked pass, or in place for one offset."""
+    if len(offsets) > 1:
+        found = engine.robust_losses_at(model, offsets, x, y, attacks, seed_keys, batch_size)
+        if on_batch is not None:
+            on_batch(len(y), len(y))
+        return found
+    with weights.perturbed(model, offsets[0]):
+        return [engine.robust_losses(model, x, y, attacks, seed_keys, batch_size, on_batch)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Average case
 
@@ -101,12 +109,16 @@ def average_flatness(
     reference: engine.ExampleLosses | None = None,
     weight_norm: str = "l2",
     on_batch: Callable[[int, int], None] | None = None,
+    settings_per_pass: int | None = None,
 ) -> list[FlatnessResult]:
     """Average-case flatness at each xi: "clean-average" results, and "average" (of the robust
     loss, re-running `attack` on every perturbed model) when an attack is given.
 
     `reference`: the engine's result at w with the same attack and seed_keys, if already computed.
-    The model is evaluated in place (eval mode) and restored bitwise.
+    The (sample, xi) settings run `settings_per_pass` at a time in one stacked pass
+    (`engine.robust_losses_at`; default sized from free device memory, `runtime.settings_per_pass`)
+    or one at a time in place (restored bitwise); both give the same draws, so the same results
+    up to float rounding. An attack that does not keep its rows runs one setting at a time.
     """
     xis = _xi_list(xi)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -126,17 +138,34 @@ def average_flatness(
     clean = {v: [] for v in xis}
     robust = {v: [] for v in xis}
     errs = {m: {v: [] for v in xis} for m in refs_err}
-    for s in range(samples):
-        # One direction per sample, shared by every xi (common random numbers across the grid).
-        unit = ball(1.0).random_start(w, runtime.generator(*seed_keys, "weight-direction", s))
-        for v in xis:
-            with weights.perturbed(model, [v * u for u in unit]):
-                out = engine.robust_losses(model, x, y, attacks, seed_keys, batch_size, on_batch)
+    per_pass = settings_per_pass
+    if per_pass is None:
+        per_pass = runtime.attack_settings_per_pass(
+            model, x, attack, batch_size, len(xis) * samples
+        )
+    settings = [(s, v) for s in range(samples) for v in xis]
+    units: dict[int, list[torch.Tensor]] = {}
+    for begin in range(0, len(settings), per_pass):
+        chunk = settings[begin : begin + per_pass]
+        for s in dict.fromkeys(s for s, _ in chunk):
+            # One direction per sample, shared by every xi (common random numbers across the
+            # grid), drawn once whatever the stacking.
+            if s not in units:
+                gen = runtime.generator(*seed_keys, "weight-direction", s)
+                units[s] = ball(1.0).random_start(w, gen)
+        offsets = [[v * u for u in units[s]] for s, v in chunk]
+        for (_, v), out in zip(
+            chunk,
+            _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch),
+            strict=True,
+        ):
             clean[v].append(out.clean_loss.mean().item())
             errs["clean-average"][v].append(engine.error_rate(out.clean_correct))
             if attack is not None:
                 robust[v].append(out.robust[attack.name].loss.mean().item())
                 errs["average"][v].append(engine.error_rate(out.robust[attack.name].correct))
+        for s in [s for s in units if s < chunk[-1][0]]:
+            del units[s]  # every xi of that sample is done
     results = []
     for measure, ref, values, steps, restarts in [
         (
@@ -183,56 +212,61 @@ def worst_flatness(
     y: torch.Tensor,
     xi: float,
     eps: float = 0.0,
-    norm: str = "linf",
-    input_step: float | None = None,
-    iterations: int = 20,
-    restarts: int = 10,
-    weight_lr: float = 0.01,
-    weight_batch: int = 128,
-    seed_keys: tuple = (0,),
     attack=None,
     batch_size: int = 512,
     weight_norm: str = "l2",
     estimator: str = "paper",
+    **options,
 ) -> worst_case.WorstResult:
     """Worst-case flatness at xi (the paper): "worst" for eps > 0, "clean-worst" for eps = 0, by
-    `estimator` (paper | per-batch, `flatcli.worst_case`). RCE(w) comes from `attack` (default
-    PGD with the ascent's iterations, restarts and step) with the engine's starts for seed_keys.
+    `estimator` (paper | per-batch, `flatcli.worst_case`). `options`: fields of
+    `worst_case.Ascent` (norm, input_step, iterations, restarts, weight_lr, weight_batch,
+    seed_keys, restarts_per_pass; defaults `FlatnessConfig`'s). RCE(w) comes from `attack`
+    (default PGD with the ascent's iterations, restarts and step) with the engine's starts for
+    seed_keys.
     """
     if estimator not in ESTIMATORS:
         raise UsageError(f"--worst-estimator {estimator!r}: choose {', '.join(ESTIMATORS)}")
     xi = check_xi(xi)
     weights.require_layers(model)
+    ascent = dataclasses.replace(_ascent(FlatnessConfig(), eps, (0,)), eps=eps, **options)
     robust = eps > 0
     if robust and attack is None:
         from flatcli.attacks.pgd import PGD
 
-        step = input_step if input_step is not None else PAPER_STEP_RATIO * eps
-        attack = PGD(f"pgd{iterations}x{restarts}", norm, eps, iterations, step, restarts)
+        it, restarts = ascent.iterations, ascent.restarts
+        step = ascent.input_step or PAPER_STEP_RATIO * eps
+        attack = PGD(f"pgd{it}x{restarts}", ascent.norm, eps, it, step, restarts)
     attacks = [attack] if robust else []
-    reference = engine.robust_losses(model, x, y, attacks, seed_keys, batch_size)
+    reference = engine.robust_losses(model, x, y, attacks, ascent.seed_keys, batch_size)
     ref = reference.robust[attack.name] if robust else reference.clean_loss
-    common = dict(
-        eps=eps,
-        norm=norm,
-        input_step=input_step,
-        iterations=iterations,
-        restarts=restarts,
-        weight_lr=weight_lr,
-        weight_batch=weight_batch,
-        seed_keys=seed_keys,
-    )
-    if estimator == "paper":
-        if weight_norm != "l2":
-            raise UsageError("--worst-estimator paper uses the l2 ball; use --weight-norm l2")
-        result = worst_case.worst_paper(model, x, y, xi, ref, **common)
-    else:
-        result = worst_case.worst_per_batch(
-            model, x, y, xi, ref, attack=attack, weight_norm=weight_norm, **common
-        )
+    if estimator == "paper" and weight_norm != "l2":
+        raise UsageError("--worst-estimator paper uses the l2 ball; use --weight-norm l2")
+    result = _estimate(model, x, y, xi, ref, estimator, weight_norm, attack, ascent)
     if not robust:
         result.err = engine.error_rate(reference.clean_correct)
     return result
+
+
+def _ascent(config: FlatnessConfig, eps: float, seed_keys: tuple) -> worst_case.Ascent:
+    """The worst-case ascent of `config` at input radius eps (0: clean)."""
+    return worst_case.Ascent(
+        eps=eps,
+        norm=config.norm,
+        input_step=config.step_size,
+        iterations=config.iterations,
+        restarts=config.restarts,
+        weight_lr=config.weight_lr,
+        weight_batch=config.weight_batch,
+        seed_keys=seed_keys,
+    )
+
+
+def _estimate(model, x, y, xi, ref, estimator, weight_norm, attack, ascent):
+    """The estimator's result with RCE(w) `ref`."""
+    if estimator == "paper":
+        return worst_case.worst_paper(model, x, y, xi, ref, ascent)
+    return worst_case.worst_per_batch(model, x, y, xi, ref, ascent, attack, weight_norm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,27 +311,14 @@ def _worst(model, x, y, xi, measure, config, keys, reference, attack) -> worst_c
     clean = measure == "clean-worst"
     outcome = None if clean else reference.robust[attack.name]
     ref = reference.clean_loss if clean else outcome
-    common = dict(
-        eps=0.0 if clean else config.eps,
-        norm=config.norm,
-        input_step=config.step_size,
-        iterations=config.iterations,
-        restarts=config.restarts,
-        weight_lr=config.weight_lr,
-        weight_batch=config.weight_batch,
-        seed_keys=keys,
-    )
-    if config.worst_estimator == "paper":
-        result = worst_case.worst_paper(model, x, y, xi, ref, **common)
-        if config.worst_reattack and not clean and result.nu is not None:
-            # asked for: the attack behind RCE(w) re-run at the final nu, with the same starts
-            with weights.perturbed(model, result.nu):
-                again = engine.robust_losses(model, x, y, [attack], keys, config.batch_size)
-            result.reattack_loss = again.robust[attack.name].loss.mean().item()
-    else:
-        result = worst_case.worst_per_batch(
-            model, x, y, xi, ref, attack=attack, weight_norm=config.weight_norm, **common
-        )
+    ascent = _ascent(config, 0.0 if clean else config.eps, keys)
+    estimator = config.worst_estimator
+    result = _estimate(model, x, y, xi, ref, estimator, config.weight_norm, attack, ascent)
+    if estimator == "paper" and config.worst_reattack and not clean and result.nu is not None:
+        # asked for: the attack behind RCE(w) re-run at the final nu, with the same starts
+        with weights.perturbed(model, result.nu):
+            again = engine.robust_losses(model, x, y, [attack], keys, config.batch_size)
+        result.reattack_loss = again.robust[attack.name].loss.mean().item()
     if clean:  # the clean loss at w comes with its error
         result.err = engine.error_rate(reference.clean_correct)
     return result

@@ -1,12 +1,6 @@
-"""The Hessian of the cross-entropy w.r.t. the weights: λmax, trace and top eigenvectors.
-
-Shared by `flatcli.flatness` (λmax/trace rows) and `flatcli.landscape` (Hessian directions), so
-neither imports the other. Two variants (docs/method.md, "Other sharpness measures"):
-- `flatcli`: mean cross-entropy over the evaluation examples (at the one PGD's worst points, or
-  clean), every layer of `weights.layers`.
-- `paper`: the paper's code: clean cross-entropy on held-out examples, weights with dim > 1 only,
-  Hessian-vector products of the batch-mean loss summed over batches of `PAPER_BATCH`.
-λmax is not scale-invariant: multiplying conv weights before BN by a scales their block by 1/a².
+"""The Hessian of the cross-entropy w.r.t. the weights: λmax (Lanczos), trace (Hutchinson) and top
+eigenvectors, in the variants `flatcli` and `paper` (docs/method.md, "Other sharpness measures").
+Shared by `flatcli.flatness` and `flatcli.landscape`.
 """
 
 from __future__ import annotations
@@ -119,38 +113,38 @@ def lanczos(
     q = v0 / v0.norm().clamp_min(1e-30)
     basis = [q]
     alphas, betas = [], []
-    for j in range(min(iterations, v0.numel())):
+    steps = min(iterations, v0.numel())
+    for j in range(steps):  # no host sync: a breakdown is found afterwards
         z = hvp(basis[-1])
-        alpha = torch.dot(z, basis[-1])
-        alphas.append(alpha.item())
+        alphas.append(torch.dot(z, basis[-1]))
+        if j == steps - 1:
+            break
         q_mat = torch.stack(basis)
         for _ in range(2):  # twice is enough (Kahan): keeps the basis orthogonal in float32
             z = z - q_mat.T @ (q_mat @ z)
-        beta = z.norm()
-        if j == iterations - 1 or beta.item() <= 1e-7 * max(abs(a) for a in alphas) + 1e-30:
-            break
-        betas.append(beta.item())
-        basis.append(z / beta)
-    k = len(alphas)
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        betas.append(z.norm())
+        basis.append(z / betas[-1].clamp_min(1e-30))
+    a = torch.stack(alphas).double().cpu()
+    b = torch.stack(betas).double().cpu() if betas else torch.zeros(0, dtype=torch.float64)
+    # The recurrence ends at the first breakdown (beta tiny against the alphas so far), as if
+    # it had stopped there: what came after it is discarded.
+    tolerance = 1e-7 * a.abs().cummax(0).values[: len(b)] + 1e-30
+    broken = (b <= tolerance).nonzero()
+    k = int(broken[0]) + 1 if len(broken) else len(a)
+    t = torch.diag(a[:k])
     if k > 1:
-        off = torch.tensor(betas[: k - 1], dtype=torch.float64)
-        t += torch.diag(off, 1) + torch.diag(off, -1)
+        t += torch.diag(b[: k - 1], 1) + torch.diag(b[: k - 1], -1)
     return torch.linalg.eigvalsh(t)
 
 
 def _mean_loss(model, points, y, batch_size) -> float:
     device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
     with torch.inference_mode():
-        total = sum(
-            ce_per_example(
-                model(points[i : i + batch_size].to(device)), y[i : i + batch_size].to(device)
-            )
-            .sum()
-            .item()
-            for i in range(0, len(y), batch_size)
-        )
-    return total / len(y)
+        for i in range(0, len(y), batch_size):
+            xb, yb = points[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+            total += ce_per_example(model(xb), yb).double().sum()
+    return total.item() / len(y)
 
 
 def hessian_eigen(
@@ -191,10 +185,11 @@ def hessian_eigen(
     gen = runtime.generator(*seed_keys, "hessian")
     v0 = torch.randn(size, generator=gen, dtype=torch.float32).to(device)
     ritz = lanczos(hvp, v0, iterations)
-    samples = []
+    products = []
     for _ in range(probes):
         v = (torch.randint(0, 2, (size,), generator=gen) * 2 - 1).to(device, torch.float32)
-        samples.append(torch.dot(v, hvp(v)).item())
+        products.append(torch.dot(v, hvp(v)))
+    samples = torch.stack(products).tolist()
     trace = sum(samples) / probes
     values = [float(r) for r in ritz.tolist()]
     finite = all(math.isfinite(v) for v in [loss, trace, *values])

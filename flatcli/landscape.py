@@ -1,10 +1,7 @@
 """Landscapes of the robust (and clean) loss along weight directions, 1-D and 2-D (docs/method.md).
 
-Directions come from the `DIRECTIONS` registry (random, adversarial, hessian, interpolate) and are
-rescaled per layer by a `NORMALIZATIONS` entry; each grid point moves the weights in place and
-re-runs the attack with the work unit's seed keys, so alpha = 0 reproduces `flatcli attack`.
-The unit of work is (checkpoint, direction) (`units`), so a killed run resumes per direction;
-`flatcli.plots.landscape_figures` draws the table.
+One unit of work is (checkpoint, direction) (`units`); grid points run one at a time in place or
+`point_batch` at a time stacked, with the attack starts of `flatcli attack` at every point.
 """
 
 from __future__ import annotations
@@ -166,17 +163,20 @@ def evaluate_grid(
     seed_keys: tuple = (0,),
     batch_size: int = 512,
     on_point: Callable[[int, int], None] | None = None,
-    point_batch: int = 1,
+    point_batch: int | None = 1,
 ) -> list[dict]:
     """Clean (and, with an attack, robust) loss and error at w + sum_i c_i d_i for each point c.
 
     Every point re-runs the attack with the same `seed_keys` (hence the same starts as `flatcli
     attack`). One point at a time moves the model in place and restores it bitwise;
     `point_batch` > 1 evaluates that many points in one stacked pass
-    (`engine.robust_losses_at`), equal up to float rounding (the attack must keep its rows).
+    (`engine.robust_losses_at`), equal up to float rounding (the attack must keep its rows);
+    None: what fits in free device memory (`runtime.settings_per_pass`; 1 on CPU).
     """
     attacks = [attack] if attack is not None else []
     n_layers = len(directions[0])
+    if point_batch is None:
+        point_batch = runtime.attack_settings_per_pass(model, x, attack, batch_size, len(points))
 
     def offset(coefficients) -> list[torch.Tensor]:
         return [

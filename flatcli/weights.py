@@ -1,26 +1,10 @@
-"""Weight-space geometry: which parameters are layers, relative balls, offsets, applying them.
+"""Weight-space geometry shared by flatness, landscapes and AWP (docs/method.md, DESIGN.md).
 
-Flatness, landscapes and AWP share this module (DESIGN.md). Conventions:
-
-- A **layer** is every weight tensor and every bias tensor on its own (`layers(model)`), in
-  `named_parameters` order. Parameters of normalization layers (BatchNorm, GroupNorm, LayerNorm,
-  InstanceNorm, LocalResponseNorm, RMSNorm) are not layers; buffers (BN running statistics, the
-  input `Normalize` mean/std) never are. Frozen parameters (requires_grad False) are still layers:
-  freezing is the caller's business.
-- An **offset** `nu` is a list of tensors aligned with `layers(model)`, always float32 (worst-case
-  offsets are far below bf16 resolution, docs/method.md).
-- Balls are **relative** per layer, so they are scale-invariant: a network whose conv weights are
-  multiplied by a > 0 (with BN after them) has the same balls, scaled by a.
-  `RelativeL2Ball(xi)`:   ||nu_l||_2 <= xi * ||w_l||_2 for every layer l (docs/method.md's ball).
-  `RelativeLinfBall(xi)`: |nu_l,i| <= xi * |w_l,i| for every element (element-wise relative).
-  Both have the verbs of the input balls (`flatcli.attacks.threat`): `random_start`, `step`,
-  `project`, over lists, so the one ascent loop (`flatcli.attacks.ascent.ascend`) runs over them.
-  `step` is relative to the weights, so it needs their norms: bind the ball first with
-  `ball.around(w)` (`random_start` and `project` take `w` and work on either).
-- Applying an offset never copies the model: `perturbed(model, offset)` adds it in place and
-  restores the saved weights bitwise on exit; `call_perturbed(model, offset, x)` is a functional
-  call (`torch.func.functional_call`) that leaves the model untouched and is differentiable in
-  the offset (the worst-case ascent uses it).
+A layer is every weight or bias tensor outside normalization layers (`layers`); an offset `nu`
+is a float32 list aligned with it. Relative balls (`RelativeL2Ball`, `RelativeLinfBall`) have
+the verbs of the input balls, so the one ascent loop runs over them. Offsets are applied in
+place and restored bitwise (`perturbed`), by a functional call (`call_perturbed`), or G at a
+time in one stacked call (`call_stacked`, `Stacked`, `StackedBall`).
 """
 
 from __future__ import annotations
@@ -280,39 +264,82 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
     return [v.view(t.shape) for v, t in zip(vector.split(sizes), like, strict=True)]
 
 
-class Stacked(nn.Module):
-    """`model` at G weight settings w + offset_g in one call, for batching grid points.
+def stacked_params(
+    weights: Sequence[torch.Tensor], offsets: Sequence[Sequence[torch.Tensor]]
+) -> list[torch.Tensor]:
+    """Per layer the G settings w + offset_g (float32) stacked into one [G, ...] tensor."""
+    for offset in offsets:
+        _check_offset(weights, offset)
+    return [
+        torch.stack([w.detach().float() + nu[j].to(w.device) for nu in offsets])
+        for j, w in enumerate(weights)
+    ]
 
-    Rows are interleaved: row i of the input is evaluated at setting i % G (so an attack that
-    repeats its whole input, as PGD's restarts do, keeps every row on its setting). The layers'
-    G weight tensors are stacked and mapped over with `torch.func.vmap` of a functional call;
-    normalization parameters and buffers are shared. The model itself is not changed. Only
-    inputs whose row count is a multiple of G are accepted: attacks that run on a subset of their
-    examples (APGD-T, ensembles) cannot use it.
+
+def call_stacked(
+    model: nn.Module, names: Sequence[str], params: Sequence[torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """`model` at G weight settings in one call: `params` holds per layer `names[j]` a [G, ...]
+    tensor (differentiable), x [G * R, ...] has its rows interleaved (row i at setting i % G, so
+    an attack that repeats its whole input keeps every row on its setting); returns [G * R, ...].
+
+    The settings are mapped over by `torch.func.vmap` of a functional call (normalization
+    parameters and buffers shared). Everything entering the vmapped call is made
+    contiguous_format: a channels_last weight or input makes the activations channels_last
+    inside vmap, and CUDA's batch norm then asks `is_contiguous(channels_last)` of a batched
+    tensor, which vmap does not implement (issue 11). G = 1 is a plain functional call.
     """
+    g = len(params[0])
+    if len(x) % g:
+        raise ValueError(f"{len(x)} rows do not split over {g} weight settings")
+    if g == 1:
+        return torch.func.functional_call(
+            model, {n: p[0] for n, p in zip(names, params, strict=True)}, (x,)
+        )
+    flat = [p.contiguous() for p in params]
+    per_setting = x.reshape(-1, g, *x.shape[1:]).transpose(0, 1).contiguous()  # [G, R, ...]
+
+    def one(layer_params: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(
+            model, dict(zip(names, layer_params, strict=True)), (rows,)
+        )
+
+    out = torch.func.vmap(one)(flat, per_setting)  # [G, R, ...]
+    return out.transpose(0, 1).reshape(len(x), *out.shape[2:])
+
+
+class Stacked(nn.Module):
+    """`model` at G fixed weight settings w + offset_g in one call (`call_stacked`: rows
+    interleaved, row i at setting i % G). The model itself is not changed. Only inputs whose
+    row count is a multiple of G are accepted: attacks that run on a subset of their examples
+    (APGD-T, ensembles) cannot use it."""
 
     def __init__(self, model: nn.Module, offsets: Sequence[Sequence[torch.Tensor]]):
         super().__init__()
-        found = require_layers(model)
-        for offset in offsets:
-            _check_offset([p for _, p in found], offset)
+        self.names, w = named_weights(model)
         self.model = model
         self.copies = len(offsets)
-        self.params = {
-            name: torch.stack([p.detach().float() + nu[j].to(p.device) for nu in offsets])
-            for j, (name, p) in enumerate(found)
-        }
+        self.params = stacked_params(w, offsets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.copies
-        if len(x) % g:
-            raise ValueError(f"{len(x)} rows do not split over {g} weight settings")
-        per_setting = x.view(-1, g, *x.shape[1:]).transpose(0, 1)  # [G, rows/G, ...]
-        out = torch.func.vmap(self._call)(self.params, per_setting)  # [G, rows/G, ...]
-        return out.transpose(0, 1).reshape(len(x), *out.shape[2:])
+        return call_stacked(self.model, self.names, self.params, x)
 
-    def _call(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(self.model, params, (x,))
+
+@dataclass(frozen=True)
+class StackedBall:
+    """A bound weight ball (`ball.around(w)`) acting on G offsets at once: `step` and `project`
+    take per layer a [G, ...] tensor and apply the ball's verb to each setting (vmap over dim 0),
+    so G restarts ascend together exactly as they would one at a time."""
+
+    ball: RelativeL2Ball | RelativeLinfBall
+
+    def step(
+        self, nu: Sequence[torch.Tensor], grad: Sequence[torch.Tensor], step_size: float
+    ) -> list[torch.Tensor]:
+        return torch.func.vmap(lambda n, g: self.ball.step(n, g, step_size))(list(nu), list(grad))
+
+    def project(self, nu: Sequence[torch.Tensor], w: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return torch.func.vmap(lambda n: self.ball.project(n, w))(list(nu))
 
 
 def check_xi(xi) -> float:

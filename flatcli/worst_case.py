@@ -1,19 +1,15 @@
 """Worst-case flatness of the robust loss (docs/method.md): two estimators of
-max_nu max_delta CE(f(x + delta; w + nu), y) - RCE(w) over the per-layer relative ball.
+max_nu max_delta CE(f(x + delta; w + nu), y) - RCE(w) over the per-layer relative ball, `paper`
+(`worst_paper`, the authors' code, the default) and `per-batch` (`worst_per_batch`).
 
-- `paper` (`worst_paper`, the default): the authors' code. One offset nu for the whole set,
-  started uniformly in norm inside the ball; in each of `iterations` passes over the set, every
-  batch of `weight_batch` examples takes one joint step of nu (normalized, relative) and of its
-  own delta (signed); the value is the set-mean loss at the final iterate, the result the max over
-  `restarts` attempts minus RCE(w), not clamped.
-- `per-batch` (`worst_per_batch`): one nu per batch, best iterate, a re-attack at nu*, clamped at
-  RCE(w) (all three are points of the joint ball).
+Restarts run as one stacked batch (`weights.call_stacked`), `restarts_per_pass` at a time, with
+the draws of one at a time, so stacking changes results only by float rounding.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,16 +51,94 @@ class WorstResult:
     nu: list[torch.Tensor] | None = field(default=None, repr=False)  # paper: the final offset
 
 
-def _check(iterations: int, restarts: int, weight_batch: int, weight_lr: float) -> None:
-    for name, value in [
-        ("iterations", iterations),
-        ("restarts", restarts),
-        ("weight-batch", weight_batch),
-    ]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"--{name} must be an integer >= 1, got {value}")
-    if not (weight_lr > 0 and math.isfinite(weight_lr)):
-        raise UsageError(f"--weight-lr must be positive, got {weight_lr:g}")
+@dataclass(frozen=True)
+class Ascent:
+    """The joint ascent of both estimators (docs/method.md; defaults: `FlatnessConfig`'s): input
+    ball (`eps` 0: clean, `norm`, signed `input_step`, default PAPER_STEP_RATIO x eps), weight
+    step `weight_lr`, `iterations` x `restarts` (restart r's draws from `seed_keys`, whatever
+    the stacking), batches of `weight_batch` examples; `restarts_per_pass` (runtime) restarts
+    run stacked, None: what fits on the device."""
+
+    eps: float
+    norm: str
+    input_step: float | None
+    iterations: int
+    restarts: int
+    weight_lr: float
+    weight_batch: int
+    seed_keys: tuple = (0,)
+    restarts_per_pass: int | None = None
+
+    def checked(self) -> tuple[float, int, int, float, int, tuple]:
+        """(eps, iterations, restarts, weight_lr, weight_batch, seed_keys), or a one-line
+        `UsageError` for a count below 1 or a step that is not positive."""
+        for name, value in [
+            ("iterations", self.iterations),
+            ("restarts", self.restarts),
+            ("weight-batch", self.weight_batch),
+        ]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{name} must be an integer >= 1, got {value}")
+        if not (self.weight_lr > 0 and math.isfinite(self.weight_lr)):
+            raise UsageError(f"--weight-lr must be positive, got {self.weight_lr:g}")
+        per_pass = self.restarts_per_pass
+        if per_pass is not None and (isinstance(per_pass, bool) or per_pass < 1):
+            raise UsageError(f"restarts per pass must be >= 1, got {per_pass}")
+        return (
+            self.eps,
+            self.iterations,
+            self.restarts,
+            self.weight_lr,
+            self.weight_batch,
+            self.seed_keys,
+        )
+
+
+def joint_ascent_stacked(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ball,
+    nu0s: Sequence[Sequence[torch.Tensor]],
+    weight_lr: float,
+    iterations: int,
+    threat=None,
+    delta0s: torch.Tensor | None = None,
+    input_step: float | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """G joint ascents in one stacked batch (the one `ascend` loop), each over its weight offset
+    in `ball` (bound with `ball.around(w)`; normalized step `weight_lr`) from nu0s[g] and, with a
+    `threat`, over the batch's input perturbation from delta0s[g] ([G, B, ...]; signed step
+    `input_step`). Returns per setting the largest batch-mean cross-entropy over its iterates
+    ([G] on the device; NaN once any is NaN) and per layer the [G, ...] offsets where they were
+    reached. The settings do not interact: each equals its ascent run alone, up to rounding."""
+    names, w = weights.named_weights(model)
+    g = len(nu0s)
+    xt, yt = x.repeat_interleave(g, 0), y.repeat_interleave(g, 0)
+    variables = [Variable(_stack(nu0s), weights.StackedBall(ball), w, weight_lr)]
+    if threat is not None:
+        variables.append(Variable(_interleave(delta0s), threat, xt, input_step))
+    state: dict = {}
+
+    def objective(nu, delta=None):
+        state["nu"] = nu
+        logits = _logits_at(model, names, w, nu, xt if delta is None else xt + delta)
+        return ce_per_example(logits, yt), logits
+
+    def keep_worst(loss, logits):
+        value = loss.view(-1, g).mean(0)
+        nu = [t.detach() for t in state["nu"]]
+        if "best" not in state:
+            state["value"], state["best"] = value, nu
+            return
+        # as one at a time: a larger value or any NaN replaces the kept iterate (no host sync)
+        take = value.isnan() | (value > state["value"])
+        state["value"] = torch.where(take, value, state["value"])
+        state["best"] = [_where(take, t, b) for t, b in zip(nu, state["best"], strict=True)]
+
+    model.eval()
+    ascend(objective, variables, iterations, keep_worst)
+    return state["value"], state["best"]
 
 
 def joint_ascent(
@@ -79,31 +153,38 @@ def joint_ascent(
     delta0: torch.Tensor | None = None,
     input_step: float | None = None,
 ) -> tuple[float, list[torch.Tensor]]:
-    """One projected ascent (the one `ascend` loop) jointly over a weight offset nu in `ball`
-    (bound with `ball.around(w)`; normalized step `weight_lr`) and, with a `threat`, the batch's
-    input perturbation from `delta0` (signed step `input_step`). Returns the largest batch-mean
-    cross-entropy over the iterates (NaN once any is NaN) and the nu where it was reached."""
-    names, w = weights.named_weights(model)
-    variables = [Variable(list(nu0), ball, w, weight_lr)]
-    if threat is not None:
-        variables.append(Variable(delta0, threat, x, input_step))
-    best = {"value": -math.inf, "nu": None}
-    current = {}
+    """One joint ascent (`joint_ascent_stacked` with G = 1): the largest batch-mean
+    cross-entropy over the iterates and the offset nu where it was reached."""
+    delta0s = None if delta0 is None else delta0.unsqueeze(0)
+    value, nu = joint_ascent_stacked(
+        model, x, y, ball, [nu0], weight_lr, iterations, threat, delta0s, input_step
+    )
+    return value[0].item(), [t[0] for t in nu]
 
-    def objective(nu, delta=None):
-        current["nu"] = nu
-        logits = weights.call_perturbed(model, nu, x if delta is None else x + delta, names, w)
-        return ce_per_example(logits, y), logits
 
-    def keep_worst(loss, logits):
-        value = loss.mean().item()
-        if math.isnan(value) or value > best["value"] or best["nu"] is None:
-            best["value"] = value
-            best["nu"] = [t.detach() for t in current["nu"]]
+def _stack(offsets: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """G offsets as per layer one [G, ...] tensor."""
+    return [torch.stack(layer) for layer in zip(*offsets, strict=True)]
 
-    model.eval()
-    ascend(objective, variables, iterations, keep_worst)
-    return best["value"], best["nu"]
+
+def _interleave(t: torch.Tensor) -> torch.Tensor:
+    """[G, B, ...] -> [B * G, ...] with row i at setting i % G (`weights.call_stacked`)."""
+    return t.transpose(0, 1).reshape(-1, *t.shape[2:])
+
+
+def _tile(t: torch.Tensor, g: int, device) -> torch.Tensor:
+    """Each row of t repeated g times in a row, on `device` (the interleaved rows of G settings)."""
+    return t.to(device).repeat_interleave(g, 0)
+
+
+def _where(take: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(take.view(-1, *[1] * (new.dim() - 1)), new, old)
+
+
+def _logits_at(model, names, w, nu, inputs) -> torch.Tensor:
+    """Logits of interleaved rows at w + nu_g (nu per layer [G, ...], float32)."""
+    params = [wl.float() + n for wl, n in zip(w, nu, strict=True)]
+    return weights.call_stacked(model, names, params, inputs)
 
 
 def _reference(reference, y) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -119,67 +200,98 @@ def _err(correct: torch.Tensor | None) -> float | None:
     return None if correct is None else engine.error_rate(correct)
 
 
+def _input_ascent(ascent: Ascent, x: torch.Tensor):
+    """(threat, signed step, starts [R, N, ...] drawn with (seed_keys, "worst-input")) of the
+    input ascent, or three Nones for eps = 0 (the clean worst case)."""
+    if ascent.eps <= 0:
+        return None, None, None
+    threat = make_threat(ascent.norm, ascent.eps)
+    step = ascent.input_step if ascent.input_step is not None else PAPER_STEP_RATIO * ascent.eps
+    gen = runtime.generator(*ascent.seed_keys, "worst-input")
+    return threat, step, restart_starts(threat, x.cpu(), gen, ascent.restarts)
+
+
+def _passes(model, x, ascent: Ascent) -> list[range]:
+    """The restarts in groups of `restarts_per_pass` (default: what fits on the device for a
+    batch of `weight_batch` rows, `runtime.settings_per_pass`)."""
+    restarts, per_pass = ascent.restarts, ascent.restarts_per_pass
+    if per_pass is None:
+        rows = min(len(x), ascent.weight_batch)
+        per_pass = runtime.settings_per_pass(model, x[:1], rows, restarts)
+    return [range(b, min(restarts, b + per_pass)) for b in range(0, restarts, per_pass)]
+
+
+def _keep(best: dict, values: Sequence[float], kept: Callable[[int], object]) -> bool:
+    """Fold one pass's restart values into `best` as restarts one after another would: the first
+    largest value is kept, and a NaN is kept and ends the search (returns True)."""
+    for i, value in enumerate(values):
+        if "value" not in best or math.isnan(value) or value > best["value"]:
+            best.update(value=value, kept=kept(i))
+        if math.isnan(best["value"]):
+            return True
+    return False
+
+
 def worst_paper(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     xi: float,
     reference,
-    eps: float = 0.0,
-    norm: str = "linf",
-    input_step: float | None = None,
-    iterations: int = 20,
-    restarts: int = 10,
-    weight_lr: float = 0.01,
-    weight_batch: int = 128,
-    seed_keys: tuple = (0,),
+    ascent: Ascent,
 ) -> WorstResult:
-    """The paper's estimator (module docstring), relative L2 ball ||nu_l|| <= xi ||w_l||.
+    """The paper's estimator, relative L2 ball ||nu_l|| <= xi ||w_l||: one offset nu for the whole
+    set started uniformly in norm inside the ball; in each of `iterations` passes over the set,
+    every batch of `weight_batch` examples takes one joint step of nu (normalized, relative) and
+    of its own delta (signed); the value is the set-mean loss at the final iterate, the result
+    the max over `restarts` attempts minus RCE(w), not clamped.
 
     `reference`: RCE(w) per example (the attack's outcome at w with `loss`/`correct`, or a loss
     tensor [N]); for eps = 0 the clean loss. Attempt r starts nu from `uniform_norm_offset` with
     generator (seed_keys, "worst-weights", r) and delta from the r-th of `restart_starts` drawn
-    with (seed_keys, "worst-input"). xi = 0: the ball is {w}, whose worst case over delta is
-    RCE(w) itself, so flatness is 0 exactly and no ascent runs.
+    with (seed_keys, "worst-input"). Attempts are independent (each its own nu and deltas), so
+    `restarts_per_pass` of them run stacked, exactly. xi = 0: the ball is {w}, whose worst case
+    over delta is RCE(w) itself, so flatness is 0 exactly and no ascent runs.
     """
     xi = weights.check_xi(xi)
-    _check(iterations, restarts, weight_batch, weight_lr)
+    eps, iterations, restarts, weight_lr, weight_batch, seed_keys = ascent.checked()
     ref_loss, ref_correct = _reference(reference, y)
     loss = ref_loss.mean().item()
     err = _err(ref_correct)
-    robust = eps > 0
-    measure = "worst" if robust else "clean-worst"
+    measure = "worst" if eps > 0 else "clean-worst"
     if xi == 0:
         return WorstResult(
             measure, xi, "paper", loss, loss, 0.0, 0.0, loss, None, err, err, iterations, restarts
         )
     names, w = weights.named_weights(model)
     device = w[0].device
-    ball = weights.RelativeL2Ball(xi).around(w)
+    ball = weights.StackedBall(weights.RelativeL2Ball(xi).around(w))
     model.eval()
     n = len(y)
     batches = [slice(b, min(n, b + weight_batch)) for b in range(0, n, weight_batch)]
-    threat = step = starts = None
-    if robust:
-        threat = make_threat(norm, eps)
-        step = input_step if input_step is not None else PAPER_STEP_RATIO * eps
-        gen = runtime.generator(*seed_keys, "worst-input")
-        starts = restart_starts(threat, x.cpu(), gen, restarts)
-    best_value, best_err, best_nu = -math.inf, None, None
-    for r in range(restarts):
-        nu = weights.uniform_norm_offset(w, xi, runtime.generator(*seed_keys, "worst-weights", r))
-        deltas = [starts[r, i].to(device) if robust else None for i in batches]
+    threat, step, starts = _input_ascent(ascent, x)
+    best: dict = {}
+    for chunk in _passes(model, x, ascent):
+        g = len(chunk)
+        gens = [runtime.generator(*seed_keys, "worst-weights", r) for r in chunk]
+        nu = _stack([weights.uniform_norm_offset(w, xi, gen) for gen in gens])
+        rows = [(_tile(x[i], g, device), _tile(y[i], g, device)) for i in batches]
+        deltas = [
+            None if starts is None else _interleave(starts[chunk.start : chunk.stop, i].to(device))
+            for i in batches
+        ]
         for _ in range(iterations):
-            for b, index in enumerate(batches):
-                xb, yb = x[index].to(device), y[index].to(device)
+            for b, (xb, yb) in enumerate(rows):
                 nu, deltas[b] = _joint_step(
-                    model, names, w, ball, nu, weight_lr, xb, yb, threat, deltas[b], step
+                    model, names, w, ball, nu, weight_lr, xb, yb, threat, deltas[b], step, g
                 )
-        value, wrong = _final_value(model, names, w, nu, x, y, batches, deltas)
-        if math.isnan(value) or value > best_value:
-            best_value, best_err, best_nu = value, wrong / n, nu
-        if math.isnan(best_value):
+        value, wrong = _final_value(model, names, w, nu, rows, deltas, g)
+        wrong = wrong.tolist()
+        kept = lambda i, nu=nu, wrong=wrong: ([t[i] for t in nu], wrong[i] / n)  # noqa: E731
+        if _keep(best, (value / n).tolist(), kept):
             break
+    best_nu, best_err = best["kept"]
+    best_value = best["value"]
     note = None if math.isfinite(best_value) and math.isfinite(loss) else "non-finite loss"
     difference = best_value - loss
     return WorstResult(
@@ -201,9 +313,9 @@ def worst_paper(
     )
 
 
-def _joint_step(model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, step):
-    """One joint step on the batch's mean loss: nu by the ball's normalized relative step, delta
-    by the threat's signed step, both projected."""
+def _joint_step(model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, step, g):
+    """One joint step of G settings (interleaved rows) on each setting's batch-mean loss: nu by
+    the ball's normalized relative step, delta by the threat's signed step, both projected."""
     nu = [t.detach().requires_grad_(True) for t in nu]
     leaves = list(nu)
     if delta is not None:
@@ -211,10 +323,10 @@ def _joint_step(model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, ste
         leaves.append(delta)
     with torch.enable_grad():
         inputs = xb if delta is None else xb + delta
-        logits = weights.call_perturbed(model, nu, inputs, names, w)
-        grads = torch.autograd.grad(
-            ce_per_example(logits, yb).mean(), leaves, allow_unused=True, materialize_grads=True
-        )
+        logits = _logits_at(model, names, w, nu, inputs)
+        # the sum of the settings' batch means: each setting's gradients as if it ran alone
+        loss = ce_per_example(logits, yb).view(-1, g).mean(0).sum()
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
     with torch.no_grad():
         nu = ball.project(ball.step([t.detach() for t in nu], grads[: len(nu)], weight_lr), w)
         if delta is not None:
@@ -222,18 +334,18 @@ def _joint_step(model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, ste
     return nu, delta
 
 
-def _final_value(model, names, w, nu, x, y, batches, deltas) -> tuple[float, int]:
-    """Set-mean cross-entropy and the number misclassified at the final (nu, deltas)."""
+def _final_value(model, names, w, nu, rows, deltas, g) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per setting the summed cross-entropy (float64 [G]) and the number misclassified ([G]) at
+    the final (nu, deltas), on the device (no host sync)."""
     device = w[0].device
-    total, wrong = 0.0, 0
+    total = torch.zeros(g, dtype=torch.float64, device=device)
+    wrong = torch.zeros(g, dtype=torch.long, device=device)
     with torch.no_grad():
-        for index, delta in zip(batches, deltas, strict=True):
-            xb, yb = x[index].to(device), y[index].to(device)
-            inputs = xb if delta is None else xb + delta
-            logits = weights.call_perturbed(model, nu, inputs, names, w)
-            total += ce_per_example(logits, yb).sum().item()
-            wrong += (logits.argmax(1) != yb).sum().item()
-    return total / len(y), wrong
+        for (xb, yb), delta in zip(rows, deltas, strict=True):
+            logits = _logits_at(model, names, w, nu, xb if delta is None else xb + delta)
+            total += ce_per_example(logits, yb).view(-1, g).double().sum(0)
+            wrong += (logits.argmax(1) != yb).view(-1, g).sum(0)
+    return total, wrong
 
 
 def worst_per_batch(
@@ -242,24 +354,19 @@ def worst_per_batch(
     y: torch.Tensor,
     xi: float,
     reference,
-    eps: float = 0.0,
-    norm: str = "linf",
-    input_step: float | None = None,
-    iterations: int = 20,
-    restarts: int = 10,
-    weight_lr: float = 0.01,
-    weight_batch: int = 128,
-    seed_keys: tuple = (0,),
+    ascent: Ascent,
     attack=None,
     weight_norm: str = "l2",
 ) -> WorstResult:
     """flatcli's earlier estimator: per batch of `weight_batch` examples its own nu, `restarts`
-    joint ascents (`joint_ascent`) from random starts on the sphere; the batch's value is the
-    largest of the best iterate, the robust loss re-computed by `attack` at nu* (same starts as at
-    w) and RCE at nu = 0, so flatness >= 0. `reference` as in `worst_paper`; `attack` (the
-    engine's, drawn with seed_keys) is required for eps > 0."""
+    joint ascents (`joint_ascent_stacked`, `restarts_per_pass` at a time) from random starts on
+    the sphere (generator (seed_keys, "worst-weights", batch, r)); the batch's value is the
+    largest of the best iterate, the robust loss re-computed by `attack` at nu* (same starts as
+    at w) and RCE at nu = 0, so flatness >= 0 (one-at-a-time restarts' value, clamped).
+    `reference` as in `worst_paper`; `attack` (the engine's, drawn with seed_keys) is required
+    for eps > 0."""
     xi = weights.check_xi(xi)
-    _check(iterations, restarts, weight_batch, weight_lr)
+    eps, iterations, restarts, weight_lr, weight_batch, seed_keys = ascent.checked()
     ref_loss, ref_correct = _reference(reference, y)
     _, w = weights.named_weights(model)
     ball = weights.ball_named(weight_norm)(xi).around(w)
@@ -268,32 +375,34 @@ def worst_per_batch(
         raise UsageError("the per-batch worst case needs the attack behind RCE(w)")
     device = w[0].device
     model.eval()
-    x_cpu = x.cpu()
-    threat = step = starts = attack_starts = None
+    threat, step, starts = _input_ascent(ascent, x)
+    attack_starts = None
     if robust:
-        threat = make_threat(norm, eps)
-        step = input_step if input_step is not None else PAPER_STEP_RATIO * eps
-        starts = restart_starts(
-            threat, x_cpu, runtime.generator(*seed_keys, "worst-input"), restarts
-        )
-        attack_starts = attack.draw_starts(x_cpu, runtime.generator(*seed_keys, attack.name))
+        attack_starts = attack.draw_starts(x.cpu(), runtime.generator(*seed_keys, attack.name))
     n = len(y)
     totals = {"joint": 0.0, "again": 0.0, "value": 0.0, "wrong": 0}
     bad = 0
+    passes = _passes(model, x, ascent)
     for b, begin in enumerate(range(0, n, weight_batch)):
         index = slice(begin, min(n, begin + weight_batch))
         xb, yb = x[index].to(device), y[index].to(device)
-        best_value, best_nu = -math.inf, None
-        for r in range(restarts):
-            nu0 = ball.random_start(w, runtime.generator(*seed_keys, "worst-weights", b, r))
-            delta0 = slice_starts(starts[r : r + 1], index, device)[0] if robust else None
-            value, nu = joint_ascent(
-                model, xb, yb, ball, nu0, weight_lr, iterations, threat, delta0, step
+        best: dict = {}
+        for chunk in passes:
+            nu0s = [
+                ball.random_start(w, runtime.generator(*seed_keys, "worst-weights", b, r))
+                for r in chunk
+            ]
+            delta0s = (
+                None
+                if starts is None
+                else slice_starts(starts[chunk.start : chunk.stop], index, device)
             )
-            if math.isnan(value) or value > best_value or best_nu is None:
-                best_value, best_nu = value, nu
-            if math.isnan(best_value):
+            values, nus = joint_ascent_stacked(
+                model, xb, yb, ball, nu0s, weight_lr, iterations, threat, delta0s, step
+            )
+            if _keep(best, values.tolist(), lambda i, nus=nus: [t[i] for t in nus]):
                 break
+        best_value, best_nu = best["value"], best["kept"]
         candidates = [best_value, ref_loss[index].mean().item()]
         if robust and not math.isnan(best_value):
             with weights.perturbed(model, best_nu):

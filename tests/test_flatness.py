@@ -19,7 +19,19 @@ import torch
 from conftest import quick_adversarial_training
 from torch import nn
 
-from flatcli import data, engine, flatness, hessian, models, registries, runtime, tables, weights
+from flatcli import (
+    checkpoints,
+    data,
+    engine,
+    flatness,
+    hessian,
+    models,
+    registries,
+    runtime,
+    tables,
+    weights,
+    worst_case,
+)
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
 from flatcli.cli import main
@@ -171,7 +183,8 @@ def test_paper_worst_case_equals_an_independent_reimplementation(trained, exampl
     assert res.estimator == "paper" and res.reattack_loss is None
     assert res.perturbed_loss == pytest.approx(expected, abs=1e-5)
     assert res.joint_loss == res.perturbed_loss
-    assert res.flatness == res.unclamped == pytest.approx(expected - res.loss, abs=1e-12)
+    assert res.flatness == res.unclamped == res.perturbed_loss - res.loss  # not clamped
+    assert res.flatness == pytest.approx(expected - res.loss, abs=1e-5)
     assert 0 <= res.err <= 1 and 0 <= res.perturbed_err <= 1
     # xi = 0: the ball is {w}, so flatness is 0 exactly
     zero = flatness.worst_flatness(trained, x, y, 0.0, eps=EPS, input_step=EPS / 4, **common)
@@ -560,3 +573,64 @@ def test_cli_worst_reattack_fills_its_column_and_keeps_the_paper_value(run_dir, 
     for a, b in zip(json.loads(plain), json.loads(asked), strict=True):
         assert a["reattack_loss"] is None and isinstance(b["reattack_loss"], float)
         assert a["flatness"] == b["flatness"] and a["config_hash"] != b["config_hash"]
+
+
+@pytest.fixture(scope="module")
+def sample_model():
+    """The bundled AT checkpoint's last epoch, channels_last as `load_for_eval` makes it on CUDA
+    (the memory format that broke the stacked path there)."""
+    path = Path(__file__).resolve().parents[1] / "sample_checkpoints/at/epoch_0025.safetensors"
+    model, _ = checkpoints.load_model(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(memory_format=torch.channels_last)
+
+
+def test_stacked_average_samples_equal_one_at_a_time(sample_model, examples):
+    """Samples x xis stacked 4 per pass (a pass spans two samples) == one at a time in place: the
+    same offsets and attack starts per sample, whatever the stacking."""
+    x, y = examples[0][:24], examples[1][:24]
+    run = dict(samples=3, attack=_pgd(2, 2), seed_keys=KEYS, batch_size=10)
+    one = flatness.average_flatness(sample_model, x, y, [0.25, 0.5], settings_per_pass=1, **run)
+    stacked = flatness.average_flatness(sample_model, x, y, [0.25, 0.5], settings_per_pass=4, **run)
+    assert len(one) == len(stacked) == 4
+    for a, b in zip(one, stacked, strict=True):
+        assert (a.measure, a.xi, a.loss, a.err) == (b.measure, b.xi, b.loss, b.err)
+        assert b.per_sample == pytest.approx(a.per_sample, abs=1e-5)
+        assert b.perturbed_err == pytest.approx(a.perturbed_err, abs=1 / 24 + 1e-9)
+    assert len({round(v, 6) for v in one[0].per_sample}) == 3  # the samples differ
+
+
+@pytest.mark.parametrize("estimator", ["paper", "per-batch"])
+def test_stacked_worst_restarts_equal_one_at_a_time(sample_model, examples, estimator):
+    x, y = examples[0][:20], examples[1][:20]
+    ref = engine.robust_losses(sample_model, x, y, [_pgd(2)], KEYS).robust["pgd2x1"]
+    run = dict(eps=EPS, iterations=2, restarts=3, weight_batch=8, seed_keys=KEYS)
+    run.update(norm="linf", input_step=None, weight_lr=0.01)
+    extra = {} if estimator == "paper" else {"attack": _pgd(2)}
+    estimate = getattr(worst_case, "worst_paper" if estimator == "paper" else "worst_per_batch")
+    results = [
+        estimate(
+            sample_model, x, y, 0.01, ref, worst_case.Ascent(**run, restarts_per_pass=k), **extra
+        )
+        for k in (1, 3)
+    ]
+    one, stacked = results
+    assert stacked.perturbed_loss == pytest.approx(one.perturbed_loss, abs=1e-5)
+    assert stacked.joint_loss == pytest.approx(one.joint_loss, abs=1e-5)
+    assert stacked.perturbed_err == one.perturbed_err
+    if estimator == "paper":  # the kept offset is the same restart's
+        for a, b in zip(one.nu, stacked.nu, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_lanczos_stops_at_a_breakdown_found_after_the_loop():
+    """A rank-2 operator on R^6: the Krylov space of a generic start has dimension 3, so the
+    recurrence breaks down after 3 steps and the Ritz values are 0 and the two eigenvalues."""
+    gen = torch.Generator().manual_seed(0)
+    u = torch.linalg.qr(torch.randn(6, 2, generator=gen))[0]
+    a = u @ torch.diag(torch.tensor([3.0, -1.5])) @ u.T
+    ritz = hessian.lanczos(lambda v: a @ v, torch.randn(6, generator=gen), 6)
+    assert ritz.tolist() == pytest.approx([-1.5, 0.0, 3.0], abs=1e-5)
+    full = hessian.lanczos(lambda v: torch.diag(torch.arange(1.0, 7.0)) @ v, torch.ones(6), 4)
+    assert len(full) == 4 and full[-1] < 6  # no breakdown: every step kept, from below

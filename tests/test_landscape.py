@@ -123,8 +123,9 @@ def test_grid_restores_weights_and_zero_is_the_checkpoint():
     assert rows[0]["robust_loss"] != rows[2]["robust_loss"]
 
 
-def test_batched_grid_points_equal_one_point_at_a_time():
-    model = _model()
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_batched_grid_points_equal_one_point_at_a_time(memory_format):
+    model = _model().to(memory_format=memory_format)  # channels_last as on CUDA
     x, y = data.load_split("digits", "test", 12)
     attack = PGD("pgd2", "linf", EPS, 2, EPS / 4)
     w = weights.weights_of(model)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch._prims_common import suggest_memory_format
 
-from flatcli import models, weights
+from flatcli import models, runtime, weights
 from flatcli.attacks.ascent import Variable, ascend
 from flatcli.errors import UsageError
 
@@ -269,3 +270,80 @@ def test_scale_conv_keeps_a_bn_network_and_reports_a_changed_one():
     assert torch.equal(with_bn[0].weight, conv * 2)
     assert weights.scale_conv(without, 2.0, x) > 0.1
     assert weights.scale_conv(without, 1.0, x) == 0.0
+
+
+def _cudnn_batch_norm_query(module, inputs):
+    """What CUDA's batch norm asks of its input before choosing cuDNN: is it contiguous in its
+    suggested memory format? Inside vmap that query is not implemented for channels_last (the
+    `NYI: querying is_contiguous inside of vmap` of `--point-batch` on CUDA, issue 11); asked here
+    so that the CPU takes the path that failed there."""
+    t = inputs[0]
+    t.is_contiguous(memory_format=suggest_memory_format(t))
+
+
+def test_stacked_channels_last_model_passes_the_cuda_batch_norm_query_and_equals_one_at_a_time():
+    torch.manual_seed(0)
+    model = models.build("small-cnn", 10, 1, width=8, hidden=32).eval()
+    model = model.to(memory_format=torch.channels_last)  # as `load_for_eval` makes it on CUDA
+    for p in model.parameters():
+        p.requires_grad_(False)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    hooks = [m.register_forward_pre_hook(_cudnn_batch_norm_query) for m in norms]
+    w = weights.weights_of(model)
+    offsets = [weights.random_offset(w, 0.1, torch.Generator().manual_seed(s)) for s in range(3)]
+    x = torch.rand(4, 1, 8, 8)
+    rows = x.repeat_interleave(3, 0).contiguous(memory_format=torch.channels_last)
+    rows.requires_grad_(True)
+    out = weights.Stacked(model, offsets)(rows)  # raised the NYI before the fix
+    (grad,) = torch.autograd.grad(out.logsumexp(1).sum(), rows)  # what an attack asks
+    for g, nu in enumerate(offsets):
+        xg = x.clone().requires_grad_(True)
+        with weights.perturbed(model, nu):
+            ref = model(xg)
+            (ref_grad,) = torch.autograd.grad(ref.logsumexp(1).sum(), xg)
+        torch.testing.assert_close(out[g::3], ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad[g::3], ref_grad, rtol=1e-5, atol=1e-6)
+    for h in hooks:
+        h.remove()
+
+
+def test_stacked_ball_steps_and_projects_each_setting_as_alone():
+    model = _model()
+    w = weights.weights_of(model)
+    gen = torch.Generator().manual_seed(3)
+    for ball in (weights.RelativeL2Ball(0.1).around(w), weights.RelativeLinfBall(0.1).around(w)):
+        nus = [ball.random_start(w, gen) for _ in range(3)]
+        grads = [[torch.randn(t.shape, generator=gen) for t in w] for _ in range(3)]
+        grads[1] = [g * 0 for g in grads[1]]  # a zero gradient takes no step
+        stacked = weights.StackedBall(ball)
+        stack = [torch.stack(layer) for layer in zip(*nus, strict=True)]
+        out = stacked.project(
+            stacked.step(stack, [torch.stack(g) for g in zip(*grads, strict=True)], 0.3), w
+        )
+        for r in range(3):
+            alone = ball.project(ball.step(nus[r], grads[r], 0.3), w)
+            for a, b in zip(out, alone, strict=True):
+                torch.testing.assert_close(a[r], b, rtol=1e-6, atol=1e-7)
+
+
+def test_settings_per_pass_fits_free_memory_and_is_the_fixed_cap_on_cpu():
+    model = _model()
+    x = torch.rand(1, 1, 8, 8)
+    outputs = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() * 4))
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert runtime.activation_bytes(model, x) == sum(outputs) > 0
+    assert runtime.settings_per_pass(model, x, 64, 50) == min(50, runtime.CPU_SETTINGS)
+    assert runtime.settings_per_pass(model, x, 64, 1) == 1
+    # 8 GB free, half of it planned: 4e9 // (1e8 + 100 x 4 x 1e6) = 8 settings
+    assert runtime.settings_that_fit(8 * 10**9, 10**8, 10**6, 100, 50) == 8
+    assert runtime.settings_that_fit(8 * 10**9, 10**8, 10**6, 100, 5) == 5  # at most limit
+    assert runtime.settings_that_fit(10**6, 10**8, 10**6, 100, 5) == 1  # at least one
