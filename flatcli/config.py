@@ -478,10 +478,11 @@ class LandscapeConfig(EvalConfig):
     conv_scale: float = _conv_scale(
         "Multiply every conv weight by this first (the paper's scale-invariance check)."
     )
-    point_batch: int = option(
-        1, "Grid points evaluated in one stacked pass (torch.func.vmap; same results up to "
-        "float rounding). Needs an attack that attacks every example (pgd*, apgd-ce). "
-        "On CPU 1 is fastest (benchmarks/landscape_speed.py).", RUNTIME, runtime=True, low=1,
+    point_batch: int | None = option(
+        None, "Grid points evaluated in one stacked pass (torch.func.vmap; same results up to "
+        "float rounding). More than 1 needs an attack that attacks every example (pgd*, "
+        "apgd-ce).", RUNTIME, runtime=True, low=1, metavar="N",
+        show_default="what fits in free GPU memory; 1 on CPU, where stacking is no faster",
     )  # fmt: skip
 
     def validate(self) -> None:

@@ -269,7 +269,7 @@ def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> Landsca
             )
         if config.directions == "hessian" and not hasattr(attack, "step_size"):
             raise UsageError(f"--attack {resolved.attack}: Hessian directions need a pgd preset")
-        if config.point_batch > 1 and resolved.loss != "clean" and not attack.keeps_rows:
+        if (config.point_batch or 1) > 1 and resolved.loss != "clean" and not attack.keeps_rows:
             raise UsageError(
                 f"--point-batch {config.point_batch}: --attack {resolved.attack} attacks a subset "
                 "of its examples and cannot batch grid points; use a pgd preset or apgd-ce"
