@@ -1,12 +1,13 @@
 """The compile policy (issue 11): when `torch.compile` wraps a model, decided in one place.
 
 `auto` compiles on CUDA only (on CPU the one-off compile, tens of seconds, outweighs what the
-small models of the tests and the demo gain); `on` compiles on any device; `off` never. A
-compiled model gives the same results as the eager one up to float rounding, so the choice is
-runtime (not hashed into `config_hash`).
+small models of the tests and the demo gain); `on` on any device; `off` never. Results equal
+eager up to float rounding, so the choice is runtime (not in `config_hash`); docs/method.md.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch import nn
@@ -14,6 +15,8 @@ from torch import nn
 from flatcli.errors import UsageError
 
 COMPILE_CHOICES = ("auto", "on", "off")
+# torch's own compile timers: a frame's compile (forward graphs) and the lazy backward compile.
+_COMPILE_TIMERS = ("_compile.compile_inner", "backward._backward_impl")
 
 
 def enabled(policy: str, device: torch.device) -> bool:
@@ -23,10 +26,30 @@ def enabled(policy: str, device: torch.device) -> bool:
     return policy == "on" or (policy == "auto" and torch.device(device).type == "cuda")
 
 
-def compiled(model: nn.Module, policy: str, device: torch.device) -> nn.Module:
+def compiled(
+    model: nn.Module, policy: str, device: torch.device, backend: str = "inductor"
+) -> nn.Module:
     """`model` wrapped by `torch.compile` (static shapes) when `policy` says so on `device`,
-    else `model` itself. The wrapper shares the model's parameters: loading another
-    checkpoint's weights into `model` in place reuses the compiled code without recompiling."""
-    if not enabled(policy, device):
+    else `model` itself (also when it is compiled already). The wrapper shares the model's
+    parameters, and torch keeps the compiled code with the model class's `forward`: another
+    instance of the same architecture, or other weights loaded in place, reuse it without a
+    recompile as long as shapes, dtypes and grad mode match. `backend` is for tests
+    ("aot_eager" compiles in a second)."""
+    if not enabled(policy, device) or is_compiled(model):
         return model
-    return torch.compile(model, dynamic=False)
+    return torch.compile(model, dynamic=False, backend=backend)
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether `model` is a `torch.compile` wrapper (its batches should keep static shapes)."""
+    # Without torch._dynamo loaded nothing is compiled; checking first spares eager runs its import.
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    return dynamo is not None and isinstance(model, dynamo.OptimizedModule)
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling so far (torch's compile timers); the difference
+    across a call is that call's compile time."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return sum(sum(compilation_time_metrics.get(key, ())) for key in _COMPILE_TIMERS)
