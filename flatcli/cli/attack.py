@@ -88,5 +88,7 @@ def attack(
             f"eps={config.eps:g} ({config.norm}), attacks={','.join(config.attacks)}, "
             f"device={device}"
         ),
-        measure=lambda device, on_batch: evaluation.attack_measure(config, device, on_batch),
+        measure=lambda device, on_batch, on_note: evaluation.attack_measure(
+            config, device, on_batch, on_note
+        ),
     )

@@ -81,7 +81,7 @@ def run_command(
     with progress:
         summary = sweep.run(
             units,
-            _build_measure(measure, device, progress.on_batch),
+            _build_measure(measure, device, progress.on_batch, progress.log),
             table,
             out,
             chash,
@@ -97,9 +97,12 @@ def run_command(
     raise Exit(summary.exit_code)
 
 
-def _build_measure(measure: Callable[..., Callable], device, on_batch) -> Callable:
+def _build_measure(measure: Callable[..., Callable], device, on_batch, on_note) -> Callable:
     """`measure(device, on_batch)` where the command's builder takes a progress callback;
-    `measure(device)` where it does not yet (then only per-checkpoint progress shows)."""
+    `measure(device)` where it does not yet (then only per-checkpoint progress shows);
+    `measure(device, on_batch, on_note)` where it also reports lines (compile time) on stderr."""
+    if len(inspect.signature(measure).parameters) >= 3:
+        return measure(device, on_batch, on_note)
     if len(inspect.signature(measure).parameters) >= 2:
         return measure(device, on_batch)
     return measure(device)
