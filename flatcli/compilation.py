@@ -8,6 +8,7 @@ eager up to float rounding, so the choice is runtime (not in `config_hash`); doc
 from __future__ import annotations
 
 import sys
+import weakref
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from flatcli.errors import UsageError
 
 COMPILE_CHOICES = ("auto", "on", "off")
+_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # wrapper -> its backend
 # torch's own compile timers: a frame's compile (forward graphs) and the lazy backward compile.
 _COMPILE_TIMERS = ("_compile.compile_inner", "backward._backward_impl")
 
@@ -37,7 +39,17 @@ def compiled(
     ("aot_eager" compiles in a second)."""
     if not enabled(policy, device) or is_compiled(model):
         return model
-    return torch.compile(model, dynamic=False, backend=backend)
+    wrapper = torch.compile(model, dynamic=False, backend=backend)
+    _BACKENDS[wrapper] = backend
+    return wrapper
+
+
+def compiled_like(module: nn.Module, model: nn.Module) -> nn.Module:
+    """`module` compiled as `model` is (its backend; torch.compile's default inductor for a
+    model compiled outside flatcli), or `module` itself when `model` is eager."""
+    if not is_compiled(model):
+        return module
+    return compiled(module, "on", torch.device("cpu"), _BACKENDS.get(model, "inductor"))
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -45,6 +57,12 @@ def is_compiled(model: nn.Module) -> bool:
     # Without torch._dynamo loaded nothing is compiled; checking first spares eager runs its import.
     dynamo = sys.modules.get("torch._dynamo.eval_frame")
     return dynamo is not None and isinstance(model, dynamo.OptimizedModule)
+
+
+def eager(model: nn.Module) -> nn.Module:
+    """The model behind a `torch.compile` wrapper (or `model` itself), for code that calls it
+    with a new shape each time (a recompile per call would cost more than it gains)."""
+    return model._orig_mod if is_compiled(model) else model
 
 
 def compile_seconds() -> float:

@@ -103,7 +103,9 @@ def robust_losses_at(
             )
     starts = _starts(x, attacks, seed_keys, _device(model))
     starts = {name: tile_starts(s, g) for name, s in starts.items()}
-    stacked = weights.Stacked(model, offsets)
+    # Compiled: the stacked call (vmap over the settings) is what compiles; new offsets are new
+    # inputs to the same graph, not a recompile.
+    stacked = compilation.compiled_like(weights.Stacked(compilation.eager(model), offsets), model)
     tiled = _losses(
         stacked,
         x.repeat_interleave(g, 0),

@@ -151,3 +151,29 @@ def test_policy():
     assert compilation.is_compiled(wrapped) and compilation.compiled(wrapped, "on", CPU) is wrapped
     with pytest.raises(UsageError, match="--compile 'maybe'"):
         compilation.enabled("maybe", CPU)
+
+
+def test_stacked_weight_settings_and_bf16_through_the_compiled_path(
+    trained_digits_model, examples
+):
+    from flatcli import weights
+    from flatcli.attacks.precision import with_precision
+
+    torch._dynamo.reset()
+    x, y = examples[0][:BATCH], examples[1][:BATCH]
+    pgd = _attacks()[0]
+    gen = torch.Generator().manual_seed(0)
+    layers = [p for _, p in weights.layers(trained_digits_model)]
+    offsets = [[1e-2 * torch.randn(p.shape, generator=gen) for p in layers] for _ in range(2)]
+    model = _aot_eager(trained_digits_model)
+    try:
+        want = engine.robust_losses_at(trained_digits_model, offsets, x, y, [pgd], (3,), 8)
+        got = engine.robust_losses_at(model, offsets, x, y, [pgd], (3,), 8)
+        bf16 = [with_precision(pgd, "bf16")]
+        want_bf16 = engine.robust_losses(trained_digits_model, x, y, bf16, (4,), BATCH)
+        got_bf16 = engine.robust_losses(model, x, y, bf16, (4,), BATCH)
+    finally:
+        torch._dynamo.reset()
+    for g, w in zip(got, want, strict=True):
+        _assert_agree(g, w, ["pgd5"])
+    _assert_agree(got_bf16, want_bf16, ["pgd5"])

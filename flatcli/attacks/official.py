@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from flatcli.attacks.base import AttackOutcome
+from flatcli.compilation import eager
 from flatcli.errors import UsageError
 
 _NORMS = {"linf": "Linf", "l2": "L2"}
@@ -58,6 +59,7 @@ class OfficialAutoAttack:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
         pyautoattack = _require_pyautoattack()
+        model = eager(model)  # its subsets change shape every step: compiled, each recompiles
         if len(y) == 0:
             empty = torch.empty(0, device=x.device)
             return AttackOutcome(loss=empty, correct=empty.bool())
