@@ -179,7 +179,7 @@ def compile_note(seconds: float, ref) -> str | None:
     """The one line that reports a compile (None when nothing was compiled)."""
     if seconds <= 0:
         return None
-    return (f"torch.compile: {seconds:.1f} s at {ref.run} epoch {ref.epoch} (reused by the "
+    return (f"torch.compile: {seconds:.1f} s (run {ref.run}, epoch {ref.epoch}; reused by the "
             "next checkpoints of this architecture)")
 
 

@@ -1,9 +1,5 @@
-"""Adapter to the official AutoAttack (Croce & Hein 2020, packaged as `pyautoattack`).
-
-`OfficialAutoAttack` implements the Attack protocol: it runs `AutoAttack.run_standard_evaluation`
-on the batch (its own seeding, its own random starts, no printing) and reports, per example,
-whether the returned point is still classified correctly. AutoAttack stops at the first
-misclassification, so it does not estimate the robust loss (loss is NaN).
+"""Adapter to the official AutoAttack (Croce & Hein 2020, `pyautoattack`) as an Attack: its own
+seeding and starts, no printing; correctness per example, no loss estimate (NaN).
 """
 
 from __future__ import annotations
