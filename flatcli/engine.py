@@ -1,9 +1,6 @@
-"""The robust-loss engine: per-example clean and robust loss and correctness of a model.
-
-Every command asks the same question (DESIGN.md): what is the robust loss of this model on these
-examples? `robust_losses` answers it in batches on the model's device. Random starts are drawn for
-the whole set from the work unit's generator before batching, and the model is in eval mode, so the
-answer does not depend on the batch size; on CUDA out-of-memory the batch is halved and retried.
+"""The robust-loss engine: per-example clean and robust loss and correctness of a model, in
+batches on its device, eager or compiled (`flatcli.compilation`). Random starts are drawn once
+per work unit and moved to the device once; results do not depend on the batch size (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -15,8 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flatcli import runtime, weights
-from flatcli.attacks.base import AttackOutcome, ce_per_example, slice_starts, tile_starts
+from flatcli import compilation, runtime, weights
+from flatcli.attacks.base import (
+    AttackOutcome,
+    ce_per_example,
+    padded_index,
+    slice_starts,
+    tile_starts,
+)
 from flatcli.errors import UsageError
 
 
@@ -27,6 +30,7 @@ class ExampleLosses:
     clean_loss: torch.Tensor  # float [N], nats
     clean_correct: torch.Tensor  # bool [N]
     robust: dict[str, AttackOutcome]  # attack name -> outcome with [N] tensors
+    compile_seconds: float = 0.0  # torch.compile time spent in this call (0 eager or reused)
 
     def worst(self) -> AttackOutcome:
         """Per-example worst case over all attacks: broken by any; largest loss among estimates."""
@@ -56,16 +60,19 @@ def robust_losses(
     seed_keys: tuple = (0,),
     batch_size: int = 512,
     on_batch: Callable[[int, int], None] | None = None,
+    *,
+    compile: str = "off",
 ) -> ExampleLosses:
     """Clean and robust per-example results of `model` (eval mode, on its device) on (x, y).
 
     x: float [N, C, H, W] in [0, 1] (any device; moved batch by batch), y: int64 [N].
     Each attack draws its random starts for all N examples from its own generator
     `runtime.generator(*seed_keys, attack.name)`, so adding an attack does not change the others.
-    `on_batch(done, total)` reports progress in examples.
+    `on_batch(done, total)` reports progress in examples. `compile` is the policy (auto | on |
+    off, `compilation.enabled`); a model compiled already is used as it is.
     """
-    starts = _starts(x, attacks, seed_keys)
-    return _losses(model, x, y, attacks, starts, batch_size, on_batch)
+    starts = _starts(x, attacks, seed_keys, _device(model))
+    return _losses(model, x, y, attacks, starts, batch_size, on_batch, compile=compile)
 
 
 def robust_losses_at(
@@ -76,6 +83,8 @@ def robust_losses_at(
     attacks: Sequence,
     seed_keys: tuple = (0,),
     batch_size: int = 512,
+    *,
+    compile: str = "off",
 ) -> list[ExampleLosses]:
     """`robust_losses` of the model at each weight setting w + offset_g, in one batched pass.
 
@@ -92,8 +101,11 @@ def robust_losses_at(
                 f"attack {attack.name!r} attacks a subset of its examples, so it cannot batch "
                 "weight settings: use one setting per call (pgd* and apgd-ce can batch)"
             )
-    starts = {name: tile_starts(s, g) for name, s in _starts(x, attacks, seed_keys).items()}
-    stacked = weights.Stacked(model, offsets)
+    starts = _starts(x, attacks, seed_keys, _device(model))
+    starts = {name: tile_starts(s, g) for name, s in starts.items()}
+    # Compiled: the stacked call (vmap over the settings) is what compiles; new offsets are new
+    # inputs to the same graph, not a recompile.
+    stacked = compilation.compiled_like(weights.Stacked(compilation.eager(model), offsets), model)
     tiled = _losses(
         stacked,
         x.repeat_interleave(g, 0),
@@ -103,6 +115,7 @@ def robust_losses_at(
         batch_size,
         None,
         group=g,
+        compile=compile,
     )
 
     def setting(t: torch.Tensor, i: int) -> torch.Tensor:
@@ -116,14 +129,25 @@ def robust_losses_at(
                 name: AttackOutcome(setting(o.loss, i), setting(o.correct, i))
                 for name, o in tiled.robust.items()
             },
+            tiled.compile_seconds if i == 0 else 0.0,
         )
         for i in range(g)
     ]
 
 
-def _starts(x: torch.Tensor, attacks: Sequence, seed_keys: tuple) -> dict:
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _starts(x: torch.Tensor, attacks: Sequence, seed_keys: tuple, device: torch.device) -> dict:
+    """Each attack's starts for all of x, on `device` (moved once, sliced there per batch)."""
     x_cpu = x.cpu()  # draws come from CPU generators: the same on every device
-    return {a.name: a.draw_starts(x_cpu, runtime.generator(*seed_keys, a.name)) for a in attacks}
+    return {
+        a.name: slice_starts(
+            a.draw_starts(x_cpu, runtime.generator(*seed_keys, a.name)), slice(None), device
+        )
+        for a in attacks
+    }
 
 
 def _losses(
@@ -135,10 +159,19 @@ def _losses(
     batch_size: int,
     on_batch: Callable[[int, int], None] | None,
     group: int = 1,
+    compile: str = "off",
 ) -> ExampleLosses:
-    """The batch loop: `batch_size` x `group` rows at a time (a group of rows stays together)."""
-    device = next(model.parameters()).device
+    """The batch loop: `batch_size` x `group` rows at a time (a group of rows stays together).
+
+    Compiled, every batch has the same number of rows: the last one is padded with repeats of
+    its own rows and the padding's results are dropped (rows are independent in eval mode), so
+    it does not recompile.
+    """
+    device = _device(model)
     model.eval()
+    model = compilation.compiled(model, compile, device)
+    static = compilation.is_compiled(model)
+    compile_start = compilation.compile_seconds() if static else 0.0
     n = len(y)
     clean_loss = torch.empty(n)
     clean_correct = torch.empty(n, dtype=torch.bool)
@@ -149,14 +182,17 @@ def _losses(
     while begin < n:
         end = min(n, begin + batch_size * group)
         index = slice(begin, end)
+        rows = index
+        if static and end - begin < min(n, batch_size * group):
+            rows = padded_index(torch.arange(begin, end, device=x.device), batch_size * group)
         try:
-            xb = x[index].to(device, non_blocking=True)
-            yb = y[index].to(device, non_blocking=True)
-            with torch.inference_mode():
+            xb = x[rows].to(device, non_blocking=True)
+            yb = y[rows].to(device, non_blocking=True)
+            with torch.no_grad():  # the grad mode of every re-evaluation: one compiled graph
                 logits = model(xb)
             batch_clean = (ce_per_example(logits, yb), logits.argmax(1) == yb)
             batch_robust = {
-                a.name: a(model, xb, yb, slice_starts(starts[a.name], index, device))
+                a.name: a(model, xb, yb, slice_starts(starts[a.name], rows, device))
                 for a in attacks
             }
         except RuntimeError as err:
@@ -166,11 +202,13 @@ def _losses(
                 torch.cuda.empty_cache()
             batch_size //= 2  # same draws per example, so the result does not change
             continue
-        clean_loss[index], clean_correct[index] = (t.cpu() for t in batch_clean)
+        m = end - begin
+        clean_loss[index], clean_correct[index] = (t[:m].cpu() for t in batch_clean)
         for name, outcome in batch_robust.items():
-            robust[name].loss[index] = outcome.loss.cpu()
-            robust[name].correct[index] = outcome.correct.cpu()
+            robust[name].loss[index] = outcome.loss[:m].cpu()
+            robust[name].correct[index] = outcome.correct[:m].cpu()
         begin = end
         if on_batch is not None:
             on_batch(begin, n)
-    return ExampleLosses(clean_loss, clean_correct, robust)
+    seconds = compilation.compile_seconds() - compile_start if static else 0.0
+    return ExampleLosses(clean_loss, clean_correct, robust, seconds)

@@ -1,7 +1,6 @@
-"""What every evaluation command shares: resolving a config, the examples, the key columns of a
-row, and the `attack` measure (one checkpoint -> its attack-table rows).
-
-Flatness and landscapes compose the same pieces with `flatcli.weights`.
+"""What every evaluation command shares: resolving a config, the examples, loading checkpoints
+(one shared model per architecture), the key columns of a row, and the `attack` measure (one
+checkpoint -> its attack-table rows). Flatness and landscapes compose the same pieces.
 """
 
 from __future__ import annotations
@@ -142,6 +141,34 @@ def load_for_eval(ref, config, device: torch.device):
     return model, info
 
 
+class SharedModels:
+    """One model instance per architecture (its class, names, shapes and dtypes of every
+    parameter and buffer, device): each checkpoint's weights are copied into it in place, so
+    compiled code and the compile's caches serve every checkpoint of an architecture (issue 11).
+    For callers that use one checkpoint at a time: loading the next overwrites the previous."""
+
+    def __init__(self):
+        self._models: dict[tuple, torch.nn.Module] = {}
+
+    def load(self, ref, config, device: torch.device):
+        """`load_for_eval(ref, config, device)`, in the shared instance of its architecture."""
+        model, info = load_for_eval(ref, config, device)
+        tensors = _tensors(model)
+        key = (type(model), str(device), info.arch, repr(sorted(info.arch_kwargs.items())),
+               tuple((name, t.shape, t.dtype) for name, t in tensors))
+        shared = self._models.setdefault(key, model)
+        if shared is not model:
+            with torch.no_grad():
+                for (_, mine), (_, theirs) in zip(_tensors(shared), tensors, strict=True):
+                    mine.copy_(theirs)  # keeps the shared tensor's memory format
+        return shared, info
+
+
+def _tensors(model) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer (persistent or not, e.g. the input normalization)."""
+    return list(model.named_parameters()) + list(model.named_buffers())
+
+
 def nonfinite_note(model) -> str | None:
     """'non-finite weights' when any parameter or buffer holds NaN/inf (the row is marked)."""
     tensors = list(model.parameters()) + list(model.buffers())
@@ -149,8 +176,17 @@ def nonfinite_note(model) -> str | None:
     return "non-finite weights" if bad else None
 
 
-def attack_measure(config: AttackConfig, device: torch.device, on_batch=None):
-    """`measure(ref) -> rows` for the attack table: one row per attack (+ `worst` of several)."""
+def compile_note(seconds: float, ref) -> str | None:
+    """The one line that reports a compile (None when nothing was compiled)."""
+    if seconds <= 0:
+        return None
+    return (f"torch.compile: {seconds:.1f} s (run {ref.run}, epoch {ref.epoch}; reused by the "
+            "next checkpoints of this architecture)")
+
+
+def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on_note=None):
+    """`measure(ref) -> rows` for the attack table: one row per attack (+ `worst` of several).
+    `on_note(line)` gets the compile-time line when a checkpoint compiled (`--compile`)."""
     chash = config_hash(config)
     x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
     x, y = x.to(device), y.to(device)
@@ -159,12 +195,18 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None):
         for a in config.attacks
     ]
 
+    shared = SharedModels()
+
     def measure(ref) -> list[dict]:
-        model, info = load_for_eval(ref, config, device)
+        model, info = shared.load(ref, config, device)
         note = nonfinite_note(model)
         result = engine.robust_losses(
-            model, x, y, attacks, seed_keys(config, ref), config.batch_size, on_batch
+            model, x, y, attacks, seed_keys(config, ref), config.batch_size, on_batch,
+            compile=config.compile,
         )
+        line = compile_note(result.compile_seconds, ref)
+        if line is not None and on_note is not None:
+            on_note(line)
         base = key_columns(ref, info, config, chash, device)
         clean = {
             "clean_err": engine.error_rate(result.clean_correct),

@@ -121,3 +121,53 @@ def test_pgd_points_are_the_points_behind_its_loss(trained_digits_model, digits_
     assert (last.loss <= best.loss + 1e-6).all() and (last.loss < best.loss - 1e-4).any()
     assert (best.points - x).abs().max() <= 0.1 + 1e-6
     assert best.points.min() >= 0 and best.points.max() <= 1
+
+
+_SYNCS = ("item", "cpu", "tolist", "nonzero", "__bool__", "__float__", "__int__", "__index__")
+
+
+def _host_syncs(monkeypatch, run) -> int:
+    """How often `run()` reads a tensor back to the host (a device sync on CUDA)."""
+    calls = []
+    for name in _SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    try:
+        run()
+    finally:
+        monkeypatch.undo()
+    return len(calls)
+
+
+@pytest.mark.parametrize("kind", ["pgd", "apgd-ce", "apgd-t"])
+def test_host_syncs_do_not_grow_with_the_steps(
+    kind, monkeypatch, trained_digits_model, digits_test
+):
+    from flatcli.attacks.apgd import APGDCE, APGDT, checkpoints
+
+    x, y = digits_test[0][:24], digits_test[1][:24]
+    gen = torch.Generator().manual_seed(0)
+
+    def attack(steps):
+        if kind == "pgd":
+            return PGD("pgd", "linf", 0.1, steps=steps, step_size=0.03, restarts=2)
+        if kind == "apgd-ce":
+            return APGDCE("apgd-ce", "linf", 0.1, steps=steps, restarts=2)
+        return APGDT("apgd-t", "linf", 0.1, steps=steps, n_targets=3)
+
+    def syncs(steps):
+        a = attack(steps)
+        starts = a.draw_starts(x, gen)
+        return _host_syncs(monkeypatch, lambda: a(trained_digits_model, x, y, starts))
+
+    few, many = syncs(5), syncs(60)
+    if kind == "apgd-t":  # a subset per target class; the early-stop check at checkpoints
+        bound = 3 * (1 + len(checkpoints(60)))
+        assert few <= bound and many <= bound
+    else:
+        assert few == many == 0

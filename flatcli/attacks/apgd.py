@@ -1,20 +1,6 @@
-"""APGD (Croce & Hein, ICML 2020): step-size-free PGD with momentum, and AutoAttack-style ensembles.
-
-One run of APGD on a batch (`_apgd`) follows Algorithm 1 of the paper:
-
-- first step z = P(x_0 + eta * step(grad)) with eta = 2 eps, then for k >= 1
-  z = P(x_k + eta * step(grad)), x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})),
-  alpha = 0.75 (`step` and `P = project` are the threat model's verbs, so L-inf and L2 share it);
-- checkpoints p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (fractions of
-  N steps), in the official code's integer form: the first after max(int(0.22 N), 1) steps, then
-  intervals shrinking by max(int(0.03 N), 1) down to max(int(0.06 N), 1);
-- at a checkpoint, per example, the step size halves and the iterate restarts from the best point
-  (with its gradient) if (1) the loss increased in at most rho = 0.75 of the steps since the last
-  checkpoint, or (2) the step size was not halved at the last checkpoint and the best loss has
-  not improved since.
-
-Everything is per example (rows of the batch); restarts run as extra rows of the same batch. An
-example counts as broken if the clean point or any iterate of any restart is misclassified.
+"""APGD (Croce & Hein, ICML 2020, Algorithm 1): step-size-free PGD with momentum, and
+AutoAttack-style ensembles. Per example (rows of the batch); restarts are extra rows; broken if
+the clean point or any iterate is misclassified. No host sync per step (docs/method.md).
 """
 
 from __future__ import annotations
@@ -26,8 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from flatcli.attacks.base import AttackOutcome, ce_per_example, restart_starts, slice_starts
-from flatcli.attacks.threat import make_threat
+from flatcli.attacks.base import (
+    AttackOutcome,
+    BallAttack,
+    ce_per_example,
+    padded_index,
+    slice_starts,
+)
+from flatcli.compilation import is_compiled
 from flatcli.errors import UsageError
 
 MOMENTUM = 0.75  # alpha: weight of the new step against the previous update
@@ -37,7 +29,12 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tenso
 
 
 def checkpoints(steps: int) -> list[int]:
-    """Iterations (1-based counts of steps done) after which the step size is checked."""
+    """Iterations (1-based counts of steps done) after which the step size is checked.
+
+    The paper's p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (fractions
+    of N steps) in the official code's integer form: the first after max(int(0.22 N), 1) steps,
+    then intervals shrinking by max(int(0.03 N), 1) down to max(int(0.06 N), 1).
+    """
     k = max(int(0.22 * steps), 1)
     k_min = max(int(0.06 * steps), 1)
     k_decr = max(int(0.03 * steps), 1)
@@ -79,22 +76,29 @@ def _apgd(
     steps: int,
     loss_fn: LossFn,
     target: torch.Tensor | None = None,
-    group: torch.Tensor | None = None,
+    examples: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run from `delta0` on the rows of `x`; returns (best loss [B], misclassified [B]).
 
-    The best loss and the misclassification flag cover the start and every iterate. With `group`
-    (row -> example id), a row stops as soon as any row of its example is misclassified (targeted
-    runs that do not estimate the loss): its best loss is then the one reached so far.
+    First step z = P(x_0 + eta step(grad)) with eta = 2 eps; then z = P(x_k + eta step(grad)),
+    x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})), alpha = 0.75 (`step`, `P`:
+    the threat's verbs). At each of `checkpoints(steps)`, per row, eta halves and the iterate
+    restarts from the best point (with its gradient) if (1) the loss increased in at most
+    rho = 0.75 of the steps since the last checkpoint, or (2) eta was not halved at the last
+    checkpoint and the best loss has not improved since.
+
+    The best loss and the misclassification flag cover the start and every iterate. With
+    `examples` (rows are restart-major copies of that many examples), a row stops as soon as
+    any row of its example is misclassified (targeted runs that do not estimate the loss): its
+    results freeze at the values reached so far. Stopped rows are masked, not removed, so the
+    batch keeps its shape and no step waits on the host; the run ends early only when every row
+    has stopped, checked at the step-size checkpoints (a bounded number of syncs).
     """
     n = len(y)
-    out_best = torch.full((n,), -torch.inf, device=x.device)
-    out_wrong = torch.zeros(n, dtype=torch.bool, device=x.device)
     if n == 0:
-        return out_best, out_wrong
-    rows = torch.arange(n, device=x.device)
+        return torch.full((0,), -torch.inf, device=x.device), y.new_zeros(0, dtype=torch.bool)
 
-    def evaluate(delta, x, y, target):
+    def evaluate(delta):
         with torch.enable_grad():
             d = delta.detach().requires_grad_(True)
             logits = model(x + d)
@@ -103,7 +107,7 @@ def _apgd(
         return loss.detach().float(), logits.detach().argmax(1) != y, grad.detach()
 
     delta = threat.project(delta0.to(x.dtype), x)
-    loss, wrong, grad = evaluate(delta, x, y, target)
+    loss, wrong, grad = evaluate(delta)
     best_loss, best_delta, best_grad = loss.clone(), delta.clone(), grad.clone()
     delta_prev = delta
     eta = torch.full((n, *([1] * (x.dim() - 1))), 2.0 * threat.eps, dtype=x.dtype, device=x.device)
@@ -111,9 +115,9 @@ def _apgd(
     history[0] = loss
     check_at = set(checkpoints(steps))
     last_check = 0
-    n_groups = 0 if group is None else int(group.max()) + 1
     best_at_last_check = best_loss.clone()
     reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
 
     with torch.no_grad():
         for i in range(steps):
@@ -121,14 +125,16 @@ def _apgd(
             z = threat.project(threat.step(delta, grad, eta), x)
             moved = delta + alpha * (z - delta) + (1 - alpha) * (delta - delta_prev)
             delta_prev, delta = delta, threat.project(moved, x)
-            loss, now_wrong, grad = evaluate(delta, x, y, target)
-            wrong |= now_wrong
+            loss, now_wrong, grad = evaluate(delta)
+            wrong |= now_wrong & active
             history[i + 1] = loss
-            improved = loss > best_loss
+            improved = (loss > best_loss) & active
             best_loss = torch.where(improved, loss, best_loss)
             m = _rowwise(improved, delta)
             best_delta = torch.where(m, delta, best_delta)
             best_grad = torch.where(m, grad, best_grad)
+            if examples is not None:
+                active = ~wrong.view(-1, examples).any(0).repeat(n // examples)
 
             if i + 1 in check_at:
                 k = i + 1 - last_check
@@ -144,28 +150,9 @@ def _apgd(
                 reduced_last = reduce
                 best_at_last_check = best_loss.clone()
                 last_check = i + 1
-
-            if group is not None and wrong.any():
-                fooled = torch.zeros(n_groups, dtype=torch.bool, device=x.device)
-                fooled[group[wrong]] = True
-                done = fooled[group]
-                out_best[rows[done]] = best_loss[done]
-                out_wrong[rows[done]] = wrong[done]
-                keep = ~done
-                if not keep.any():
-                    return out_best, out_wrong
-                rows, group, x, y = rows[keep], group[keep], x[keep], y[keep]
-                target = None if target is None else target[keep]
-                delta, delta_prev, grad = delta[keep], delta_prev[keep], grad[keep]
-                best_loss, best_delta = best_loss[keep], best_delta[keep]
-                best_grad = best_grad[keep]
-                eta, history, wrong = eta[keep], history[:, keep], wrong[keep]
-                best_at_last_check = best_at_last_check[keep]
-                reduced_last = reduced_last[keep]
-
-    out_best[rows] = best_loss
-    out_wrong[rows] = wrong
-    return out_best, out_wrong
+                if examples is not None and not active.any():
+                    break
+    return best_loss, wrong
 
 
 def _check(norm: str, eps: float, steps: int, restarts: int) -> None:
@@ -177,6 +164,17 @@ def _check(norm: str, eps: float, steps: int, restarts: int) -> None:
         raise UsageError(f"steps and restarts must be at least 1, got {steps} and {restarts}")
 
 
+class _APGD(BallAttack):
+    def __post_init__(self):
+        _check(self.norm, self.eps, self.steps, self.restarts)
+
+
+def _subset(model: nn.Module, index: torch.Tensor, size: int) -> torch.Tensor:
+    """The rows to attack for the examples `index`: `index` itself, or padded to `size` rows
+    under `torch.compile` (a static shape; callers keep the first len(index) results)."""
+    return padded_index(index, size) if is_compiled(model) else index
+
+
 def _restart_rows(x: torch.Tensor, y: torch.Tensor, starts: torch.Tensor | None, restarts: int):
     """Rows [R*B, ...] restart-major, with their starts (zeros without random starts)."""
     xr = x.repeat(restarts, *([1] * (x.dim() - 1)))
@@ -186,7 +184,7 @@ def _restart_rows(x: torch.Tensor, y: torch.Tensor, starts: torch.Tensor | None,
 
 
 @dataclass(frozen=True)
-class APGDCE:
+class APGDCE(_APGD):
     """APGD on the cross-entropy loss; restarts run jointly on every example.
 
     outcome.loss is the largest CE over the clean point and all iterates of all restarts (fp32);
@@ -200,17 +198,6 @@ class APGDCE:
     restarts: int = 1
     estimates_loss: bool = field(default=True, init=False)
     keeps_rows: bool = field(default=True, init=False)  # every restart runs on every row
-
-    def __post_init__(self):
-        _check(self.norm, self.eps, self.steps, self.restarts)
-
-    @property
-    def threat(self):
-        return make_threat(self.norm, self.eps)
-
-    def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """[restarts, N, ...] random offsets in the ball."""
-        return restart_starts(self.threat, x, generator, self.restarts)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
         r, b = self.restarts, len(y)
@@ -227,7 +214,7 @@ class APGDCE:
 
 
 @dataclass(frozen=True)
-class APGDT:
+class APGDT(_APGD):
     """APGD on the targeted DLR loss, one run per target class (AutoAttack's apgd-t).
 
     Targets are the 2nd, 3rd, ... `n_targets + 1`-th largest clean logits; every target gets
@@ -245,17 +232,9 @@ class APGDT:
     keeps_rows: bool = field(default=False, init=False)  # only examples still correct
 
     def __post_init__(self):
-        _check(self.norm, self.eps, self.steps, self.restarts)
+        super().__post_init__()
         if self.n_targets < 1:
             raise UsageError(f"n_targets must be at least 1, got {self.n_targets}")
-
-    @property
-    def threat(self):
-        return make_threat(self.norm, self.eps)
-
-    def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """[restarts, N, ...] random offsets in the ball, shared by all target classes."""
-        return restart_starts(self.threat, x, generator, self.restarts)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
         r = self.restarts
@@ -267,16 +246,18 @@ class APGDT:
         correct = clean_logits.argmax(1) == y
         ranked = clean_logits.argsort(1, descending=True)
         for t in range(1, min(self.n_targets, num_classes - 1) + 1):
-            idx = correct.nonzero().squeeze(1)
+            idx = correct.nonzero().squeeze(1)  # one sync per target class, none per step
             if idx.numel() == 0:
                 break
-            sub_starts = None if starts is None else starts[:, idx]
-            xr, yr, delta0 = _restart_rows(x[idx], y[idx], sub_starts, r)
-            target = ranked[idx, t].repeat(r)
-            group = torch.arange(len(idx), device=x.device).repeat(r)
-            _, wrong = _apgd(model, xr, yr, delta0, self.threat, self.steps, _dlr_t, target, group)
-            fooled = wrong.view(r, -1).any(0)
-            correct[idx[fooled]] = False
+            rows = _subset(model, idx, len(y))
+            sub_starts = None if starts is None else starts[:, rows]
+            xr, yr, delta0 = _restart_rows(x[rows], y[rows], sub_starts, r)
+            target = ranked[rows, t].repeat(r)
+            _, wrong = _apgd(
+                model, xr, yr, delta0, self.threat, self.steps, _dlr_t, target, len(rows)
+            )
+            fooled = wrong.view(r, -1).any(0)[: len(idx)]
+            correct[idx] = correct[idx] & ~fooled
         return AttackOutcome(
             loss=torch.full((len(y),), torch.nan, device=x.device), correct=correct
         )
@@ -331,8 +312,10 @@ class Ensemble:
                 idx = correct.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-                out = member(model, x[idx], y[idx], slice_starts(s, idx, x.device))
-            correct[idx] &= out.correct.to(x.device)
+                rows = _subset(model, idx, n)
+                out = member(model, x[rows], y[rows], slice_starts(s, rows, x.device))
+            k = len(idx)
+            correct[idx] &= out.correct[:k].to(x.device)
             if member.estimates_loss:
-                loss[idx] = torch.fmax(loss[idx], out.loss.to(loss))
+                loss[idx] = torch.fmax(loss[idx], out.loss[:k].to(loss))
         return AttackOutcome(loss=loss, correct=correct)

@@ -1,8 +1,6 @@
-"""The one projected-gradient ascent loop, for inputs, weights, or both jointly.
-
-PGD (inputs), worst-case flatness (inputs and weights jointly) and AWP (weights) all run this loop;
-they differ only in the variables, their balls (threat models with `step` and `project`) and the
-objective.
+"""The one projected-gradient ascent loop, for inputs, weights, or both jointly: PGD, worst-case
+flatness and AWP differ only in the variables, their balls (`step`, `project`) and the objective
+(docs/method.md). No host sync per step.
 """
 
 from __future__ import annotations
@@ -65,7 +63,9 @@ def ascend(
     values = [_map(torch.Tensor.detach, v.value) for v in variables]
     for t in range(steps + 1):
         last = t == steps
-        with torch.enable_grad():
+        # The last iterate needs no gradient: evaluated without autograd, as every plain
+        # evaluation is (under compile: the same graph as those, not one more).
+        with torch.enable_grad() if not last else torch.no_grad():
             if not last:
                 values = [_map(lambda x: x.requires_grad_(True), v) for v in values]
             loss, logits = objective(*values)

@@ -1,8 +1,6 @@
-"""What every input-space attack returns, and how random starts travel with the examples.
-
-Random starts are drawn once for the whole evaluation set from the work unit's generator
-(`draw_starts`), then sliced per batch, so results do not depend on batch size, shard or resume
-point (DESIGN.md).
+"""What every input-space attack returns, its ball and random starts, and how starts travel
+with the examples: drawn once per work unit for the whole set, then sliced per batch, so results
+do not depend on batch size, shard or resume point (DESIGN.md, docs/method.md).
 """
 
 from __future__ import annotations
@@ -12,6 +10,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from flatcli.attacks.threat import make_threat
 
 
 @dataclass
@@ -45,6 +45,23 @@ class Attack(Protocol):
         """Attack the batch (`starts` already sliced to it and on x's device)."""
 
 
+class BallAttack:
+    """What PGD and APGD share: the input ball (`norm`, `eps`) and `restarts` random starts
+    per example in it (mixed into their frozen dataclasses, which hold the fields)."""
+
+    norm: str
+    eps: float
+    restarts: int
+
+    @property
+    def threat(self):
+        return make_threat(self.norm, self.eps)
+
+    def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """[restarts, N, ...] random offsets in the ball for every example of x [N, ...]."""
+        return restart_starts(self.threat, x, generator, self.restarts)
+
+
 def restart_starts(
     threat, x: torch.Tensor, generator: torch.Generator, restarts: int
 ) -> torch.Tensor:
@@ -60,6 +77,13 @@ def slice_starts(starts: Any, index: slice | torch.Tensor, device: torch.device)
     if isinstance(starts, (list, tuple)):
         return [slice_starts(s, index, device) for s in starts]
     return starts[:, index].to(device, non_blocking=True)
+
+
+def padded_index(index: torch.Tensor, size: int) -> torch.Tensor:
+    """`index` [k] (k >= 1) cycled to `size` entries: the first k are `index`, the rest repeat
+    it. Gathering a padded subset keeps a batch's shape static under `torch.compile` (no
+    recompile per subset size); rows are independent, so callers keep the first k results."""
+    return index[torch.arange(size, device=index.device) % len(index)]
 
 
 def tile_starts(starts: Any, copies: int) -> Any:

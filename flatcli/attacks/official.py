@@ -1,9 +1,5 @@
-"""Adapter to the official AutoAttack (Croce & Hein 2020, packaged as `pyautoattack`).
-
-`OfficialAutoAttack` implements the Attack protocol: it runs `AutoAttack.run_standard_evaluation`
-on the batch (its own seeding, its own random starts, no printing) and reports, per example,
-whether the returned point is still classified correctly. AutoAttack stops at the first
-misclassification, so it does not estimate the robust loss (loss is NaN).
+"""Adapter to the official AutoAttack (Croce & Hein 2020, `pyautoattack`) as an Attack: its own
+seeding and starts, no printing; correctness per example, no loss estimate (NaN).
 """
 
 from __future__ import annotations
@@ -19,6 +15,7 @@ import torch
 from torch import nn
 
 from flatcli.attacks.base import AttackOutcome
+from flatcli.compilation import eager
 from flatcli.errors import UsageError
 
 _NORMS = {"linf": "Linf", "l2": "L2"}
@@ -58,6 +55,7 @@ class OfficialAutoAttack:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
         pyautoattack = _require_pyautoattack()
+        model = eager(model)  # its subsets change shape every step: compiled, each recompiles
         if len(y) == 0:
             empty = torch.empty(0, device=x.device)
             return AttackOutcome(loss=empty, correct=empty.bool())

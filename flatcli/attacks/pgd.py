@@ -1,9 +1,5 @@
-"""PGD (Madry et al. 2018) with random start and restarts; restarts run as one batch.
-
-The robust loss of an example is the largest cross-entropy over all iterates of all restarts (each
-iterate is a valid point of the ball); an example counts as broken if any of them is misclassified.
-The one PGD: evaluation, flatness (the Hessian's adversarial points) and training all call it,
-asking for the points behind the loss (`keep_points`) and, in training, their own objective.
+"""PGD (Madry et al. 2018) with random start and restarts, run as one batch: the one PGD that
+evaluation, flatness and training call (docs/method.md). No host sync per step.
 """
 
 from __future__ import annotations
@@ -15,12 +11,14 @@ import torch
 from torch import nn
 
 from flatcli.attacks.ascent import Variable, ascend
-from flatcli.attacks.base import AttackOutcome, ce_per_example, restart_starts
-from flatcli.attacks.threat import make_threat
+from flatcli.attacks.base import AttackOutcome, BallAttack, ce_per_example
 
 
 @dataclass(frozen=True)
-class PGD:
+class PGD(BallAttack):
+    """Robust loss of an example: the largest loss over every iterate of every restart (each a
+    point of the ball); broken if any of them is misclassified."""
+
     name: str
     norm: str
     eps: float
@@ -32,15 +30,9 @@ class PGD:
     keeps_rows: bool = field(default=True, init=False)  # every step attacks every row
     returns_points: bool = field(default=True, init=False)  # keep_points gives x + delta
 
-    @property
-    def threat(self):
-        return make_threat(self.norm, self.eps)
-
     def draw_starts(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """[restarts, N, ...] random offsets, or None without random start."""
-        if not self.random_start:
-            return None
-        return restart_starts(self.threat, x, generator, self.restarts)
+        return super().draw_starts(x, generator) if self.random_start else None
 
     def __call__(
         self,

@@ -1,10 +1,5 @@
-"""The precision an attack searches in; what it reports is always fp32 (issue 11).
-
-`fp32` searches in float32 (TF32 off on CUDA); `tf32` lets CUDA matmuls and convolutions use
-TF32 (no effect on CPU); `bf16` searches under bfloat16 autocast. Under tf32 and bf16 the attack
-returns its worst point per example and the loss and correctness reported are re-evaluated there
-in fp32, so the row's numbers are fp32 numbers of points found faster. Weights stay fp32 in every
-case (worst-case flatness offsets are far below bf16 resolution).
+"""The precision an attack searches in (fp32 | tf32 | bf16); what it reports is always fp32,
+re-evaluated at its worst point per example. Weights stay fp32 (docs/method.md, issue 11).
 """
 
 from __future__ import annotations

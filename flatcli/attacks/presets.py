@@ -1,9 +1,6 @@
-"""Attack presets named as the literature does; the registry drives CLI choices and help.
-
-This module imports no torch at import time, so the CLI can list presets in `--help` cheaply.
-Step sizes are stored relative to eps so a preset means the same thing at every eps: the paper's
-PGD uses step 0.007 at eps 0.0314 (ratio 0.2229...), reproduced exactly at that eps.
-`pgd{S}` and `pgd{S}x{R}` name PGD with S steps and R restarts for any S, R (e.g. `pgd50x5`).
+"""Attack presets named as the literature does (`pgd{S}x{R}` for any S steps, R restarts);
+the registry drives CLI choices and help, without importing torch. Step sizes are relative to
+eps: the paper's 0.007 at eps 0.0314 is reproduced exactly at that eps (docs/method.md).
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""Input-space threat models: each is a ball with three verbs.
+"""Input-space threat models: balls with three verbs, `random_start`, `step` (steepest ascent
+for the norm, unprojected) and `project` (into the ball and the [0, 1] box).
 
-- `random_start(x, generator)`: a random point of the ball around `x` (an offset `delta`).
-- `step(delta, grad, step_size)`: one steepest-ascent step for this norm (not yet projected).
-- `project(delta, x)`: the nearest offset inside the ball with `x + delta` in the box [0, 1].
-
-Every attack (PGD, APGD) and the shared ascent loop use only these verbs, so the same loop serves
-L-inf and L2 and, with the weight-space balls of `flatcli.weights`, weight perturbations.
-Shapes: `x`, `delta`, `grad` are [B, ...]; norms are per example.
+PGD, APGD and the shared ascent loop use only these verbs; the weight-space balls of
+`flatcli.weights` have the same ones. Shapes: `x`, `delta`, `grad` [B, ...]; norms per example.
 """
 
 from __future__ import annotations
@@ -23,17 +19,25 @@ def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class LinfBall:
-    """{delta : ||delta||_inf <= eps, 0 <= x + delta <= 1}."""
-
+class _Ball:
     eps: float
-    name: str = "linf"
 
     def random_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return self.project((2 * u - 1) * self.eps, x)
+        """A random offset in the ball around `x`, clipped to the box (`_draw` per norm)."""
+        return self.project(self._draw(x, generator), x)
 
-    def step(self, delta: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class LinfBall(_Ball):
+    """{delta : ||delta||_inf <= eps, 0 <= x + delta <= 1}."""
+
+    name: str = "linf"
+
+    def _draw(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return (2 * u - 1) * self.eps
+
+    def step(self, delta: torch.Tensor, grad: torch.Tensor, step_size) -> torch.Tensor:
         return delta + step_size * grad.sign()
 
     def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -42,22 +46,19 @@ class LinfBall:
 
 
 @dataclass(frozen=True)
-class L2Ball:
+class L2Ball(_Ball):
     """{delta : ||delta||_2 <= eps per example, 0 <= x + delta <= 1}."""
 
-    eps: float
     name: str = "l2"
 
-    def random_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _draw(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         # Uniform in the ball: Gaussian direction, radius eps * U^(1/d).
         g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        d = x[0].numel()
         r = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-        r = (r ** (1.0 / d)).view(-1, *([1] * (x.dim() - 1)))
-        direction = g / _per_example_norm(g).clamp_min(1e-12)
-        return self.project(self.eps * r * direction, x)
+        r = (r ** (1.0 / x[0].numel())).view(-1, *([1] * (x.dim() - 1)))
+        return self.eps * r * g / _per_example_norm(g).clamp_min(1e-12)
 
-    def step(self, delta: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+    def step(self, delta: torch.Tensor, grad: torch.Tensor, step_size) -> torch.Tensor:
         return delta + step_size * grad / _per_example_norm(grad).clamp_min(1e-12)
 
     def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

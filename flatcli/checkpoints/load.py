@@ -1,9 +1,5 @@
-"""`load_model`: a checkpoint file -> an eval-mode `Classifier` and what was learned about it.
-
-flatcli's own format describes itself; explicit arch/normalize must agree with it. A foreign
-file takes dataset and arch from the caller, else its zoo layout (`zoos`), else cifar10 and that
-dataset's default arch; normalization from the caller, else tensors it stores, else its zoo
-entry, else the identity. Its state dict loads strictly (only `num_batches_tracked` may lack).
+"""`load_model`: a checkpoint file -> an eval-mode `Classifier` and what was learned about it
+(flatcli's own format, or a foreign file read by the rules in `load_model`'s docstring).
 """
 
 from __future__ import annotations
@@ -100,10 +96,13 @@ def load_model(
 ) -> tuple[Classifier, CheckpointInfo]:
     """A model from a checkpoint: eval mode, on `device`, float32; and what was learned about it.
 
-    `normalize` is a `--normalize` string (or an already parsed (mean, std) pair). See the module
-    docstring for the rules for flatcli's own format and for foreign checkpoints. Every problem
-    with the file raises `CheckpointError` with one line; unknown names given explicitly
-    (`arch`, `dataset`, `normalize`) raise `UsageError`.
+    `normalize` is a `--normalize` string (or an already parsed (mean, std) pair). flatcli's own
+    format describes itself; explicit arch/normalize must agree with it. A foreign file takes
+    dataset and arch from the caller, else its zoo layout (`zoos`), else cifar10 and that
+    dataset's default arch; normalization from the caller, else tensors it stores, else its zoo
+    entry, else the identity; its state dict loads strictly (only `num_batches_tracked` may
+    lack). Every problem with the file raises `CheckpointError` with one line; unknown names
+    given explicitly (`arch`, `dataset`, `normalize`) raise `UsageError`.
     """
     import torch
 

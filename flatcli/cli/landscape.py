@@ -72,8 +72,8 @@ def landscape(config: LandscapeConfig, sweep: o.Sweep, plot: Plot = "png"):
             f"{core.scale_for(config):g} ({config.normalization}), {examples_line(config)}, "
             f"loss={config.loss}, attack={config.attack}, device={device}"
         ),
-        measure=lambda config, device, on_batch: core.landscape_measure(
-            config, device, lambda done, total: on_batch(done, total, "grid points")
+        measure=lambda config, device, on_batch, on_note: core.landscape_measure(
+            config, device, lambda done, total: on_batch(done, total, "grid points"), on_note
         ),
         after=write_figures,
     )

@@ -50,7 +50,7 @@ def run_command(
     after: Callable[[list[dict], Progress], None] | None = None,
 ) -> None:
     """Resolve `config` against the checkpoints under `args.paths`, then sweep
-    `measure(config, device, on_batch)` over this shard's `units(config, refs)` into OUT/<table>;
+    `measure(config, device, on_batch, on_note)` over this shard's `units(config, refs)` into OUT/<table>;
     always raises Exit.
 
     `describe(config, refs, device, n_units)` is the one stderr line that says what will run;
@@ -88,7 +88,7 @@ def run_command(
     with progress:
         summary = sweep.run(
             units,
-            measure(config, device, progress.on_batch),
+            measure(config, device, progress.on_batch, progress.log),
             table,
             args.out,
             chash,
