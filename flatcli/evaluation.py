@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from flatcli import checkpoints, data, engine, models, runtime, tables
+from flatcli import checkpoints, compilation, data, engine, models, runtime, tables
 from flatcli.attacks.precision import DTYPE_COLUMN
 from flatcli.attacks.presets import build_attack
 from flatcli.config import AttackConfig, config_hash
@@ -182,6 +182,23 @@ def compile_note(seconds: float, ref) -> str | None:
         return None
     return (f"torch.compile: {seconds:.1f} s (run {ref.run}, epoch {ref.epoch}; reused by the "
             "next checkpoints of this architecture)")
+
+
+def noting_compile(measure, policy: str, device: torch.device, on_note):
+    """`measure(unit) -> rows` that also passes `on_note` the line of any torch.compile time
+    spent in a call (compiling happens inside the engine, on the first unit of an architecture)."""
+    if on_note is None or not compilation.enabled(policy, device):
+        return measure
+
+    def noted(unit) -> list[dict]:
+        start = compilation.compile_seconds()
+        rows = measure(unit)
+        line = compile_note(compilation.compile_seconds() - start, unit)
+        if line is not None:
+            on_note(line)
+        return rows
+
+    return noted
 
 
 def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on_note=None):

@@ -82,15 +82,21 @@ def _nonfinite_note(reference: float, values: Sequence[float], what: str) -> str
     return None
 
 
-def _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch):
+def _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch, compile="off"):
     """The engine's results at each w + offset: one stacked pass, or in place for one offset."""
     if len(offsets) > 1:
-        found = engine.robust_losses_at(model, offsets, x, y, attacks, seed_keys, batch_size)
+        found = engine.robust_losses_at(
+            model, offsets, x, y, attacks, seed_keys, batch_size, compile=compile
+        )
         if on_batch is not None:
             on_batch(len(y), len(y))
         return found
     with weights.perturbed(model, offsets[0]):
-        return [engine.robust_losses(model, x, y, attacks, seed_keys, batch_size, on_batch)]
+        return [
+            engine.robust_losses(
+                model, x, y, attacks, seed_keys, batch_size, on_batch, compile=compile
+            )
+        ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +116,7 @@ def average_flatness(
     weight_norm: str = "l2",
     on_batch: Callable[[int, int], None] | None = None,
     settings_per_pass: int | None = None,
+    compile: str = "off",
 ) -> list[FlatnessResult]:
     """Average-case flatness at each xi: "clean-average" results, and "average" (of the robust
     loss, re-running `attack` on every perturbed model) when an attack is given.
@@ -119,6 +126,7 @@ def average_flatness(
     (`engine.robust_losses_at`; default sized from free device memory, `runtime.settings_per_pass`)
     or one at a time in place (restored bitwise); both give the same draws, so the same results
     up to float rounding. An attack that does not keep its rows runs one setting at a time.
+    `compile`: the engine's policy (`flatcli.compilation`).
     """
     xis = _xi_list(xi)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -128,7 +136,9 @@ def average_flatness(
     ball = weights.ball_named(weight_norm)
     attacks = [attack] if attack is not None else []
     if reference is None:
-        reference = engine.robust_losses(model, x, y, attacks, seed_keys, batch_size)
+        reference = engine.robust_losses(
+            model, x, y, attacks, seed_keys, batch_size, compile=compile
+        )
     clean_ref = reference.clean_loss.mean().item()
     refs_err = {"clean-average": engine.error_rate(reference.clean_correct)}
     robust_ref = None
@@ -156,7 +166,7 @@ def average_flatness(
         offsets = [[v * u for u in units[s]] for s, v in chunk]
         for (_, v), out in zip(
             chunk,
-            _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch),
+            _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch, compile),
             strict=True,
         ):
             clean[v].append(out.clean_loss.mean().item())
@@ -317,7 +327,9 @@ def _worst(model, x, y, xi, measure, config, keys, reference, attack) -> worst_c
     if estimator == "paper" and config.worst_reattack and not clean and result.nu is not None:
         # asked for: the attack behind RCE(w) re-run at the final nu, with the same starts
         with weights.perturbed(model, result.nu):
-            again = engine.robust_losses(model, x, y, [attack], keys, config.batch_size)
+            again = engine.robust_losses(
+                model, x, y, [attack], keys, config.batch_size, compile=config.compile
+            )
         result.reattack_loss = again.robust[attack.name].loss.mean().item()
     if clean:  # the clean loss at w comes with its error
         result.err = engine.error_rate(reference.clean_correct)
@@ -325,11 +337,16 @@ def _worst(model, x, y, xi, measure, config, keys, reference, attack) -> worst_c
 
 
 def flatness_measure(
-    config: FlatnessConfig, device: torch.device, on_batch: Callable[[int, int], None] | None = None
+    config: FlatnessConfig,
+    device: torch.device,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ):
     """`measure(ref) -> rows` for the flatness table: one row per (measure, xi) of a checkpoint.
 
-    `config` must be resolved (`resolve_flatness_config`).
+    `config` must be resolved (`resolve_flatness_config`). `config.compile` compiles the model of
+    the attacks (reference, average-case samples, re-attack; the worst-case ascent and the Hessian
+    run eager); `on_note(line)` gets the compile time.
     """
     chash = config_hash(config)
     x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
@@ -346,8 +363,10 @@ def flatness_measure(
     if "paper-hessian" in measures:
         heldout = data.load_split(config.dataset, "heldout", None, config.data_dir)
 
+    shared = evaluation.SharedModels()  # compiled code reused across checkpoints
+
     def measure(ref) -> list[dict]:
-        model, info = evaluation.load_for_eval(ref, config, device)
+        model, info = shared.load(ref, config, device)
         if not weights.layers(model):
             raise CheckpointError(
                 f"{ref.path}: no perturbable layers (weights or biases outside normalization)"
@@ -366,7 +385,8 @@ def flatness_measure(
         keys = evaluation.seed_keys(config, ref)
         needs_reference = robust and any(m in measures for m in ("average", "worst"))
         reference = engine.robust_losses(
-            model, x, y, [attack] if needs_reference else [], keys, config.batch_size, on_batch
+            model, x, y, [attack] if needs_reference else [], keys, config.batch_size, on_batch,
+            compile=config.compile,
         )
         results: list = []
         if any(m in measures for m in AVERAGE_MEASURES):
@@ -382,6 +402,7 @@ def flatness_measure(
                 reference=reference,
                 weight_norm=config.weight_norm,
                 on_batch=on_batch,
+                compile=config.compile,
             )
             results += [r for r in found if r.measure in measures]
         for m in (m for m in WORST_MEASURES if m in measures):
@@ -406,7 +427,7 @@ def flatness_measure(
         base = evaluation.key_columns(ref, info, config, chash, device)
         return [_row(base, r, config, model_note) for r in results]
 
-    return measure
+    return evaluation.noting_compile(measure, config.compile, device, on_note)
 
 
 def _conv_scale_note(model, config, x, device) -> str | None:

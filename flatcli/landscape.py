@@ -164,6 +164,7 @@ def evaluate_grid(
     batch_size: int = 512,
     on_point: Callable[[int, int], None] | None = None,
     point_batch: int | None = 1,
+    compile: str = "off",
 ) -> list[dict]:
     """Clean (and, with an attack, robust) loss and error at w + sum_i c_i d_i for each point c.
 
@@ -171,7 +172,8 @@ def evaluate_grid(
     attack`). One point at a time moves the model in place and restores it bitwise;
     `point_batch` > 1 evaluates that many points in one stacked pass
     (`engine.robust_losses_at`), equal up to float rounding (the attack must keep its rows);
-    None: what fits in free device memory (`runtime.settings_per_pass`; 1 on CPU).
+    None: what fits in free device memory (`runtime.settings_per_pass`; 1 on CPU). `compile`:
+    the engine's policy (`flatcli.compilation`).
     """
     attacks = [attack] if attack is not None else []
     n_layers = len(directions[0])
@@ -189,9 +191,15 @@ def evaluate_grid(
         chunk = [offset(c) for c in points[begin : begin + point_batch]]
         if len(chunk) == 1:
             with weights.perturbed(model, chunk[0]):
-                results = [engine.robust_losses(model, x, y, attacks, seed_keys, batch_size)]
+                results = [
+                    engine.robust_losses(
+                        model, x, y, attacks, seed_keys, batch_size, compile=compile
+                    )
+                ]
         else:
-            results = engine.robust_losses_at(model, chunk, x, y, attacks, seed_keys, batch_size)
+            results = engine.robust_losses_at(
+                model, chunk, x, y, attacks, seed_keys, batch_size, compile=compile
+            )
         out.extend(_grid_row(result, attack) for result in results)
         if on_point is not None:
             on_point(len(out), len(points))
@@ -303,6 +311,7 @@ def landscape_measure(
     config: LandscapeConfig,
     device: torch.device,
     on_point: Callable[[int, int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ):
     """`measure(unit) -> rows` for the landscape table: the grid of one (checkpoint, direction).
 
@@ -333,11 +342,12 @@ def landscape_measure(
     points = [(a,) for a in axis] if config.dims == 1 else [(a, b) for b in axis for a in axis]
     planes = config.dims
     cache: dict = {}
+    shared = evaluation.SharedModels()  # compiled code reused across checkpoints
 
     def load(ref):
         if cache.get("path") != ref.path:
             cache.clear()
-            model, info = evaluation.load_for_eval(ref, config, device)
+            model, info = shared.load(ref, config, device)
             if not weights.layers(model):
                 raise CheckpointError(
                     f"{ref.path}: no perturbable layers (weights or biases outside normalization)"
@@ -408,6 +418,7 @@ def landscape_measure(
             config.batch_size,
             on_point,
             config.point_batch,
+            compile=config.compile,
         )
         base = evaluation.key_columns(unit.ref, info, config, chash, device)
         bad = sum(
@@ -434,4 +445,4 @@ def landscape_measure(
             for point, row in zip(points, values, strict=True)
         ]
 
-    return measure
+    return evaluation.noting_compile(measure, config.compile, device, on_note)

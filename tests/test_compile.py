@@ -177,3 +177,56 @@ def test_stacked_weight_settings_and_bf16_through_the_compiled_path(
     for g, w in zip(got, want, strict=True):
         _assert_agree(g, w, ["pgd5"])
     _assert_agree(got_bf16, want_bf16, ["pgd5"])
+
+
+@pytest.mark.parametrize(
+    "command,args,numbers",
+    [
+        (
+            "flatness",
+            ["--measure", "average", "--xi", "0.5", "--samples", "2", "--attack", "pgd3"],
+            ["robust_loss", "perturbed_robust_loss", "flatness"],
+        ),
+        (
+            "landscape",
+            ["--n-directions", "1", "--steps", "3", "--attack", "pgd2", "--plot", "none",
+             "--point-batch", "2"],
+            ["clean_loss", "robust_loss", "robust_err"],
+        ),
+    ],
+)  # fmt: skip
+def test_flatness_and_landscape_take_the_compiled_path_and_say_so(
+    command, args, numbers, tmp_path, capsys, monkeypatch
+):
+    """`--compile on` reaches the engine from flatness and landscape (stacked points too), gives
+    the eager rows up to rounding and prints the compile line on stderr."""
+    import pandas as pd
+
+    from flatcli import api
+    from flatcli.cli import main
+
+    compile_calls = []
+
+    def aot_eager(model, policy, device, backend="inductor"):
+        compile_calls.append(policy)
+        return original(model, policy, device, backend="aot_eager")
+
+    original = compilation.compiled
+    monkeypatch.setattr(compilation, "compiled", aot_eager)
+    torch._dynamo.reset()
+    tables, stderr = {}, ""
+    for policy in ("off", "on"):
+        out = tmp_path / policy
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, str(SAMPLES / "epoch_0025.safetensors"), "--out", str(out), "-f",
+                  "csv", "--n-examples", "16", "--compile", policy, *args])  # fmt: skip
+        stderr += capsys.readouterr().err
+        assert exit_info.value.code == 0
+        tables[policy] = api.read_table(out, command).sort_values(numbers[:1])
+    torch._dynamo.reset()
+    assert "on" in compile_calls and "torch.compile:" in stderr
+    pd.testing.assert_frame_equal(
+        tables["on"][numbers].reset_index(drop=True),
+        tables["off"][numbers].reset_index(drop=True),
+        atol=1e-4, rtol=1e-4,
+    )  # fmt: skip

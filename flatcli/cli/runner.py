@@ -50,7 +50,8 @@ def run_command(
     after: Callable[[list[dict], Progress], None] | None = None,
 ) -> None:
     """Resolve `config` against the checkpoints under `args.paths`, then sweep
-    `measure(config, device, on_batch, on_note)` over this shard's `units(config, refs)` into OUT/<table>;
+    `measure(config, device, on_batch, on_note)` over this shard's `units(config, refs)` into
+    OUT/<table>;
     always raises Exit.
 
     `describe(config, refs, device, n_units)` is the one stderr line that says what will run;
