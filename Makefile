@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python benchmarks/flatness_speed.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/landscape_speed.py --point-batch 1 4
+	$(BIN)/python benchmarks/gpu.py --smoke --out out/gpu-smoke
 
 # The study on digits (docs/method.md's findings, measured): six short runs (AT, AT-AWP, AT + label
 # smoothing, TRADES, AT + weight decay 5e-3, MART), every epoch attacked on test and train and its

@@ -94,3 +94,18 @@ def test_a_channels_last_model_through_the_stacked_path_equals_one_setting_at_a_
     for g, offset in enumerate(offsets):
         with torch.no_grad(), weights.perturbed(model, offset):
             torch.testing.assert_close(stacked[:, g], model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_device_without_bf16_searches_in_fp32_and_says_so(tmp_path, capsys, monkeypatch):
+    """A GPU without native bf16 (pre-Ampere) falls back to fp32 with one line on stderr, and
+    the rows say fp32 (dtype, config_hash): the branch CUDA takes, forced here on CPU."""
+    from flatcli.attacks import precision
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: False)
+    common = [SAMPLE, "--out", tmp_path, "--attacks", "pgd3", "--n-examples", "32"]
+    code, _, err = _flatcli(capsys, "attack", *common, "--precision", "bf16")
+    assert code == 0, err
+    assert sum("no native bf16; searching in fp32" in line for line in err.splitlines()) == 1
+    code, _, err = _flatcli(capsys, "attack", *common, "-q")  # fp32: the same work, skipped
+    rows = pd.read_parquet(tmp_path / "attack")
+    assert code == 0 and rows.dtype.tolist() == ["float32"]

@@ -838,7 +838,9 @@ def test_compiled_training_traces_full_batches_only_and_equals_eager(tmp_path, m
         return gm.forward
 
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=recording, **kw))
+    monkeypatch.setattr(
+        torch, "compile", lambda m, **kw: real_compile(m, **{**kw, "backend": recording})
+    )
     config = TrainConfig(**{**FAST, "epochs": 1, "train_examples": 80, "heldout_attack": "pgd1"})
     torch._dynamo.reset()
     try:

@@ -5,6 +5,7 @@ re-evaluated at its worst point per example. Weights stay fp32 (docs/method.md, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,22 @@ def with_precision(attack, precision: str):
             "fp32 re-evaluation; use a pgd preset, or --precision fp32"
         )
     return LowPrecisionSearch(attack, precision)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` runs bf16 autocast natively (CPUs do; GPUs from Ampere on)."""
+    device = torch.device(device)
+    return device.type != "cuda" or torch.cuda.is_bf16_supported()
+
+
+def usable(config, device: torch.device):
+    """`config` itself where `device` runs its precision, else (a GPU without bf16) the config
+    with fp32, so that config_hash and the dtype column say what was computed, and the one line
+    that says so; (config, None) otherwise."""
+    if getattr(config, "precision", "fp32") != "bf16" or bf16_supported(device):
+        return config, None
+    note = f"--precision bf16: {device} has no native bf16; searching in fp32 instead"
+    return dataclasses.replace(config, precision="fp32"), note
 
 
 @contextlib.contextmanager

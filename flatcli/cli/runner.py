@@ -60,6 +60,7 @@ def run_command(
     `N done, N skipped, N failed (Xs)` on stderr (not with --quiet).
     """
     from flatcli import checkpoints, runtime, sweep, tables
+    from flatcli.attacks import precision
     from flatcli.config import config_hash
 
     refs = checkpoints.discover(args.paths)
@@ -67,6 +68,7 @@ def run_command(
     units = units(config, refs)
     shard_spec = sweep.parse_shard(args.shard)
     device = runtime.resolve_device(config.device)
+    config, precision_note = precision.usable(config, device)
     chash = config_hash(config)
     if args.dry_run:
         plan = sweep.plan(units, table, args.out, chash, shard_spec, args.force)
@@ -85,6 +87,8 @@ def run_command(
         raise Exit(0)
     ensure_writable(args.out)
     progress = Progress(args.quiet, table)
+    if precision_note is not None:
+        progress.log(precision_note)
     progress.log(f"{table}: {describe(config, refs, device, len(shard_spec.take(units)))}")
     with progress:
         summary = sweep.run(
