@@ -69,24 +69,35 @@ def default_eps(refs: Sequence, norm: str, dataset_eps: float) -> float:
 
 def resolve_common(config, refs: Sequence):
     """What every evaluation config shares (dataset, split, n_examples, eps, norm, step_size,
-    normalize, arch, data_dir): fill the dataset's defaults and validate them cheaply."""
+    normalize, arch, data_dir): fill the dataset's defaults and check what the fields' own
+    checks (`config.validate()`, called first) cannot: the data, the normalization, the arch."""
     dataset = resolve_dataset(refs, config.dataset)
     spec = data.get_spec(dataset)
     eps = config.eps if config.eps is not None else default_eps(refs, config.norm, spec.eps)
     eps = check_eps(eps, config.norm, dataset)
-    if config.n_examples is not None and config.n_examples <= 0:
-        raise UsageError(f"--n-examples must be positive, got {config.n_examples}")
     n = config.n_examples or data.default_n_examples(dataset, config.split, config.data_dir)
     data.load_split(dataset, config.split, n, config.data_dir)  # fails early on missing data
-    if config.step_size is not None and not (
-        config.step_size > 0 and math.isfinite(config.step_size)
-    ):
-        raise UsageError(f"--step-size must be positive, got {config.step_size:g}")
     if config.normalize is not None:
         checkpoints.parse_normalize(config.normalize)
     if config.arch is not None:
         models.parse_arch(config.arch)  # name and arguments, checked before any work
     return dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
+
+
+def loss_attack(config, pgd_only: str | None = None):
+    """`config.attack`, built to check it before any work: it must estimate the robust loss,
+    and be a PGD where `pgd_only` names what needs its step size ("the Hessian")."""
+    attack = build_attack(
+        config.attack, config.norm, config.eps, config.step_size, 0, config.precision
+    )
+    if not attack.estimates_loss:
+        raise UsageError(
+            f"--attack {config.attack} does not estimate the robust loss; use a pgd preset or "
+            "apgd-ce"
+        )
+    if pgd_only is not None and not hasattr(attack, "step_size"):
+        raise UsageError(f"--attack {config.attack}: {pgd_only} needs a pgd preset")
+    return attack
 
 
 def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:

@@ -304,16 +304,7 @@ def resolve_flatness_config(config: FlatnessConfig, refs: Sequence) -> FlatnessC
     resolved = evaluation.resolve_common(config, refs)
     resolved = dataclasses.replace(resolved, measures=measures, xi=xi)
     if _robust_measures(measures):
-        attack = build_attack(
-            resolved.attack, resolved.norm, resolved.eps, resolved.step_size, 0, resolved.precision
-        )
-        if not attack.estimates_loss:
-            raise UsageError(
-                f"--attack {resolved.attack} does not estimate the robust loss; use a pgd preset "
-                "or apgd-ce"
-            )
-        if "hessian" in measures and not hasattr(attack, "step_size"):
-            raise UsageError(f"--attack {resolved.attack}: the Hessian needs a pgd preset")
+        evaluation.loss_attack(resolved, "the Hessian" if "hessian" in measures else None)
     return resolved
 
 

@@ -30,11 +30,7 @@ from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
 from flatcli.config import LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 
-ADVERSARIAL_LOSSES = registries.ADVERSARIAL_LOSSES
-DIRECTIONS = registries.DIRECTIONS
-NORMALIZATIONS = registries.NORMALIZATIONS
-KINDS = tuple(DIRECTIONS)
-LOSSES = ("robust", "clean", "both")
+KINDS = tuple(registries.DIRECTIONS)
 PLOT_FORMATS = ("png", "svg", "none")
 TABLE = "landscape"
 _TINY = 1e-12
@@ -87,8 +83,9 @@ def normalize_direction(
     same filter of w, 0-/1-D tensors as a whole; none: the whole d to s ||w||. A zero filter or
     layer of w stays 0.
     """
-    if normalization not in NORMALIZATIONS:
-        raise UsageError(f"--normalization {normalization!r}: choose {', '.join(NORMALIZATIONS)}")
+    if normalization not in registries.NORMALIZATIONS:
+        choices = ", ".join(registries.NORMALIZATIONS)
+        raise UsageError(f"--normalization {normalization!r}: choose {choices}")
     d = [t.detach().float() for t in d]
     if normalization == "none":
         factor = weights.flatten(w).norm() / weights.flatten(d).norm().clamp_min(_TINY)
@@ -233,12 +230,6 @@ def scale_for(config: LandscapeConfig) -> float:
     return table.get(config.directions, 1.0)
 
 
-def _int(value, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"--{name} must be an integer >= {low}, got {value}")
-    return value
-
-
 def _layer_shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     return [(n, tuple(p.shape)) for n, p in weights.layers(model)]
 
@@ -267,16 +258,8 @@ def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> Landsca
         config.directions == "adversarial" and config.adversarial_loss == "robust"
     )
     if resolved.loss != "clean" or robust_directions:
-        attack = build_attack(
-            resolved.attack, resolved.norm, resolved.eps, resolved.step_size, 0, resolved.precision
-        )
-        if not attack.estimates_loss:
-            raise UsageError(
-                f"--attack {resolved.attack} does not estimate the robust loss; use a pgd preset "
-                "or apgd-ce"
-            )
-        if config.directions == "hessian" and not hasattr(attack, "step_size"):
-            raise UsageError(f"--attack {resolved.attack}: Hessian directions need a pgd preset")
+        hessian_directions = "the Hessian" if config.directions == "hessian" else None
+        attack = evaluation.loss_attack(resolved, hessian_directions)
         if (config.point_batch or 1) > 1 and resolved.loss != "clean" and not attack.keeps_rows:
             raise UsageError(
                 f"--point-batch {config.point_batch}: --attack {resolved.attack} attacks a subset "

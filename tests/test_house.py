@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -106,12 +107,11 @@ def test_every_config_field_is_an_option_with_the_fields_help_and_default(comman
 
 
 def test_the_configs_choices_are_the_engines():
-    from flatcli import compilation, landscape
+    from flatcli import compilation
     from flatcli.attacks import precision
 
     assert config.PRECISIONS == precision.PRECISIONS
     assert config.COMPILE_POLICIES == compilation.COMPILE_CHOICES
-    assert config.LOSSES == landscape.LOSSES
 
 
 @pytest.mark.parametrize(
@@ -144,3 +144,35 @@ def test_a_bad_choice_is_one_line_and_exit_2(args, option, tmp_path, capsys):
 def test_no_module_over_500_lines(relative):
     lines = len((PACKAGE / relative).read_text().splitlines())
     assert lines <= MAX_LINES, f"flatcli/{relative}: {lines} lines (at most {MAX_LINES})"
+
+
+def _layout_entries() -> dict[str, str]:
+    """README's Layout block: entry name (module or package/) -> its description."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    entries, name = {}, None
+    for line in section.split("```", 2)[1].splitlines()[2:]:
+        head = re.match(r"^  (\S+)\s+(.*)$", line)
+        if head:
+            name = head.group(1)
+            entries[name] = head.group(2)
+        elif name and line.strip():
+            entries[name] += " " + line.strip()
+    return entries
+
+
+def test_readme_layout_lists_every_package_and_module():
+    """A newcomer finds each concept from the README's layout: every module and package of
+    flatcli/ has an entry, no entry is stale, and a package's entry names its modules."""
+    entries = _layout_entries()
+    present = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in PACKAGE.iterdir()
+        if p.name != "__pycache__" and (p.is_dir() or p.suffix == ".py")
+    )
+    assert [p for p in present if p not in entries] == []
+    assert [e for e in entries if e not in present] == []
+    for package in (p for p in present if p.endswith("/")):
+        words = set(re.findall(r"[A-Za-z_]+", entries[package]))
+        modules = (m.stem for m in (PACKAGE / package).glob("*.py") if m.stem != "__init__")
+        assert [m for m in modules if m not in words] == [], package
