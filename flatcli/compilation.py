@@ -44,6 +44,22 @@ def compiled(
     return wrapper
 
 
+_FUNCTIONS: dict = {}  # (function, backend) -> its compiled wrapper, one per process
+
+
+def compiled_function(fn, policy: str, device: torch.device, backend: str = "inductor"):
+    """`fn` wrapped by `torch.compile` (static shapes) when `policy` says so on `device`, else
+    `fn` itself; one wrapper per (fn, backend), so every call shares its compiled code. A model
+    passed to `fn` is guarded by identity: pass one instance per architecture
+    (`evaluation.SharedModels`) to avoid a recompile per checkpoint."""
+    if not enabled(policy, device):
+        return fn
+    key = (fn, backend)
+    if key not in _FUNCTIONS:
+        _FUNCTIONS[key] = torch.compile(fn, dynamic=False, backend=backend)
+    return _FUNCTIONS[key]
+
+
 def compiled_like(module: nn.Module, model: nn.Module) -> nn.Module:
     """`module` compiled as `model` is (its backend; torch.compile's default inductor for a
     model compiled outside flatcli), or `module` itself when `model` is eager."""

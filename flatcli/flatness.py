@@ -269,6 +269,7 @@ def _ascent(config: FlatnessConfig, eps: float, seed_keys: tuple) -> worst_case.
         weight_lr=config.weight_lr,
         weight_batch=config.weight_batch,
         seed_keys=seed_keys,
+        compile=config.compile,
     )
 
 
@@ -335,9 +336,9 @@ def flatness_measure(
 ):
     """`measure(ref) -> rows` for the flatness table: one row per (measure, xi) of a checkpoint.
 
-    `config` must be resolved (`resolve_flatness_config`). `config.compile` compiles the model of
-    the attacks (reference, average-case samples, re-attack; the worst-case ascent and the Hessian
-    run eager); `on_note(line)` gets the compile time.
+    `config` must be resolved (`resolve_flatness_config`). `config.compile` compiles the attacks
+    (reference, average-case samples, re-attack) and the worst-case ascent's stacked model call
+    (the Hessian runs eager); `on_note(line)` gets the compile time.
     """
     chash = config_hash(config)
     x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flatcli import engine, runtime, weights
+from flatcli import compilation, engine, runtime, weights
 from flatcli.attacks.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example, restart_starts, slice_starts
 from flatcli.attacks.presets import PAPER_STEP_RATIO
@@ -57,7 +57,8 @@ class Ascent:
     ball (`eps` 0: clean, `norm`, signed `input_step`, default PAPER_STEP_RATIO x eps), weight
     step `weight_lr`, `iterations` x `restarts` (restart r's draws from `seed_keys`, whatever
     the stacking), batches of `weight_batch` examples; `restarts_per_pass` (runtime) restarts
-    run stacked, None: what fits on the device."""
+    run stacked, None: what fits on the device; `compile` (runtime): the policy of
+    `flatcli.compilation` for the stacked model call."""
 
     eps: float
     norm: str
@@ -68,6 +69,11 @@ class Ascent:
     weight_batch: int
     seed_keys: tuple = (0,)
     restarts_per_pass: int | None = None
+    compile: str = "off"
+
+    def call(self, device: torch.device):
+        """`weights.call_stacked`, compiled when `compile` says so on `device`."""
+        return compilation.compiled_function(weights.call_stacked, self.compile, device)
 
     def checked(self) -> tuple[float, int, int, float, int, tuple]:
         """(eps, iterations, restarts, weight_lr, weight_batch, seed_keys), or a one-line
@@ -105,13 +111,15 @@ def joint_ascent_stacked(
     threat=None,
     delta0s: torch.Tensor | None = None,
     input_step: float | None = None,
+    call=weights.call_stacked,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """G joint ascents in one stacked batch (the one `ascend` loop), each over its weight offset
     in `ball` (bound with `ball.around(w)`; normalized step `weight_lr`) from nu0s[g] and, with a
     `threat`, over the batch's input perturbation from delta0s[g] ([G, B, ...]; signed step
     `input_step`). Returns per setting the largest batch-mean cross-entropy over its iterates
     ([G] on the device; NaN once any is NaN) and per layer the [G, ...] offsets where they were
-    reached. The settings do not interact: each equals its ascent run alone, up to rounding."""
+    reached. The settings do not interact: each equals its ascent run alone, up to rounding.
+    `call`: `weights.call_stacked` or its compiled wrapper (`Ascent.call`)."""
     names, w = weights.named_weights(model)
     g = len(nu0s)
     xt, yt = x.repeat_interleave(g, 0), y.repeat_interleave(g, 0)
@@ -122,7 +130,7 @@ def joint_ascent_stacked(
 
     def objective(nu, delta=None):
         state["nu"] = nu
-        logits = _logits_at(model, names, w, nu, xt if delta is None else xt + delta)
+        logits = _logits_at(call, model, names, w, nu, xt if delta is None else xt + delta)
         return ce_per_example(logits, yt), logits
 
     def keep_worst(loss, logits):
@@ -181,10 +189,11 @@ def _where(take: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Te
     return torch.where(take.view(-1, *[1] * (new.dim() - 1)), new, old)
 
 
-def _logits_at(model, names, w, nu, inputs) -> torch.Tensor:
-    """Logits of interleaved rows at w + nu_g (nu per layer [G, ...], float32)."""
+def _logits_at(call, model, names, w, nu, inputs) -> torch.Tensor:
+    """Logits of interleaved rows at w + nu_g (nu per layer [G, ...], float32), by `call`
+    (`weights.call_stacked` or its compiled wrapper)."""
     params = [wl.float() + n for wl, n in zip(w, nu, strict=True)]
-    return weights.call_stacked(model, names, params, inputs)
+    return call(model, names, params, inputs)
 
 
 def _reference(reference, y) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -270,6 +279,7 @@ def worst_paper(
     n = len(y)
     batches = [slice(b, min(n, b + weight_batch)) for b in range(0, n, weight_batch)]
     threat, step, starts = _input_ascent(ascent, x)
+    call = ascent.call(device)
     best: dict = {}
     for chunk in _passes(model, x, ascent):
         g = len(chunk)
@@ -283,9 +293,9 @@ def worst_paper(
         for _ in range(iterations):
             for b, (xb, yb) in enumerate(rows):
                 nu, deltas[b] = _joint_step(
-                    model, names, w, ball, nu, weight_lr, xb, yb, threat, deltas[b], step, g
+                    call, model, names, w, ball, nu, weight_lr, xb, yb, threat, deltas[b], step, g
                 )
-        value, wrong = _final_value(model, names, w, nu, rows, deltas, g)
+        value, wrong = _final_value(call, model, names, w, nu, rows, deltas, g)
         wrong = wrong.tolist()
         kept = lambda i, nu=nu, wrong=wrong: ([t[i] for t in nu], wrong[i] / n)  # noqa: E731
         if _keep(best, (value / n).tolist(), kept):
@@ -313,7 +323,7 @@ def worst_paper(
     )
 
 
-def _joint_step(model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, step, g):
+def _joint_step(call, model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, step, g):
     """One joint step of G settings (interleaved rows) on each setting's batch-mean loss: nu by
     the ball's normalized relative step, delta by the threat's signed step, both projected."""
     nu = [t.detach().requires_grad_(True) for t in nu]
@@ -323,7 +333,7 @@ def _joint_step(model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, ste
         leaves.append(delta)
     with torch.enable_grad():
         inputs = xb if delta is None else xb + delta
-        logits = _logits_at(model, names, w, nu, inputs)
+        logits = _logits_at(call, model, names, w, nu, inputs)
         # the sum of the settings' batch means: each setting's gradients as if it ran alone
         loss = ce_per_example(logits, yb).view(-1, g).mean(0).sum()
         grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
@@ -334,7 +344,7 @@ def _joint_step(model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, ste
     return nu, delta
 
 
-def _final_value(model, names, w, nu, rows, deltas, g) -> tuple[torch.Tensor, torch.Tensor]:
+def _final_value(call, model, names, w, nu, rows, deltas, g) -> tuple[torch.Tensor, torch.Tensor]:
     """Per setting the summed cross-entropy (float64 [G]) and the number misclassified ([G]) at
     the final (nu, deltas), on the device (no host sync)."""
     device = w[0].device
@@ -342,7 +352,7 @@ def _final_value(model, names, w, nu, rows, deltas, g) -> tuple[torch.Tensor, to
     wrong = torch.zeros(g, dtype=torch.long, device=device)
     with torch.no_grad():
         for (xb, yb), delta in zip(rows, deltas, strict=True):
-            logits = _logits_at(model, names, w, nu, xb if delta is None else xb + delta)
+            logits = _logits_at(call, model, names, w, nu, xb if delta is None else xb + delta)
             total += ce_per_example(logits, yb).view(-1, g).double().sum(0)
             wrong += (logits.argmax(1) != yb).view(-1, g).sum(0)
     return total, wrong
@@ -398,7 +408,8 @@ def worst_per_batch(
                 else slice_starts(starts[chunk.start : chunk.stop], index, device)
             )
             values, nus = joint_ascent_stacked(
-                model, xb, yb, ball, nu0s, weight_lr, iterations, threat, delta0s, step
+                model, xb, yb, ball, nu0s, weight_lr, iterations, threat, delta0s, step,
+                ascent.call(device),
             )
             if _keep(best, values.tolist(), lambda i, nus=nus: [t[i] for t in nus]):
                 break

@@ -188,6 +188,12 @@ def test_stacked_weight_settings_and_bf16_through_the_compiled_path(
             ["robust_loss", "perturbed_robust_loss", "flatness"],
         ),
         (
+            "flatness",
+            ["--measure", "worst", "--xi", "0.00075", "--iterations", "2", "--restarts", "2",
+             "--attack", "pgd3"],
+            ["robust_loss", "perturbed_robust_loss", "flatness"],
+        ),
+        (
             "landscape",
             ["--n-directions", "1", "--steps", "3", "--attack", "pgd2", "--plot", "none",
              "--point-batch", "2"],
@@ -198,8 +204,9 @@ def test_stacked_weight_settings_and_bf16_through_the_compiled_path(
 def test_flatness_and_landscape_take_the_compiled_path_and_say_so(
     command, args, numbers, tmp_path, capsys, monkeypatch
 ):
-    """`--compile on` reaches the engine from flatness and landscape (stacked points too), gives
-    the eager rows up to rounding and prints the compile line on stderr."""
+    """`--compile on` reaches the engine from flatness (average; worst: the stacked ascent) and
+    landscape (stacked points too), gives the eager rows up to rounding and prints the compile
+    line on stderr."""
     import pandas as pd
 
     from flatcli import api
@@ -211,8 +218,13 @@ def test_flatness_and_landscape_take_the_compiled_path_and_say_so(
         compile_calls.append(policy)
         return original(model, policy, device, backend="aot_eager")
 
-    original = compilation.compiled
+    def aot_eager_function(fn, policy, device, backend="inductor"):
+        compile_calls.append(f"{fn.__name__}:{policy}")
+        return original_function(fn, policy, device, backend="aot_eager")
+
+    original, original_function = compilation.compiled, compilation.compiled_function
     monkeypatch.setattr(compilation, "compiled", aot_eager)
+    monkeypatch.setattr(compilation, "compiled_function", aot_eager_function)
     torch._dynamo.reset()
     tables, stderr = {}, ""
     for policy in ("off", "on"):
@@ -225,6 +237,7 @@ def test_flatness_and_landscape_take_the_compiled_path_and_say_so(
         tables[policy] = api.read_table(out, command).sort_values(numbers[:1])
     torch._dynamo.reset()
     assert "on" in compile_calls and "torch.compile:" in stderr
+    assert ("call_stacked:on" in compile_calls) == ("worst" in args)
     pd.testing.assert_frame_equal(
         tables["on"][numbers].reset_index(drop=True),
         tables["off"][numbers].reset_index(drop=True),
