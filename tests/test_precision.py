@@ -105,7 +105,7 @@ def test_a_device_without_bf16_searches_in_fp32_and_says_so(tmp_path, capsys, mo
     common = [SAMPLE, "--out", tmp_path, "--attacks", "pgd3", "--n-examples", "32"]
     code, _, err = _flatcli(capsys, "attack", *common, "--precision", "bf16")
     assert code == 0, err
-    assert sum("no native bf16; searching in fp32" in line for line in err.splitlines()) == 1
+    assert sum("no native bf16; computing in fp32" in line for line in err.splitlines()) == 1
     code, _, err = _flatcli(capsys, "attack", *common, "-q")  # fp32: the same work, skipped
     rows = pd.read_parquet(tmp_path / "attack")
     assert code == 0 and rows.dtype.tolist() == ["float32"]

@@ -879,3 +879,18 @@ def test_inductor_compiled_training_step_equals_the_eager_step():
     (eager, w_eager), (compiled, w_compiled) = runs
     assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-6)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(w_eager, w_compiled, strict=True))
+
+
+def test_a_device_without_bf16_trains_in_fp32_and_says_so(tmp_path, monkeypatch):
+    """`--amp bf16` on a GPU without native bf16 (the CUDA branch, forced on CPU): the run trains
+    in fp32, its start line says so and run.json and the log say fp32."""
+    from flatcli.attacks import precision
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: False)
+    events = []
+    config = TrainConfig(**{**FAST, "epochs": 1, "heldout_attack": "pgd1", "amp": "bf16"})
+    result = train(config, tmp_path / "run", on_event=events.append)
+    start = [e.message for e in events if e.kind == "start"]
+    assert len(start) == 1 and "no native bf16; computing in fp32" in start[0]
+    assert result.config.amp == "none" and result.rows[0]["dtype"] == "float32"
+    assert read_run(tmp_path / "run")["config"]["amp"] == "none"

@@ -43,14 +43,14 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type != "cuda" or torch.cuda.is_bf16_supported()
 
 
-def usable(config, device: torch.device):
-    """`config` itself where `device` runs its precision, else (a GPU without bf16) the config
-    with fp32, so that config_hash and the dtype column say what was computed, and the one line
-    that says so; (config, None) otherwise."""
-    if getattr(config, "precision", "fp32") != "bf16" or bf16_supported(device):
+def usable(config, device: torch.device, field: str = "precision"):
+    """(config, None) where `device` runs `config.<field>` (precision, or training's amp), else
+    (a GPU without bf16) the config in fp32, so that config_hash, run.json and the dtype column
+    say what was computed, and the one line that says so."""
+    if getattr(config, field, None) != "bf16" or bf16_supported(device):
         return config, None
-    note = f"--precision bf16: {device} has no native bf16; searching in fp32 instead"
-    return dataclasses.replace(config, precision="fp32"), note
+    note = f"--{field} bf16: {device} has no native bf16; computing in fp32 instead"
+    return dataclasses.replace(config, **{field: "fp32" if field == "precision" else "none"}), note
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from flatcli import checkpoints, data, runtime, tables
+from flatcli.attacks import precision
 from flatcli.config import TrainConfig, config_hash
 from flatcli.errors import FlatcliError
 from flatcli.training import methods, regularizers, rundir, schedules
@@ -88,8 +89,9 @@ def train(
     dist_info = distributed_from_env()
     config = resolve_config(dataclasses.replace(config, world_size=dist_info.world))
     device = device_for(dist_info, runtime.resolve_device(config.device))
+    config, note = precision.usable(config, device, "amp")
     with process_group(dist_info, device):
-        return _Trainer(config, Path(out), device, dist_info, on_event).run(force)
+        return _Trainer(config, Path(out), device, dist_info, on_event, note).run(force)
 
 
 class _Trainer:
@@ -100,8 +102,9 @@ class _Trainer:
         device: torch.device,
         dist_info: Distributed,
         on_event,
+        note: str | None = None,
     ):
-        self.config = config
+        self.config, self.note = config, note
         self.run_dir = run_dir
         self.device = device
         self.dist = dist_info
@@ -221,6 +224,7 @@ class _Trainer:
             f"{c.epochs} epochs, {c.schedule} lr {c.lr:g}, device {self.device}"
             + (f", {self.dist.world} processes" if self.dist.active else "")
             + (", compiled (the first epoch includes compiling)" if self.step.compiled else "")
+            + (f"; {self.note}" if self.note else "")
         )
 
     def _best_text(self) -> str:
