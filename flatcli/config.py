@@ -228,8 +228,10 @@ class TrainConfig:
                             flags=("--nesterov/--no-nesterov",))  # fmt: skip
     weight_decay: float = option(5e-4, "Weight decay (the paper's code: 5e-4).", OPTIMIZATION,
                                  low=0)  # fmt: skip
-    optimizer: str = option("sgd", "sgd | entropy-sgd.", OPTIMIZATION)
-    schedule: str = option("multistep", "multistep | cyclic | cosine.", OPTIMIZATION)
+    optimizer: str = option("sgd", registries.describe(registries.OPTIMIZERS) + ".", OPTIMIZATION,
+                            choices=tuple(registries.OPTIMIZERS))  # fmt: skip
+    schedule: str = option("multistep", registries.describe(registries.SCHEDULES) + ".",
+                           OPTIMIZATION, choices=tuple(registries.SCHEDULES))  # fmt: skip
     milestones: tuple[float, ...] | None = option(
         None, "multistep: comma-separated epochs (60,90,120) or fractions (0.4,0.6,0.8). "
         "Default: the dataset's.", OPTIMIZATION, parse="numbers",
@@ -257,8 +259,8 @@ class TrainConfig:
         flags=("--random-start/--no-random-start",),
     )  # fmt: skip
     attack_point: str | None = option(
-        None, "The PGD point trained on: best (largest loss over the iterates, the paper's code) "
-        f"| final (last iterate, Madry et al.). Default: {_M['attack_point']}.", ATTACK,
+        None, f"The PGD point trained on: {registries.describe(registries.ATTACK_POINTS)}. "
+        f"Default: {_M['attack_point']}.", ATTACK, choices=tuple(registries.ATTACK_POINTS),
     )  # fmt: skip
     trades_beta: float | None = option(None, f"TRADES beta (default {_M['trades_beta']:g}).",
                                        METHOD, low=0)  # fmt: skip
@@ -273,20 +275,22 @@ class TrainConfig:
         METHOD, low=0,
     )  # fmt: skip
     awp_layers: str | None = option(
-        None, "AWP: weights (tensors with dim > 1, AWP's code) | all (biases too). "
-        f"Default: {_M['awp_layers']}.", METHOD,
+        None, f"AWP: {registries.describe(registries.AWP_LAYERS)}. Default: {_M['awp_layers']}.",
+        METHOD, choices=tuple(registries.AWP_LAYERS),
     )  # fmt: skip
     label_smoothing: float = option(0.0, "Label smoothing of the training loss.", METHOD,
                                     within="[0, 1)")  # fmt: skip
     label_noise: float = option(0.0, "Probability of a random label per example and batch.",
                                 METHOD, within="[0, 1]")  # fmt: skip
-    label_noise_classes: str = option("all", "all: drawn from all K classes (the paper's code) "
-                                      "| others: a wrong one.", METHOD)  # fmt: skip
+    label_noise_classes: str = option(
+        "all", registries.describe(registries.LABEL_NOISE_CLASSES) + ".", METHOD,
+        choices=tuple(registries.LABEL_NOISE_CLASSES),
+    )  # fmt: skip
     weight_clip: float | None = option(None, "Clamp weights and biases to [-C, C] after every "
                                        "step.", METHOD, positive=True)  # fmt: skip
     augment: str | None = option(
-        None, "none | crop-flip | cutout | autoaugment. Default: the dataset's (crop-flip on "
-        "CIFAR, none otherwise).", DATA,
+        None, registries.describe(registries.AUGMENTATIONS) + ". Default: the dataset's "
+        "(crop-flip on CIFAR, none otherwise).", DATA, choices=tuple(registries.AUGMENTATIONS),
     )  # fmt: skip
     entropy_steps: int | None = option(
         None, "Entropy-SGD: Langevin steps, each on a new batch and attack "

@@ -1,6 +1,8 @@
-"""Names -> help of flatness measures, worst-case estimators and landscape directions,
-normalizations and adversarial losses. Torch-free, so `--help` lists them without importing torch;
-`flatcli.flatness` and `flatcli.landscape` dispatch on them."""
+"""Names -> help of flatness measures, worst-case estimators, landscape directions,
+normalizations and adversarial losses, and training's schedules, optimizers, augmentations and
+attack options. Torch-free, so `--help` lists them without importing torch; the config fields take
+their choices from here and `flatcli.flatness`, `flatcli.landscape` and `flatcli.training`
+dispatch on them."""
 
 from __future__ import annotations
 
@@ -63,6 +65,34 @@ NORMALIZATIONS: dict[str, Choice] = _table(
 ADVERSARIAL_LOSSES: dict[str, Choice] = _table(
     Choice("clean", "the clean-loss weight attack (the paper's code)"),
     Choice("robust", "the joint weight and input attack on the robust loss"),
+)
+
+SCHEDULES: dict[str, Choice] = _table(
+    Choice("multistep", "lr times --lr-factor at each milestone (the paper's code)"),
+    Choice("cyclic", "linear up to --lr at --cyclic-peak of training, then down to 0"),
+    Choice("cosine", "cosine from --lr down to 0"),
+)
+OPTIMIZERS: dict[str, Choice] = _table(
+    Choice("sgd", "SGD with momentum"),
+    Choice("entropy-sgd", "Entropy-SGD as the paper's code (Langevin inner loop)"),
+)
+AUGMENTATIONS: dict[str, Choice] = _table(
+    Choice("none", "the images as they are"),
+    Choice("crop-flip", "random crop, zero padding of size // 8 (4 px on 32), horizontal flip"),
+    Choice("cutout", "crop-flip, then a zeroed square of a quarter of the image area"),
+    Choice("autoaugment", "crop-flip, then torchvision's AutoAugment (CIFAR-10 policy)"),
+)
+ATTACK_POINTS: dict[str, Choice] = _table(
+    Choice("best", "largest loss over the iterates (the paper's code)"),
+    Choice("final", "last iterate (Madry et al.)"),
+)
+AWP_LAYERS: dict[str, Choice] = _table(
+    Choice("weights", "tensors with dim > 1 (AWP's code)"),
+    Choice("all", "biases too"),
+)
+LABEL_NOISE_CLASSES: dict[str, Choice] = _table(
+    Choice("all", "drawn from all K classes (the paper's code)"),
+    Choice("others", "a wrong one"),
 )
 
 

@@ -627,8 +627,13 @@ def test_ddp_with_two_gloo_processes(tmp_path):
         (["--schedule", "cosine", "--milestones", "10"], "--milestones applies to"),
         (["--entropy-steps", "3"], "needs --optimizer entropy-sgd"),
         (["--extra-fraction", "0.5"], "--extra-fraction needs --extra-data"),
-        (["--augment", "mixup"], "unknown augmentation 'mixup'"),
+        (["--augment", "mixup"], "unknown augment 'mixup'; --augment takes one of none, crop-flip"),
         (["--lr", "-1"], "--lr must be positive"),
+        (["--schedule", "step"], "--schedule takes one of multistep, cyclic, cosine"),
+        (["--optimizer", "adam"], "--optimizer takes one of sgd, entropy-sgd"),
+        (["--attack-point", "mean"], "--attack-point takes one of best, final"),
+        (["--method", "awp", "--awp-layers", "bn"], "--awp-layers takes one of weights, all"),
+        (["--label-noise-classes", "some"], "--label-noise-classes takes one of all, others"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):

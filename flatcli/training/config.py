@@ -12,7 +12,7 @@ from pathlib import Path
 from flatcli import data, runtime
 from flatcli.config import METHOD_DEFAULTS, TRAIN_DEFAULTS, TRAIN_FALLBACK, TrainConfig
 from flatcli.fields import require
-from flatcli.training import methods, regularizers, schedules
+from flatcli.training import schedules
 from flatcli.training.registry import METHODS
 
 ENTROPY_FIELDS = ("entropy_steps", "entropy_lr", "entropy_gamma", "entropy_noise", "entropy_alpha")
@@ -20,10 +20,6 @@ ENTROPY_FIELDS = ("entropy_steps", "entropy_lr", "entropy_gamma", "entropy_noise
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _one_of(flag: str, value: str, choices) -> None:
-    require(value in choices, f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -41,14 +37,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     epochs = c.epochs
     if epochs is None:  # Entropy-SGD: L batches per update; the code runs 150 / L epochs
         epochs = math.ceil(defaults.epochs / entropy.get("entropy_steps", 1))
-    _one_of("schedule", c.schedule, schedules.SCHEDULES)
     milestones = None
     if c.schedule == "multistep":
         milestones = schedules.resolve_milestones(
             defaults.milestones if c.milestones is None else c.milestones, epochs
         )
     augment = defaults.augment if c.augment is None else c.augment
-    _regularizers(c, augment)
     extra_fraction = _extra_fraction(c)
     heldout_every = defaults.heldout_every if c.heldout_every is None else c.heldout_every
     _data_and_evaluation(c, eps)
@@ -101,7 +95,6 @@ def _attack(c: TrainConfig, eps: float) -> dict:
         f"--attack {attack}: training needs a PGD attack (pgd7, pgd10, pgd<S>x<R>)",
     )
     point = c.attack_point or METHOD_DEFAULTS["attack_point"]
-    _one_of("--attack-point", point, methods.ATTACK_POINTS)
     return {
         "attack": attack,
         "step_size": build_attack(attack, c.norm, eps, c.step_size).step_size,
@@ -124,13 +117,10 @@ def _method_options(c: TrainConfig) -> dict:
     for name in METHODS[c.method].options:
         value = getattr(c, name)
         values[name] = METHOD_DEFAULTS[name] if value is None else value
-    if c.method == "awp":
-        _one_of("--awp-layers", values["awp_layers"], methods.AWP_LAYERS)
     return values
 
 
 def _entropy(c: TrainConfig) -> dict:
-    _one_of("optimizer", c.optimizer, regularizers.OPTIMIZERS)
     if c.optimizer != "entropy-sgd":
         given = [n for n in ENTROPY_FIELDS if getattr(c, n) is not None]
         require(not given, f"{_flag(given[0]) if given else ''} needs --optimizer entropy-sgd")
@@ -138,11 +128,6 @@ def _entropy(c: TrainConfig) -> dict:
     require(c.method != "awp", "--optimizer entropy-sgd does not combine with --method awp")
     given = {n: getattr(c, n) for n in ENTROPY_FIELDS}
     return {n: METHOD_DEFAULTS[n] if v is None else v for n, v in given.items()}
-
-
-def _regularizers(c: TrainConfig, augment: str) -> None:
-    _one_of("--label-noise-classes", c.label_noise_classes, regularizers.LABEL_NOISE_CLASSES)
-    _one_of("augmentation", augment, regularizers.AUGMENTATIONS)
 
 
 def _extra_fraction(c: TrainConfig) -> float | None:

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flatcli import registries
 from flatcli.attacks.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example
 from flatcli.training.registry import METHODS as INFO
 
-ATTACK_POINTS = ("best", "final")  # best: the paper's code; final: plain PGD-AT (Madry et al.)
-AWP_LAYERS = ("weights", "all")  # weights: AWP's code (dim > 1); all: biases too
+ATTACK_POINTS = tuple(registries.ATTACK_POINTS)
+AWP_LAYERS = tuple(registries.AWP_LAYERS)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

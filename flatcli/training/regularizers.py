@@ -13,10 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flatcli import registries
 from flatcli.errors import DataError
 
-AUGMENTATIONS = ("none", "crop-flip", "cutout", "autoaugment")
-OPTIMIZERS = ("sgd", "entropy-sgd")
+AUGMENTATIONS = tuple(registries.AUGMENTATIONS)
+OPTIMIZERS = tuple(registries.OPTIMIZERS)
 
 
 def crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -81,7 +82,7 @@ class Augmenter:
         return out
 
 
-LABEL_NOISE_CLASSES = ("all", "others")
+LABEL_NOISE_CLASSES = tuple(registries.LABEL_NOISE_CLASSES)
 
 
 def noisy_labels(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from flatcli import registries
 from flatcli.errors import UsageError
 
-SCHEDULES = ("multistep", "cyclic", "cosine")
+SCHEDULES = tuple(registries.SCHEDULES)
 
 
 def resolve_milestones(milestones: Sequence[float], epochs: int) -> tuple[int, ...]:
