@@ -64,6 +64,12 @@ def _compile():
     )  # fmt: skip
 
 
+def _named(default, registry: dict, panel: str, before: str = "", after: str = "", **cli):
+    """A field whose value is a name in `registry` (flatcli.registries): choices and help."""
+    help_text = f"{before}{registries.describe(registry)}.{after}"
+    return option(default, help_text, panel, choices=tuple(registry), **cli)
+
+
 def _conv_scale(help_text: str):
     return option(1.0, help_text, INPUTS, flags=("--conv-scale",), positive=True)
 
@@ -228,10 +234,8 @@ class TrainConfig:
                             flags=("--nesterov/--no-nesterov",))  # fmt: skip
     weight_decay: float = option(5e-4, "Weight decay (the paper's code: 5e-4).", OPTIMIZATION,
                                  low=0)  # fmt: skip
-    optimizer: str = option("sgd", registries.describe(registries.OPTIMIZERS) + ".", OPTIMIZATION,
-                            choices=tuple(registries.OPTIMIZERS))  # fmt: skip
-    schedule: str = option("multistep", registries.describe(registries.SCHEDULES) + ".",
-                           OPTIMIZATION, choices=tuple(registries.SCHEDULES))  # fmt: skip
+    optimizer: str = _named("sgd", registries.OPTIMIZERS, OPTIMIZATION, menu=True)
+    schedule: str = _named("multistep", registries.SCHEDULES, OPTIMIZATION, menu=True)
     milestones: tuple[float, ...] | None = option(
         None, "multistep: comma-separated epochs (60,90,120) or fractions (0.4,0.6,0.8). "
         "Default: the dataset's.", OPTIMIZATION, parse="numbers",
@@ -258,10 +262,10 @@ class TrainConfig:
         None, "Random start of the inner attack (default: on).", ATTACK,
         flags=("--random-start/--no-random-start",),
     )  # fmt: skip
-    attack_point: str | None = option(
-        None, f"The PGD point trained on: {registries.describe(registries.ATTACK_POINTS)}. "
-        f"Default: {_M['attack_point']}.", ATTACK, choices=tuple(registries.ATTACK_POINTS),
-    )  # fmt: skip
+    attack_point: str | None = _named(
+        None, registries.ATTACK_POINTS, ATTACK, "The PGD point trained on: ",
+        f" Default: {_M['attack_point']}.",
+    )
     trades_beta: float | None = option(None, f"TRADES beta (default {_M['trades_beta']:g}).",
                                        METHOD, low=0)  # fmt: skip
     mart_beta: float | None = option(None, f"MART beta (default {_M['mart_beta']:g}).", METHOD,
@@ -274,24 +278,20 @@ class TrainConfig:
         None, f"AWP: epochs of plain AT before the perturbation (default {_M['awp_warmup']}).",
         METHOD, low=0,
     )  # fmt: skip
-    awp_layers: str | None = option(
-        None, f"AWP: {registries.describe(registries.AWP_LAYERS)}. Default: {_M['awp_layers']}.",
-        METHOD, choices=tuple(registries.AWP_LAYERS),
-    )  # fmt: skip
+    awp_layers: str | None = _named(
+        None, registries.AWP_LAYERS, METHOD, "AWP: ", f" Default: {_M['awp_layers']}."
+    )
     label_smoothing: float = option(0.0, "Label smoothing of the training loss.", METHOD,
                                     within="[0, 1)")  # fmt: skip
     label_noise: float = option(0.0, "Probability of a random label per example and batch.",
                                 METHOD, within="[0, 1]")  # fmt: skip
-    label_noise_classes: str = option(
-        "all", registries.describe(registries.LABEL_NOISE_CLASSES) + ".", METHOD,
-        choices=tuple(registries.LABEL_NOISE_CLASSES),
-    )  # fmt: skip
+    label_noise_classes: str = _named("all", registries.LABEL_NOISE_CLASSES, METHOD, menu=True)
     weight_clip: float | None = option(None, "Clamp weights and biases to [-C, C] after every "
                                        "step.", METHOD, positive=True)  # fmt: skip
-    augment: str | None = option(
-        None, registries.describe(registries.AUGMENTATIONS) + ". Default: the dataset's "
-        "(crop-flip on CIFAR, none otherwise).", DATA, choices=tuple(registries.AUGMENTATIONS),
-    )  # fmt: skip
+    augment: str | None = _named(
+        None, registries.AUGMENTATIONS, DATA,
+        after=" Default: the dataset's (crop-flip on CIFAR, none otherwise).",
+    )
     entropy_steps: int | None = option(
         None, "Entropy-SGD: Langevin steps, each on a new batch and attack "
         f"(default {_M['entropy_steps']}).", OPTIMIZATION, low=1,
@@ -395,10 +395,9 @@ class FlatnessConfig(EvalConfig):
         128, "Worst case: examples per weight step (paper) or per offset (per-batch).", MEASURE,
         flags=("--weight-batch",), low=1,
     )  # fmt: skip
-    worst_estimator: str = option(
-        "paper", registries.describe(registries.WORST_ESTIMATORS) + ".", MEASURE,
-        flags=("--worst-estimator",), menu=True, choices=tuple(registries.WORST_ESTIMATORS),
-    )  # fmt: skip
+    worst_estimator: str = _named(
+        "paper", registries.WORST_ESTIMATORS, MEASURE, flags=("--worst-estimator",), menu=True
+    )
     worst_reattack: bool = option(
         False, "paper estimator: also re-run --attack at the final nu (column reattack_loss; the "
         "flatness stays the paper's).", MEASURE,
@@ -429,10 +428,7 @@ class LandscapeConfig(EvalConfig):
     n_examples: int | None = option(
         128, "First N examples of the split (paper: 128).", INPUTS, positive=True
     )  # docs/method.md: one batch of 128 test examples
-    directions: str = option(
-        "random", registries.describe(registries.DIRECTIONS) + ".", MEASURE, menu=True,
-        choices=tuple(registries.DIRECTIONS),
-    )  # fmt: skip
+    directions: str = _named("random", registries.DIRECTIONS, MEASURE, menu=True)
     dims: int = option(1, "1: a line per direction; 2: a steps x steps plane.", MEASURE,
                        choices=(1, 2))  # fmt: skip
     steps: int = option(51, "Grid points per axis (>= 2).", MEASURE, low=2)
@@ -444,11 +440,10 @@ class LandscapeConfig(EvalConfig):
         None, "Directions (planes in 2-D), one work unit each. Default: 10 in 1-D, 1 in 2-D.",
         MEASURE, flags=("--n-directions",), low=1, show_default=False,
     )  # fmt: skip
-    normalization: str = option(
-        "layer", registries.describe(registries.NORMALIZATIONS)
-        + " (normalization layers are never directions).", MEASURE, menu=True,
-        choices=tuple(registries.NORMALIZATIONS),
-    )  # fmt: skip
+    normalization: str = _named(
+        "layer", registries.NORMALIZATIONS, MEASURE,
+        after=" Normalization layers are never directions.", menu=True,
+    )
     scale: float | None = option(
         None, "Relative length s of the directions. Default: "
         f"{LANDSCAPE_SCALE['random']:g} random, {LANDSCAPE_SCALE['adversarial']:g} adversarial "
@@ -466,11 +461,10 @@ class LandscapeConfig(EvalConfig):
                             flags=("--to",), parse="path", show_default=False)  # fmt: skip
     iterations: int = option(20, "hessian: subspace-iteration steps.", MEASURE, low=1)
     weight_lr: float = _weight_lr("adversarial: normalized weight step, relative to ||w_l||.")
-    adversarial_loss: str = option(
-        "clean", "adversarial: " + registries.describe(registries.ADVERSARIAL_LOSSES) + ".",
-        MEASURE, flags=("--adversarial-loss",), menu=True,
-        choices=tuple(registries.ADVERSARIAL_LOSSES),
-    )  # fmt: skip
+    adversarial_loss: str = _named(
+        "clean", registries.ADVERSARIAL_LOSSES, MEASURE, "adversarial: ",
+        flags=("--adversarial-loss",), menu=True,
+    )
     adversarial_xi: float = option(
         0.005, "adversarial: radius of the weight attack (relative, per layer; the code's 0.005).",
         MEASURE, flags=("--adversarial-xi",),

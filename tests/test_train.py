@@ -629,11 +629,11 @@ def test_ddp_with_two_gloo_processes(tmp_path):
         (["--extra-fraction", "0.5"], "--extra-fraction needs --extra-data"),
         (["--augment", "mixup"], "unknown augment 'mixup'; --augment takes one of none, crop-flip"),
         (["--lr", "-1"], "--lr must be positive"),
-        (["--schedule", "step"], "--schedule takes one of multistep, cyclic, cosine"),
-        (["--optimizer", "adam"], "--optimizer takes one of sgd, entropy-sgd"),
+        (["--schedule", "step"], "'step' is not one of 'multistep', 'cyclic', 'cosine'"),
+        (["--optimizer", "adam"], "'adam' is not one of 'sgd', 'entropy-sgd'"),
         (["--attack-point", "mean"], "--attack-point takes one of best, final"),
         (["--method", "awp", "--awp-layers", "bn"], "--awp-layers takes one of weights, all"),
-        (["--label-noise-classes", "some"], "--label-noise-classes takes one of all, others"),
+        (["--label-noise-classes", "some"], "'some' is not one of 'all', 'others'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
