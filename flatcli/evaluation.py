@@ -232,9 +232,6 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
             model, x, y, attacks, seed_keys(config, ref), config.batch_size, on_batch,
             compile=config.compile,
         )
-        line = compile_note(result.compile_seconds, ref)
-        if line is not None and on_note is not None:
-            on_note(line)
         base = key_columns(ref, info, config, chash, device)
         clean = {
             "clean_err": engine.error_rate(result.clean_correct),
@@ -261,4 +258,4 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
             for name, steps, restarts, step, o in outcomes
         ]
 
-    return measure
+    return noting_compile(measure, config.compile, device, on_note)

@@ -182,6 +182,7 @@ def test_stacked_weight_settings_and_bf16_through_the_compiled_path(
 @pytest.mark.parametrize(
     "command,args,numbers",
     [
+        ("attack", ["--attacks", "pgd3"], ["robust_loss", "robust_err", "clean_loss"]),
         (
             "flatness",
             ["--measure", "average", "--xi", "0.5", "--samples", "2", "--attack", "pgd3"],
@@ -201,12 +202,12 @@ def test_stacked_weight_settings_and_bf16_through_the_compiled_path(
         ),
     ],
 )  # fmt: skip
-def test_flatness_and_landscape_take_the_compiled_path_and_say_so(
+def test_every_measure_takes_the_compiled_path_and_says_so(
     command, args, numbers, tmp_path, capsys, monkeypatch
 ):
-    """`--compile on` reaches the engine from flatness (average; worst: the stacked ascent) and
-    landscape (stacked points too), gives the eager rows up to rounding and prints the compile
-    line on stderr."""
+    """`--compile on` reaches the engine from attack, flatness (average; worst: the stacked
+    ascent) and landscape (stacked points too), gives the eager rows up to rounding and prints
+    the compile line on stderr."""
     import pandas as pd
 
     from flatcli import api
