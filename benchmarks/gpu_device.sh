@@ -2,7 +2,7 @@
 # Run benchmarks/gpu.py on a lent GPU machine (issue 11), the table to $OUT.
 #
 # Here, once, in the repository root (a machine with pip and the internet): fetch the two peers
-# as wheels into .whl/ (ignored by git: .git/info/exclude has /.whl/), dropping the 45 MB example
+# as wheels into .whl/ (ignored by git: .gitignore has /.whl/), dropping the 45 MB example
 # model inside pyautoattack's wheel so that the carry stays far under its 64 MiB:
 #     bash benchmarks/gpu_device.sh fetch
 # There (the device tool's run, carry [".whl"], timeout_s 480):
