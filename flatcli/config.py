@@ -121,7 +121,7 @@ class EvalConfig:
     precision: str = option(
         "fp32", "What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
         "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
-        "weights stay fp32. tf32/bf16 need a pgd attack. Part of the configuration.",
+        "weights stay fp32. tf32/bf16 need pgd or apgd-ce. Part of the configuration.",
         RUNTIME, added=True, menu=True, choices=PRECISIONS,
     )  # fmt: skip
     compile: str = _compile()

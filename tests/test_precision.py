@@ -54,9 +54,33 @@ def test_precision_is_part_of_the_configuration_and_fp32_keeps_old_hashes():
         assert config_hash(bf16) != config_hash(config)
 
 
+def test_apgd_ce_in_bf16_reports_fp32_at_its_points_within_the_bar_of_fp32():
+    """APGD-CE returns the point behind each example's loss, so it searches in bf16 too: the
+    loss reported is the fp32 loss there, and error and loss stay within issue 11's bar."""
+    from flatcli.attacks.apgd import APGDCE
+    from flatcli.attacks.precision import with_precision
+
+    model = load_model(SAMPLE)
+    x, y = data.load_split("digits", "test", 200)
+    fp32 = APGDCE("apgd-ce", "linf", 0.15, steps=20)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        attack = with_precision(fp32, precision)
+        outcome = engine.robust_losses(model, x, y, [attack], (0, "k"), 512).robust["apgd-ce"]
+        results[precision] = (engine.error_rate(outcome.correct), outcome.loss.mean().item())
+    (err32, loss32), (err16, loss16) = results["fp32"], results["bf16"]
+    assert abs(err16 - err32) <= 0.005
+    assert abs(loss16 - loss32) <= 0.01 * loss32
+    out = fp32(model, x[:32], y[:32], None, keep_points=True)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(out.points), y[:32], reduction="none")
+    torch.testing.assert_close(out.loss, expected)  # the points are where the losses were reached
+    assert (out.points - x[:32]).abs().amax() <= 0.15 + 1e-6
+
+
 def test_attacks_that_cannot_return_points_are_refused_not_run_in_fp32():
     with pytest.raises(UsageError, match="cannot return its points"):
-        build_attack("apgd-ce", "linf", 0.1, None, 0, "bf16")
+        build_attack("apgd-t", "linf", 0.1, None, 0, "bf16")
     with pytest.raises(UsageError, match="--precision"):
         build_attack("pgd5", "linf", 0.1, None, 0, "fp16")
 
@@ -77,7 +101,7 @@ def test_cli_bf16_rows_are_their_own_and_bad_values_exit_2(tmp_path, capsys):
     assert rows.config_hash.nunique() == 2
     code, _, err = _flatcli(capsys, "attack", *common, "--precision", "fp16")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    aa = ["--precision", "bf16", "--attacks", "aa-lite"]
+    aa = ["--precision", "bf16", "--attacks", "aa-lite"]  # APGD-T cannot return its points
     code, _, err = _flatcli(capsys, "attack", *common, *aa)
     assert code == 2 and "cannot return its points" in err and len(err.strip().splitlines()) == 1
 

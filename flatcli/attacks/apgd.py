@@ -77,8 +77,9 @@ def _apgd(
     loss_fn: LossFn,
     target: torch.Tensor | None = None,
     examples: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run from `delta0` on the rows of `x`; returns (best loss [B], misclassified [B]).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One APGD run from `delta0` on the rows of `x`; returns (best loss [B], misclassified [B],
+    the perturbation of the best loss [B, ...]).
 
     First step z = P(x_0 + eta step(grad)) with eta = 2 eps; then z = P(x_k + eta step(grad)),
     x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})), alpha = 0.75 (`step`, `P`:
@@ -96,7 +97,8 @@ def _apgd(
     """
     n = len(y)
     if n == 0:
-        return torch.full((0,), -torch.inf, device=x.device), y.new_zeros(0, dtype=torch.bool)
+        empty = torch.full((0,), -torch.inf, device=x.device)
+        return empty, y.new_zeros(0, dtype=torch.bool), torch.zeros_like(x)
 
     def evaluate(delta):
         with torch.enable_grad():
@@ -152,7 +154,7 @@ def _apgd(
                 last_check = i + 1
                 if examples is not None and not active.any():
                     break
-    return best_loss, wrong
+    return best_loss, wrong, best_delta
 
 
 def _check(norm: str, eps: float, steps: int, restarts: int) -> None:
@@ -198,18 +200,30 @@ class APGDCE(_APGD):
     restarts: int = 1
     estimates_loss: bool = field(default=True, init=False)
     keeps_rows: bool = field(default=True, init=False)  # every restart runs on every row
+    returns_points: bool = field(default=True, init=False)  # keep_points gives x + delta
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts) -> AttackOutcome:
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, starts, *, keep_points=False
+    ) -> AttackOutcome:
+        """`keep_points` also returns `points`, the point behind each example's loss (x itself
+        where the clean loss is the largest), for `--precision`'s fp32 re-evaluation."""
         r, b = self.restarts, len(y)
         with torch.no_grad():
             clean_logits = model(x)
             clean_loss = ce_per_example(clean_logits, y)
             clean_wrong = clean_logits.argmax(1) != y
         xr, yr, delta0 = _restart_rows(x, y, starts, r)
-        best, wrong = _apgd(model, xr, yr, delta0, self.threat, self.steps, _ce)
+        best, wrong, best_delta = _apgd(model, xr, yr, delta0, self.threat, self.steps, _ce)
+        attacked, pick = best.view(r, b).max(0)  # per example: the restart with the largest loss
+        points = None
+        if keep_points:
+            rows = pick * b + torch.arange(b, device=x.device)
+            clean_wins = (clean_loss > attacked).view(-1, *([1] * (x.dim() - 1)))
+            points = torch.where(clean_wins, x, (xr + best_delta)[rows])
         return AttackOutcome(
-            loss=torch.maximum(best.view(r, b).amax(0), clean_loss),
+            loss=torch.maximum(attacked, clean_loss),
             correct=~(wrong.view(r, b).any(0) | clean_wrong),
+            points=points,
         )
 
 
@@ -253,7 +267,7 @@ class APGDT(_APGD):
             sub_starts = None if starts is None else starts[:, rows]
             xr, yr, delta0 = _restart_rows(x[rows], y[rows], sub_starts, r)
             target = ranked[rows, t].repeat(r)
-            _, wrong = _apgd(
+            _, wrong, _ = _apgd(
                 model, xr, yr, delta0, self.threat, self.steps, _dlr_t, target, len(rows)
             )
             fooled = wrong.view(r, -1).any(0)[: len(idx)]

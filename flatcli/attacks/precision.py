@@ -32,7 +32,7 @@ def with_precision(attack, precision: str):
     if not getattr(attack, "returns_points", False):
         raise UsageError(
             f"--precision {precision}: attack {attack.name!r} cannot return its points for the "
-            "fp32 re-evaluation; use a pgd preset, or --precision fp32"
+            "fp32 re-evaluation; use a pgd preset or apgd-ce, or --precision fp32"
         )
     return LowPrecisionSearch(attack, precision)
 
