@@ -83,18 +83,28 @@ def robust_losses_at(
     attacks: Sequence,
     seed_keys: tuple = (0,),
     batch_size: int = 512,
+    on_batch: Callable[[int, int], None] | None = None,
     *,
     compile: str = "off",
 ) -> list[ExampleLosses]:
-    """`robust_losses` of the model at each weight setting w + offset_g, in one batched pass.
+    """`robust_losses` of the model at each weight setting w + offset_g, in one batched pass
+    (one setting: the weights moved in place and restored bitwise, any attack).
 
     Equal (up to float rounding) to moving the weights by each offset in turn and calling
     `robust_losses` with the same seed keys: every setting sees the same examples and the same
     random starts. The G settings run as one stacked model (`weights.Stacked`, rows interleaved),
     so each batch holds `batch_size` examples x G settings. Every attack must run on all of its
     rows (`keeps_rows`): PGD and APGD-CE do, APGD-T and ensembles (which attack a subset) do not.
+    `on_batch(done, total)`: progress in examples (once, at the end, for a stacked pass).
     """
     g = len(offsets)
+    if g == 1:
+        with weights.perturbed(model, offsets[0]):
+            return [
+                robust_losses(
+                    model, x, y, attacks, seed_keys, batch_size, on_batch, compile=compile
+                )
+            ]
     for attack in attacks:
         if not getattr(attack, "keeps_rows", False):
             raise UsageError(
@@ -117,6 +127,9 @@ def robust_losses_at(
         group=g,
         compile=compile,
     )
+
+    if on_batch is not None:
+        on_batch(len(y), len(y))
 
     def setting(t: torch.Tensor, i: int) -> torch.Tensor:
         return t.view(-1, g)[:, i].clone()

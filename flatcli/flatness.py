@@ -82,23 +82,6 @@ def _nonfinite_note(reference: float, values: Sequence[float], what: str) -> str
     return None
 
 
-def _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch, compile="off"):
-    """The engine's results at each w + offset: one stacked pass, or in place for one offset."""
-    if len(offsets) > 1:
-        found = engine.robust_losses_at(
-            model, offsets, x, y, attacks, seed_keys, batch_size, compile=compile
-        )
-        if on_batch is not None:
-            on_batch(len(y), len(y))
-        return found
-    with weights.perturbed(model, offsets[0]):
-        return [
-            engine.robust_losses(
-                model, x, y, attacks, seed_keys, batch_size, on_batch, compile=compile
-            )
-        ]
-
-
 # ---------------------------------------------------------------------------------------------
 # Average case
 
@@ -166,7 +149,9 @@ def average_flatness(
         offsets = [[v * u for u in units[s]] for s, v in chunk]
         for (_, v), out in zip(
             chunk,
-            _losses_at(model, offsets, x, y, attacks, seed_keys, batch_size, on_batch, compile),
+            engine.robust_losses_at(
+                model, offsets, x, y, attacks, seed_keys, batch_size, on_batch, compile=compile
+            ),
             strict=True,
         ):
             clean[v].append(out.clean_loss.mean().item())

@@ -186,17 +186,9 @@ def evaluate_grid(
     out = []
     for begin in range(0, len(points), point_batch):
         chunk = [offset(c) for c in points[begin : begin + point_batch]]
-        if len(chunk) == 1:
-            with weights.perturbed(model, chunk[0]):
-                results = [
-                    engine.robust_losses(
-                        model, x, y, attacks, seed_keys, batch_size, compile=compile
-                    )
-                ]
-        else:
-            results = engine.robust_losses_at(
-                model, chunk, x, y, attacks, seed_keys, batch_size, compile=compile
-            )
+        results = engine.robust_losses_at(
+            model, chunk, x, y, attacks, seed_keys, batch_size, compile=compile
+        )
         out.extend(_grid_row(result, attack) for result in results)
         if on_point is not None:
             on_point(len(out), len(points))
