@@ -19,7 +19,7 @@ SCHEMA_VERSION = 2  # 2: checkpoint_digest, flatness estimator/errors, landscape
 COMMON = [
     pa.field("run", pa.string()),
     pa.field("checkpoint", pa.string()),
-    pa.field("checkpoint_digest", pa.string()),  # sha256 of the file; results follow content
+    pa.field("checkpoint_digest", pa.string()),  # sha256 of the tensors; results follow weights
     pa.field("epoch", pa.int64()),
     pa.field("dataset", pa.string()),
     pa.field("arch", pa.string()),
