@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 
 from flatcli.files import atomic_write
 
-SCHEMA_VERSION = 2  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
+SCHEMA_VERSION = 3  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
+# 3: estimator_version; checkpoint_digest over the tensors
 
 # Key and provenance columns shared by every table (DESIGN.md), in order.
 COMMON = [
@@ -30,6 +31,7 @@ COMMON = [
     pa.field("seed", pa.int64()),
     pa.field("config_hash", pa.string()),
     pa.field("schema_version", pa.int64()),
+    pa.field("estimator_version", pa.int64()),  # flatcli.versions; null where no estimate
     pa.field("flatcli_version", pa.string()),
     pa.field("torch_version", pa.string()),
     pa.field("device", pa.string()),
