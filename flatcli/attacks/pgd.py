@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from flatcli.attacks.ascent import Variable, ascend
-from flatcli.attacks.base import AttackOutcome, BallAttack, ce_per_example
+from flatcli.attacks.base import AttackOutcome, BallAttack, ce_per_example, margin
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class PGD(BallAttack):
         default; training passes its own, e.g. TRADES' KL). `loss` is its per-example maximum
         over every iterate of every restart; with `final`, over the restarts' final iterates
         only (the point plain PGD-AT trains on). `keep_points` also returns `points`, x + delta
-        where that loss was reached. `correct` is over every iterate either way.
+        where that loss was reached, and `broken_points`, the iterate of the smallest margin.
+        `correct` is over every iterate either way.
         """
         r, b = self.restarts, len(y)
         xr = x.repeat(r, *([1] * (x.dim() - 1)))  # [R*B, ...], restart-major
@@ -60,6 +61,8 @@ class PGD(BallAttack):
         best = torch.full((r * b,), -torch.inf, device=x.device)
         wrong = torch.zeros(r * b, dtype=torch.bool, device=x.device)
         best_delta = delta0.clone() if keep_points else None
+        low_margin = torch.full((r * b,), torch.inf, device=x.device) if keep_points else None
+        low_delta = delta0.clone() if keep_points else None
         current = {}
 
         def objective(delta):
@@ -73,6 +76,10 @@ class PGD(BallAttack):
                 better = torch.ones_like(wrong) if final else loss > best
                 mask = better.view(-1, *([1] * (xr.dim() - 1)))
                 torch.where(mask, current["delta"].detach(), best_delta, out=best_delta)
+                now = margin(logits.detach(), yr)
+                lower = (now < low_margin).view(-1, *([1] * (xr.dim() - 1)))
+                torch.where(lower, current["delta"].detach(), low_delta, out=low_delta)
+                torch.minimum(low_margin, now, out=low_margin)
             if final:
                 best.copy_(loss)
             else:
@@ -82,8 +89,12 @@ class PGD(BallAttack):
             objective, [Variable(delta0, self.threat, xr, self.step_size)], self.steps, keep_worst
         )
         loss, pick = best.view(r, b).max(0)  # per example: the restart with the largest loss
-        points = None
+        points = broken = None
         if keep_points:
-            rows = pick * b + torch.arange(b, device=x.device)
-            points = (xr + best_delta)[rows]
-        return AttackOutcome(loss=loss, correct=~wrong.view(r, b).any(0), points=points)
+            index = torch.arange(b, device=x.device)
+            points = (xr + best_delta)[pick * b + index]
+            lowest = low_margin.view(r, b).argmin(0)  # per example: the restart of the least margin
+            broken = (xr + low_delta)[lowest * b + index]
+        return AttackOutcome(
+            loss=loss, correct=~wrong.view(r, b).any(0), points=points, broken_points=broken
+        )
