@@ -13,13 +13,14 @@ import pyarrow.parquet as pq
 
 from flatcli.files import atomic_write
 
-SCHEMA_VERSION = 2  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
+SCHEMA_VERSION = 3  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
+# 3: estimator_version; checkpoint_digest over the tensors
 
 # Key and provenance columns shared by every table (DESIGN.md), in order.
 COMMON = [
     pa.field("run", pa.string()),
     pa.field("checkpoint", pa.string()),
-    pa.field("checkpoint_digest", pa.string()),  # sha256 of the file; results follow content
+    pa.field("checkpoint_digest", pa.string()),  # sha256 of the tensors; results follow weights
     pa.field("epoch", pa.int64()),
     pa.field("dataset", pa.string()),
     pa.field("arch", pa.string()),
@@ -30,6 +31,7 @@ COMMON = [
     pa.field("seed", pa.int64()),
     pa.field("config_hash", pa.string()),
     pa.field("schema_version", pa.int64()),
+    pa.field("estimator_version", pa.int64()),  # flatcli.versions; null where no estimate
     pa.field("flatcli_version", pa.string()),
     pa.field("torch_version", pa.string()),
     pa.field("device", pa.string()),

@@ -283,10 +283,13 @@ class Progress:
             self.live.update(self.inner, total=total, completed=done)
         self._phase = (label, done)
 
-    def summary(self, done: int, skipped: int, failed: int) -> None:
-        """The closing line: `N done, N skipped, N failed (Xs)`."""
+    def summary(self, done: int, skipped: int, failed: int, recomputed: int = 0) -> None:
+        """The closing line: `N done, N skipped, N failed (Xs)`; `N done (K recomputed: older
+        estimator version)` when rows of older code were replaced."""
         seconds = time.perf_counter() - self.started
-        self.log(f"{self.label}: {done} done, {skipped} skipped, {failed} failed ({seconds:.1f}s)")
+        again = f" ({recomputed} recomputed: older estimator version)" if recomputed else ""
+        self.log(f"{self.label}: {done} done{again}, {skipped} skipped, {failed} failed "
+                 f"({seconds:.1f}s)")
 
     def log(self, message: str) -> None:
         if not self.quiet:
