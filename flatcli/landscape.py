@@ -23,6 +23,7 @@ from flatcli import (
     hessian,
     registries,
     runtime,
+    uncertainty,
     weights,
     worst_case,
 )
@@ -199,11 +200,13 @@ def _grid_row(result: engine.ExampleLosses, attack) -> dict:
     row = {
         "clean_loss": result.clean_loss.mean().item(),
         "clean_err": engine.error_rate(result.clean_correct),
+        "clean_loss_se": uncertainty.loss_se(result.clean_loss),
     }
     if attack is not None:
         outcome = result.robust[attack.name]
         row["robust_loss"] = outcome.loss.mean().item()
         row["robust_err"] = engine.error_rate(outcome.correct)
+        row["robust_loss_se"] = uncertainty.loss_se(outcome.loss)
     return row
 
 
