@@ -51,6 +51,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "train_log": _with_common(
         pa.field("method", pa.string()),
         pa.field("lr", pa.float64()),
+        pa.field("steps", pa.int64()),  # optimizer steps in the epoch (per process)
         pa.field("train_loss", pa.float64()),
         pa.field("train_clean_err", pa.float64()),
         pa.field("train_robust_err", pa.float64()),  # null for --method clean

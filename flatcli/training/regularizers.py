@@ -145,8 +145,11 @@ class EntropySGD:
 
     @classmethod
     def from_config(cls, params: Sequence[torch.nn.Parameter], c) -> EntropySGD:
-        """Entropy-SGD with a resolved `TrainConfig`'s settings (its momentum and weight decay
-        apply to the Langevin steps too, as in the paper's code)."""
+        """Entropy-SGD with a resolved `TrainConfig`'s settings (its momentum, `entropy_momentum`,
+        and the weight decay apply to the Langevin steps too, as in the paper's code)."""
+        from flatcli.training.config import momentum_of
+
+        momentum, nesterov = momentum_of(c)
         return cls(
             params,
             c.entropy_steps,
@@ -155,8 +158,8 @@ class EntropySGD:
             c.entropy_noise,
             c.entropy_alpha,
             c.weight_decay,
-            c.momentum,
-            c.nesterov,
+            momentum,
+            nesterov,
         )
 
     def gradient(self, closure: Callable[[int], tuple], generator: torch.Generator) -> tuple:
