@@ -228,6 +228,7 @@ def test_awp_perturbation_has_the_relative_size_per_layer_and_is_removed():
         assert nu.norm().item() == pytest.approx(gamma * w.norm().item(), rel=1e-4)
     # finding the offset changed nothing (weights, BN statistics)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert net.training  # back in the mode it came in
 
     def grads_at(model):
         model.zero_grad()
@@ -250,6 +251,54 @@ def test_awp_perturbation_has_the_relative_size_per_layer_and_is_removed():
         with weights.perturbed(net, offset):
             up = torch.nn.functional.cross_entropy(net(x), y).item()
     assert up > base
+
+
+def test_awp_offset_is_computed_in_eval_mode_by_default_as_the_codes():
+    """The code's AWP computes the weight perturbation with the model in eval mode: the offset
+    is the normalized gradient of the CE at the BN running statistics, written out here;
+    `mode="train"` (batch statistics) gives another one."""
+    torch.manual_seed(0)
+    net = models.build("small-cnn", 10, 1)
+    with torch.no_grad():  # running statistics unlike the batch's
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.train()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    gamma = 0.01
+    found = weights.layers(net)
+    net.eval()
+    net.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    net.train()
+    expected = [
+        gamma * p.detach().norm() * p.grad / p.grad.norm() if p.dim() > 1 else torch.zeros_like(p)
+        for _, p in found
+    ]
+    offset = methods.awp_offset(net, x, y, gamma)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(offset, expected, strict=True))
+    train_mode = methods.awp_offset(net, x, y, gamma, mode="train")
+    assert not torch.allclose(train_mode[0], expected[0], atol=1e-4)
+    assert resolve_config(TrainConfig(method="awp")).awp_mode == "eval"
+
+
+def test_weight_clipping_clamps_every_trainable_parameter_by_default_as_the_codes():
+    """The code's BoxProjection clamps every trainable parameter, BN scale and shift included;
+    `weights` keeps to the layers."""
+    net = models.build("small-cnn", 10, 1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    everything = regularizers.clipped(net, "all")
+    assert len(everything) == len([p for p in net.parameters() if p.requires_grad])
+    regularizers.clip_weights(everything, 0.05)
+    assert all(p.abs().max() <= 0.05 for p in net.parameters())
+    layers = regularizers.clipped(net, "weights")
+    assert len(layers) == len(weights.layers(net)) < len(everything)
+    config = TrainConfig(weight_clip=0.05)
+    assert resolve_config(config).weight_clip_layers == "all"
+    assert resolve_config(TrainConfig()).weight_clip_layers is None
 
 
 def test_entropy_sgd_restores_weights_and_leaves_a_gradient():
@@ -792,7 +841,7 @@ def test_device_resident_training_reproduces_the_host_path_bitwise(tmp_path, cas
         ),
         "awp-extra-clip": dict(  # the options that keep the recorded (earlier default) behaviour
             method="awp", extra_data=_extra_npz(tmp_path), extra_fraction=0.25, weight_clip=0.05,
-            extra_steps="labelled-pass",
+            extra_steps="labelled-pass", weight_clip_layers="weights", awp_mode="train",
         ),  # fmt: skip
         "at-bf16": dict(amp="bf16"),
         "clean-cnn": dict(method="clean", arch="small-cnn", train_examples=80, epochs=1),
@@ -960,7 +1009,7 @@ def test_inductor_compiled_training_step_equals_the_eager_step():
         net = models.build("tiny", 10, 1).train()
         sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         step = Step(net, net, methods.build("clean"), sgd, None, policy, torch.device("cpu"),
-                    16, (0.0, "weights"))  # fmt: skip
+                    16, (0.0, "weights", "eval"))  # fmt: skip
         losses = []
         for k in range(3):
             loss, _, _ = step.gradient(x[k], y[k], y[k], None)

@@ -148,7 +148,7 @@ class _Trainer:
             None if c.augment == "none" else regularizers.Augmenter(c.augment, self.spec.image_size)
         )
         n_lab, n_extra, _ = self._steps()
-        awp = (c.awp_gamma, c.awp_layers)
+        awp = (c.awp_gamma, c.awp_layers, c.awp_mode)
         self.step = Step(
             net, self.model, self.method, self.optimizer, self.amp_dtype, c.compile,
             self.device, n_lab + n_extra, awp,
@@ -320,11 +320,9 @@ class _Trainer:
     def _train_epoch(self, epoch, batches, steps, gens) -> Tally:
         """One epoch of `steps` updates; returns its totals, still on the device (the batches'
         losses and correct counts at the weights they were trained at)."""
-        from flatcli import weights
-
         c, net = self.config, self.net
         awp = c.method == "awp" and epoch >= c.awp_warmup
-        clip_params = [p for _, p in weights.layers(net)] if c.weight_clip else None
+        clip_params = regularizers.clipped(net, c.weight_clip_layers) if c.weight_clip else None
         tally = Tally(steps, self.device)
         net.train()
 

@@ -106,6 +106,17 @@ def noisy_labels(
     return torch.where(flip, drawn, y)
 
 
+def clipped(net: torch.nn.Module, which: str) -> list[torch.Tensor]:
+    """The parameters weight clipping clamps: `all` trainable ones (the paper's code's
+    BoxProjection, normalization layers' scale and shift included) or `weights` (the layers of
+    `flatcli.weights.layers`: weights and biases, normalization layers not)."""
+    from flatcli import weights
+
+    if which == "weights":
+        return [p for _, p in weights.layers(net)]
+    return [p for p in net.parameters() if p.requires_grad]
+
+
 def clip_weights(params: Sequence[torch.Tensor], bound: float) -> None:
     """Clamp every element to [-bound, bound] in place (the layers: weights and biases)."""
     with torch.no_grad():
