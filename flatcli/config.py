@@ -367,8 +367,13 @@ class FlatnessConfig(EvalConfig):
     samples: int = option(10, "Random offsets per xi (average); Hutchinson probes (hessian).",
                           MEASURE, low=1)  # fmt: skip
     attack: str = option(
-        "pgd20x10", "Attack behind the robust loss, re-run on every perturbed model (average): "
+        "pgd20x10", "Attack behind the robust loss at w, RCE(w), that every measure subtracts: "
         + _ESTIMATING + ", or pgd<S>x<R>.", ATTACK,
+    )  # fmt: skip
+    sample_attack: str | None = option(
+        None, "Average case: the attack re-run at every w + nu (its mean minus RCE(w) from "
+        "--attack). Give --attack's name to run it in full.", ATTACK, added=True,
+        show_default="--attack with one restart (pgd20x10 -> pgd20, the paper's code)",
     )  # fmt: skip
     iterations: int = option(20, "Steps of the joint worst-case ascent; Lanczos steps (hessian).",
                              MEASURE, low=1)  # fmt: skip

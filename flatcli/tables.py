@@ -85,6 +85,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("iterations", pa.int64()),  # attack steps / joint ascent steps / Lanczos
         pa.field("restarts", pa.int64()),
         pa.field("attack", pa.string()),  # the attack behind robust_loss; null when clean
+        pa.field("sample_attack", pa.string()),  # average: the attack re-run at every w + nu
         pa.field("weight_lr", pa.float64()),  # worst case: normalized relative weight step
         pa.field("robust_loss", pa.float64()),  # at the checkpoint's weights, nats
         pa.field("robust_err", pa.float64()),  # at the checkpoint's weights, fraction
