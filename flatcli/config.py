@@ -131,6 +131,10 @@ class EvalConfig:
         RUNTIME, added=True, menu=True, choices=PRECISIONS,
     )  # fmt: skip
     compile: str = _compile()
+    restart_choice: str = _named(
+        "wrong-class", registries.RESTART_CHOICES, ATTACK, "PGD with restarts, per example: ",
+        flags=("--restart-choice",), menu=True, added=True,
+    )  # fmt: skip
 
     def validate(self) -> None:
         """The checks that need no data or checkpoint; UsageError (one line) on bad input."""

@@ -84,6 +84,13 @@ def resolve_common(config, refs: Sequence):
     return dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
 
 
+def eval_attack(config, name: str):
+    """Attack `name` as an evaluation config sets it up (ball, step, seed, precision, restart
+    choice)."""
+    return build_attack(name, config.norm, config.eps, config.step_size, config.seed,
+                        config.precision, config.restart_choice)  # fmt: skip
+
+
 def loss_attack(config, pgd_only: str | None = None, flag: str = "--attack"):
     """`config.attack`, built to check it before any work: it must estimate the robust loss,
     and be a PGD where `pgd_only` names what needs its step size ("the Hessian")."""
@@ -232,7 +239,7 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
     x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
     x, y = x.to(device), y.to(device)
     attacks = [
-        build_attack(a, config.norm, config.eps, config.step_size, config.seed, config.precision)
+        eval_attack(config, a)
         for a in config.attacks
     ]
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from flatcli import data, engine, evaluation, hessian, registries, runtime, weights, worst_case
-from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
+from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 
@@ -337,17 +337,14 @@ def flatness_measure(
     measures = config.measures
     robust = _robust_measures(measures)
     attack = (
-        build_attack(
-            config.attack, config.norm, config.eps, config.step_size, config.seed, config.precision
-        )
+        evaluation.eval_attack(config, config.attack)
         if robust
         else None
     )
     sample_name = evaluation.sample_attack_name(config)
     sample_attack = attack
     if robust and "average" in measures and sample_name != config.attack:
-        sample_attack = build_attack(sample_name, config.norm, config.eps, config.step_size,
-                                     config.seed, config.precision)  # fmt: skip
+        sample_attack = evaluation.eval_attack(config, sample_name)
     heldout = None
     if "paper-hessian" in measures:
         heldout = data.load_split(config.dataset, "heldout", None, config.data_dir)

@@ -26,7 +26,7 @@ from flatcli import (
     weights,
     worst_case,
 )
-from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
+from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 
@@ -306,9 +306,7 @@ def landscape_measure(
         or (kind == "adversarial" and config.adversarial_loss == "robust")
     )
     attack = (
-        build_attack(
-            config.attack, config.norm, config.eps, config.step_size, config.seed, config.precision
-        )
+        evaluation.eval_attack(config, config.attack)
         if needs_attack
         else None
     )
