@@ -461,7 +461,7 @@ class LandscapeConfig(EvalConfig):
     iterations: int = option(20, "hessian: subspace-iteration steps.", MEASURE, low=1)
     weight_lr: float = _weight_lr("adversarial: normalized weight step, relative to ||w_l||.")
     adversarial_loss: str = _named(
-        "clean", registries.ADVERSARIAL_LOSSES, MEASURE, "adversarial: ",
+        "robust-fixed", registries.ADVERSARIAL_LOSSES, MEASURE, "adversarial: ",
         flags=("--adversarial-loss",), menu=True,
     )
     adversarial_xi: float = option(
