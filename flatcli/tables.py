@@ -53,6 +53,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "train_log": _with_common(
         pa.field("method", pa.string()),
         pa.field("lr", pa.float64()),
+        pa.field("steps", pa.int64()),  # optimizer steps in the epoch (per process)
         pa.field("train_loss", pa.float64()),
         pa.field("train_clean_err", pa.float64()),
         pa.field("train_robust_err", pa.float64()),  # null for --method clean
@@ -91,6 +92,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("iterations", pa.int64()),  # attack steps / joint ascent steps / Lanczos
         pa.field("restarts", pa.int64()),
         pa.field("attack", pa.string()),  # the attack behind robust_loss; null when clean
+        pa.field("sample_attack", pa.string()),  # average: the attack re-run at every w + nu
         pa.field("weight_lr", pa.float64()),  # worst case: normalized relative weight step
         pa.field("robust_loss", pa.float64()),  # at the checkpoint's weights, nats
         pa.field("robust_err", pa.float64()),  # at the checkpoint's weights, fraction
