@@ -35,7 +35,7 @@ Runs = Annotated[
         help="Run directories of `flatcli train` (run.json, train_log); repeat for several. "
         "Default: found from the checkpoints named in the tables and under each OUT.",
         rich_help_panel="Inputs",
-        metavar="RUN_DIR",
+        metavar="PATH",
     ),
 ]
 SelectOpt = Annotated[
@@ -72,7 +72,7 @@ Label = Annotated[
         "experiments with runs of the same name stay apart. Default: none, unless two OUTs hold "
         "different runs of one name (then each OUT's directory name, with a note).",
         rich_help_panel="Inputs",
-        metavar="A,B,...",
+        metavar="LIST",
     ),
 ]
 ReportDir = Annotated[
