@@ -143,6 +143,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("run_dir", pa.string()),  # where run.json/train_log were found
             pa.field("dataset", pa.string()),
             pa.field("arch", pa.string()),
+            pa.field("width", pa.int64()),  # run.json (else the checkpoint's metadata)
+            pa.field("n_params", pa.int64()),  # parameters (BN statistics excluded)
             pa.field("eps", pa.float64()),
             pa.field("norm", pa.string()),
             pa.field("method", pa.string()),  # run.json: clean | at | trades | mart | awp

@@ -457,11 +457,11 @@ def test_cli_label_needs_one_per_out(tmp_path, capsys):
 # The page (issue 14)
 
 
-def test_page_puts_settings_and_headline_first_and_renders_markdown(study):
+def test_page_puts_findings_settings_and_runs_first_and_renders_markdown(study):
     root, out, _ = study
     result = report.build([out], how="last", html_page=True)
     page = (out / "report.html").read_text()
-    order = [page.index(s) for s in ("Settings", "Headline", "<figure", "<details")]
+    order = [page.index(s) for s in ("Findings", "Settings", ">Runs<", "<figure", "<details")]
     assert order == sorted(order)
     assert "`" not in page and "<code>at</code>" in page
     assert "eps 0.1" in page and "examples 400" in page and "xi 0.5" in page
