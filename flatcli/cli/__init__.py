@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -156,13 +158,31 @@ def _usage_line(err) -> str:
     return f"{message} (see '{command} --help')"
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (Slurm's scancel, time limit, preemption) = Ctrl-C
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends a command as Ctrl-C does: what is written stays, exit 130, a rerun resumes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: exit 0 done, 1 some checkpoints failed, 2 bad usage/input, 130 interrupted,
-    3 internal error (a bug: traceback with FLATCLI_DEBUG=1)."""
+    """Entry point: exit 0 done, 1 some checkpoints failed, 2 bad usage/input, 130 interrupted
+    (Ctrl-C or SIGTERM), 3 internal error (a bug: traceback with FLATCLI_DEBUG=1)."""
     # Non-standalone: Typer returns exit codes (Ctrl-C -> 130) and raises click's usage errors,
     # which are printed here as one line like every other bad input.
     try:
-        code = app(args=argv, prog_name="flatcli", standalone_mode=False)
+        with _sigterm_as_interrupt():
+            code = app(args=argv, prog_name="flatcli", standalone_mode=False)
     except KeyboardInterrupt:  # outside the command (Typer maps one inside it to 130)
         code = EXIT_INTERRUPTED
     except FlatcliError as err:
