@@ -13,18 +13,18 @@ from __future__ import annotations
 import re
 
 VERSIONS: dict[str, int] = {
-    "attack:pgd": 1,  # every pgd<S>x<R> preset
+    "attack:pgd": 2,  # every pgd<S>x<R> preset
     "attack:apgd-ce": 1,
     "attack:apgd-t": 1,
     "attack:aa-lite": 1,
     "attack:aa-standard": 1,  # the official AutoAttack's numbers, through flatcli's adapter
-    "attack:worst": 1,  # the per-example worst case over several attacks
-    "flatness:average": 1,  # average and clean-average
-    "flatness:worst:paper": 1,  # worst and clean-worst, the paper's estimator
-    "flatness:worst:per-batch": 1,
-    "hessian:flatcli": 1,  # hessian and clean-hessian
+    "attack:worst": 2,  # the per-example worst case over several attacks
+    "flatness:average": 2,  # average and clean-average
+    "flatness:worst:paper": 2,  # worst and clean-worst, the paper's estimator
+    "flatness:worst:per-batch": 2,
+    "hessian:flatcli": 2,  # hessian and clean-hessian
     "hessian:paper": 1,  # paper-hessian
-    "landscape": 1,
+    "landscape": 2,
 }
 _PGD = re.compile(r"^pgd\d+(?:x\d+)?$")
 

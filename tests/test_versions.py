@@ -26,18 +26,18 @@ DIGITS = 4  # significant digits of the fingerprint
 
 # measure -> (version, fingerprint): what the measure gave on CASE when it had that version
 PINS: dict[str, tuple[int, list]] = {
-    "attack:pgd": (1, [0.0, 0.03299, 0.04167, 0.1533]),
+    "attack:pgd": (2, [0.0, 0.03299, 0.04167, 0.1533]),
     "attack:apgd-ce": (1, [0.0, 0.03299, 0.08333, 0.2082]),
     "attack:apgd-t": (1, [0.0, 0.03299, 0.08333, None]),
     "attack:aa-lite": (1, [0.0, 0.03299, 0.08333, 0.2087]),
     "attack:aa-standard": (1, [0.0, 0.03299, 0.08333, None]),
-    "attack:worst": (1, [0.08333, 0.2082]),
-    "flatness:average": (1, [0.09482, 0.7481, 0.6532, None, None]),
-    "flatness:worst:paper": (1, [0.09482, 0.2728, 0.178, None, None]),
-    "flatness:worst:per-batch": (1, [0.09482, 0.4753, 0.3805, None, None]),
-    "hessian:flatcli": (1, [0.09482, None, None, 19.39, 105.5]),
+    "attack:worst": (2, [0.08333, 0.2082]),
+    "flatness:average": (2, [0.1104, 0.7481, 0.6377, None, None]),
+    "flatness:worst:paper": (2, [0.09482, 0.2728, 0.178, None, None]),
+    "flatness:worst:per-batch": (2, [0.09482, 0.4753, 0.3805, None, None]),
+    "hessian:flatcli": (2, [0.09482, None, None, 19.39, 105.5]),
     "hessian:paper": (1, [0.08424, None, None, 26.41, 179.4]),
-    "landscape": (1, [0.3122, 0.6862, 0.1667, 0.03299, 0.09482, 0.0, 0.05887, 0.2954, 0.08333]),
+    "landscape": (2, [0.3122, 0.6862, 0.1667, 0.03299, 0.09482, 0.0, 0.05887, 0.2954, 0.08333]),
 }
 
 
@@ -76,7 +76,7 @@ CASES = {
     "attack:aa-lite": lambda: _attack("aa-lite"),
     "attack:aa-standard": lambda: _attack("aa-standard"),
     "attack:worst": _worst,
-    "flatness:average": lambda: _flatness("average", xi=0.5, samples=2, attack="pgd3"),
+    "flatness:average": lambda: _flatness("average", xi=0.5, samples=2, attack="pgd3x2"),
     "flatness:worst:paper": lambda: _flatness("worst", worst_estimator="paper", **WORST),
     "flatness:worst:per-batch": lambda: _flatness("worst", worst_estimator="per-batch", **WORST),
     "hessian:flatcli": lambda: _flatness("hessian", attack="pgd3", iterations=4, samples=2),
@@ -169,14 +169,17 @@ def test_a_bumped_version_recomputes_older_rows_and_says_so(tmp_path, capsys, mo
 
     assert sweep()[0] == 0
     first = pd.read_parquet(out / "attack")
-    assert set(first.estimator_version) == {1}
+    current = {"pgd2": versions.VERSIONS["attack:pgd"],
+               "apgd-ce": versions.VERSIONS["attack:apgd-ce"],
+               "worst": versions.VERSIONS["attack:worst"]}
+    assert first.set_index("attack").estimator_version.to_dict() == current
     code, err = sweep()
     assert code == 0 and "0 done, 1 skipped" in err
-    monkeypatch.setitem(versions.VERSIONS, "attack:apgd-ce", 2)
+    monkeypatch.setitem(versions.VERSIONS, "attack:apgd-ce", current["apgd-ce"] + 1)
     code, err = sweep()
     assert code == 0 and "1 done (1 recomputed: older estimator version), 0 skipped" in err
     again = pd.read_parquet(out / "attack").set_index("attack")
-    assert again.estimator_version.to_dict() == {"pgd2": 1, "apgd-ce": 2, "worst": 1}
+    assert again.estimator_version.to_dict() == {**current, "apgd-ce": current["apgd-ce"] + 1}
     assert len(list((out / "attack").glob("*.parquet"))) == 1
     code, err = sweep()
     assert code == 0 and "0 done, 1 skipped" in err

@@ -14,12 +14,12 @@ import threading
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from flatcli import __version__
 from flatcli.cli import attack as _attack
 from flatcli.cli import flatness as _flatness
+from flatcli.cli import help as _help
 from flatcli.cli import landscape as _landscape
 from flatcli.cli import report as _report
 from flatcli.cli import train as _train
@@ -58,12 +58,11 @@ def _panel_rank(param) -> int:
 
 
 def _prose(text: str | None) -> str | None:
-    """Help text as paragraphs: single line breaks of the source joined (the terminal wraps),
-    rich markup escaped (help is plain text, `[...]` included)."""
+    """Help text as paragraphs: single line breaks of the source joined (the help wraps)."""
     if text is None:
         return None
     paragraphs = inspect.cleandoc(text).split("\n\n")
-    return escape("\n\n".join(" ".join(p.split()) for p in paragraphs))
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
 class _BareIsHelp:
@@ -78,7 +77,8 @@ class _BareIsHelp:
 
 
 class _Group(_BareIsHelp, TyperGroup):
-    pass
+    def format_help(self, ctx, formatter):
+        formatter.write(_help.group_help(self, ctx))
 
 
 class _Command(_BareIsHelp, TyperCommand):
@@ -93,6 +93,11 @@ class _Command(_BareIsHelp, TyperCommand):
                 param.__class__ = _Argument
             param.help = _prose(param.help)
         self.params.sort(key=_panel_rank)  # stable: within a panel, the signature's order
+
+    def format_help(self, ctx, formatter):
+        """Plain text (flatcli.cli.help) instead of rich's panels, which cut option names and
+        break words at 80 columns."""
+        formatter.write(_help.command_help(self, ctx))
 
 
 app = typer.Typer(
