@@ -125,8 +125,9 @@ class EvalConfig:
     batch_size: int = option(512, "Examples per batch (halved automatically on out-of-memory).",
                              RUNTIME, runtime=True, metavar="N", low=1, min=1)  # fmt: skip
     precision: str = option(
-        "fp32", "What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
-        "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
+        "fp32", "What the attack searches in: fp32 (TF32 off); tf32 (CUDA TF32 matmuls/"
+        "convolutions); bf16 (autocast). Reported losses and errors are IEEE fp32, re-evaluated "
+        "at the points found; "
         "weights stay fp32. tf32/bf16 need pgd or apgd-ce. Part of the configuration.",
         RUNTIME, added=True, menu=True, choices=PRECISIONS,
     )  # fmt: skip

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from flatcli import checkpoints, compilation, data, engine, models, runtime, tables, uncertainty
+from flatcli.attacks import precision
 from flatcli.attacks.precision import DTYPE_COLUMN
 from flatcli.attacks.presets import build_attack, preset
 from flatcli.config import AttackConfig, config_hash
@@ -282,4 +283,4 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
             for name, steps, restarts, step, o in outcomes
         ]
 
-    return noting_compile(measure, config.compile, device, on_note)
+    return precision.in_fp32(noting_compile(measure, config.compile, device, on_note))

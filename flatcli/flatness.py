@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from flatcli import data, engine, evaluation, hessian, registries, runtime, weights, worst_case
+from flatcli.attacks.precision import in_fp32
 from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
@@ -418,7 +419,7 @@ def flatness_measure(
         base = evaluation.key_columns(ref, info, config, chash, device)
         return [_row(base, r, config, model_note) for r in results]
 
-    return evaluation.noting_compile(measure, config.compile, device, on_note)
+    return in_fp32(evaluation.noting_compile(measure, config.compile, device, on_note))
 
 
 def _conv_scale_note(model, config, x, device) -> str | None:

@@ -27,6 +27,7 @@ from flatcli import (
     weights,
     worst_case,
 )
+from flatcli.attacks.precision import in_fp32
 from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
@@ -446,4 +447,4 @@ def landscape_measure(
             for point, row in zip(points, values, strict=True)
         ]
 
-    return evaluation.noting_compile(measure, config.compile, device, on_note)
+    return in_fp32(evaluation.noting_compile(measure, config.compile, device, on_note))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -13,7 +14,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flatcli import runtime, tables, versions
-from flatcli.errors import UsageError, one_line
+from flatcli.errors import (
+    CheckpointError,
+    DataError,
+    SweepStopped,
+    UsageError,
+    WriteError,
+    one_line,
+)
+from flatcli.files import atomic_write_text
+
+# What fails one checkpoint and lets the sweep go on; anything else stops it (`SweepStopped`).
+CHECKPOINT_ERRORS = (CheckpointError, DataError)
 
 
 @dataclass(frozen=True)
@@ -203,7 +215,9 @@ def run(
     """Compute `measure(ref)` for this shard's refs not yet written, writing each atomically.
 
     `measure` returns complete rows except `wall_time_s`, `created_at` and `estimator_version`,
-    which are added here.
+    which are added here. A `CHECKPOINT_ERRORS` error fails that checkpoint and the sweep goes
+    on; any other error (a bug, a CUDA error) stops it with `SweepStopped`, its traceback written
+    to `OUT/logs/` (re-raised as it is with `debug`). Finished checkpoints stay written.
     A row with a `note` is reported as a warning (e.g. non-finite weights) but still written.
     """
     emit = on_event or (lambda event: None)
@@ -223,14 +237,16 @@ def run(
         started = time.perf_counter()
         try:
             rows = measure(ref)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:  # one bad checkpoint must not stop the sweep
+        except CHECKPOINT_ERRORS as err:  # one bad checkpoint must not stop the sweep
             if debug:
                 raise
             summary.failed.append((ref, one_line(err)))
             emit(SweepEvent("failed", ref, i, total, one_line(err)))
             continue
+        except Exception as err:
+            if debug:
+                raise
+            raise _stopped(err, ref, table, out, len(summary.done)) from None
         wall = time.perf_counter() - started
         rows = _versioned(table, _stamped(rows, wall))
         tables.write_part(out, table, ref.key, config_hash, rows)
@@ -245,3 +261,20 @@ def run(
             emit(SweepEvent("warning", ref, i, total, "; ".join(notes), rows))
         emit(SweepEvent("done", ref, i, total, f"{wall:.1f}s", rows))
     return summary
+
+
+def _stopped(err: Exception, unit, table: str, out, done: int) -> SweepStopped:
+    """The one line of an unexpected error, its traceback written to OUT/logs/ first."""
+    stamp = runtime.now_iso().replace(":", "").replace("-", "")[:15]
+    log = os.path.join(os.fspath(out), "logs", f"{table}-{stamp}-{os.getpid()}.log")
+    text = (f"flatcli {table}: stopped while measuring {_ref_of(unit).path} ({unit.key})\n"
+            + "".join(traceback.format_exception(err)))
+    try:
+        atomic_write_text(log, text)
+        where = f"traceback in {log}"
+    except (OSError, WriteError):  # the log's own disk is full
+        where = "the traceback could not be written (set FLATCLI_DEBUG=1 to see it)"
+    return SweepStopped(
+        f"stopped at {_ref_of(unit).path}: {one_line(err, 300)} (not a problem of the checkpoint: "
+        f"{done} finished checkpoint(s) kept; {where})"
+    )
