@@ -24,12 +24,16 @@ from flatcli.report.columns import (
 )
 from flatcli.report.figures import write_figures
 from flatcli.report.findings import (
+    TOPICS,
+    Finding,
     across_runs_finding,
     compare,
     findings,
     flatness_finding,
     fmt_p,
+    headline,
     overfitting_finding,
+    with_uncertainty,
 )
 from flatcli.report.join import (
     chosen_xi,
@@ -45,6 +49,8 @@ from flatcli.report.stats import correlation, correlations, holm
 
 __all__ = [
     "ALPHA",
+    "TOPICS",
+    "Finding",
     "FLATNESS_COLUMNS",
     "FLATNESS_LABELS",
     "HESSIAN",
@@ -65,6 +71,7 @@ __all__ = [
     "findings",
     "flatness_finding",
     "fmt_p",
+    "headline",
     "holm",
     "load_sources",
     "overfitting_finding",
@@ -74,6 +81,7 @@ __all__ = [
     "render_markdown",
     "run_table",
     "select",
+    "with_uncertainty",
     "write_figures",
 ]
 
@@ -117,17 +125,19 @@ def build(
     drawn, captions = {}, {}
     if figures:
         drawn, captions = write_figures(table, sources.landscape, directory / PLOTS, how, corr)
+    found = headline(table, corr, how, measured.refused)
     report = Report(
         table=table,
         correlations=corr,
         runs=run_table(table),
-        findings=findings(table, corr, how, measured.refused),
+        findings={topic: [f.text for f in found if f.topic == topic] for topic in TOPICS},
         missing=sources.missing(),
         figures=drawn,
         written=[],
         warnings=warnings,
         settings=measured.lines,
         captions=captions,
+        headline=found,
     )
     report.written = _write(report, directory, how, outs, html_page)
     return report

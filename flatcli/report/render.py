@@ -32,6 +32,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)  # settings that differ, renamed runs
     settings: list[str] = field(default_factory=list)  # how each table was measured
     captions: dict[str, str] = field(default_factory=dict)
+    headline: list = field(default_factory=list)  # findings.Finding records, the page's source
 
 
 def run_table(df: pd.DataFrame) -> pd.DataFrame:
