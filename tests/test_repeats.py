@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from flatcli import report, tables
+from flatcli.cli import main
 from flatcli.report.repeats import average_seeds, choose_setting
 
 BASE = {"dataset": "digits", "arch": "small-cnn", "norm": "linf", "eps": 0.1, "split": "test"}
@@ -44,6 +45,8 @@ def study(tmp_path):
         _attack("at", 2, "pgd7", 3, 5.0, 0.8, step_size=0.05),  # another step size
         _attack("ls", 1, "pgd7", 0, 0.60, 0.35),
         _attack("ls", 2, "pgd7", 0, 0.65, 0.36),
+        _attack("at", 1, "pgd7", 0, 0.5, 0.2, split="heldout"),  # early stopping: epoch 1
+        _attack("at", 2, "pgd7", 0, 0.6, 0.3, split="heldout"),
     ]
     _write(out, rows)
     return out
@@ -133,3 +136,21 @@ def test_a_seed_measured_twice_counts_once_at_its_newest():
     )
     (row,) = average_seeds(rows, ["run", "epoch"], {"v": None}).to_dict("records")
     assert row["v"] == 4.0 and row["n_seeds"] == 2 and row["v_seed_se"] == pytest.approx(1.0)
+
+
+def test_terminal_table_and_headline_show_errors_in_percent_with_their_se(study, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(study), "--no-figures", "-q", "--select", "last"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "40.0 ± 2.3 %" in out  # at, epoch 2: pgd7 robust error 0.40, SE 0.0229
+    assert "0.7 ± 0.02" in out
+    found = report.build([study], figures=False).found
+    assert {f.topic for f in found} >= {"Robust overfitting", "Early stopping"}
+    (early,) = [f for f in found if f.topic == "Early stopping"]  # at: 50 % at 1, 40 % at 2
+    assert early.run == "at" and early.value == pytest.approx(0.10) and early.beyond_noise
+    assert "test robust error 50.0 ± 2.3 % there vs 40.0 ± 2.3 % at the last epoch" in early.text
+    assert "(+10.0 ± 3.2 points: higher, beyond 2 SE)" in early.text
+    assert all(isinstance(f, report.Finding) and f.text for f in found)
+    text = (study / "report.md").read_text()
+    assert all(f.text in text for f in found if f.topic == "Robust overfitting")
