@@ -203,9 +203,10 @@ def flatness_sentence(df: pd.DataFrame) -> str | None:
     text = f"{label.capitalize()}{where}"
     if taus:
         grew = sum(t > 0 for t in taus)
+        spread = f"{min(taus):.2f}" + (f" to {max(taus):.2f}" if max(taus) > min(taus) else "")
         text += (
-            f" grew with the epoch in {grew} of {len(taus)} runs (Kendall tau {min(taus):.2f} "
-            f"to {max(taus):.2f}; coefficients only: the epochs of a run are not independent)"
+            f" grew with the epoch in {grew} of {len(taus)} runs (Kendall tau {spread}; "
+            "coefficients only: the epochs of a run are not independent)"
         )
     verdicts = []
     for _, g in runs:

@@ -13,10 +13,10 @@ from flatcli.report.findings import fmt, fmt_p, significant
 from flatcli.report.join import select
 
 _UNITS = {
-    "test_robust_err": "test robust error (fraction)",
+    "test_robust_err": "test robust error (%)",
     "test_robust_loss": "test robust loss (nats)",
     "rce_gap": "robust loss gap, test - train (nats)",
-    "rerr_gap": "robust error gap, test - train (fraction)",
+    "rerr_gap": "robust error gap, test - train (percentage points)",
 }
 
 
@@ -55,6 +55,7 @@ def flatness_gap(plt, df: pd.DataFrame, colors: dict):
     if not measures:
         return None
     fig, axes = plots.two_column_panels(plt, len(measures), 6.0, 4.0, 0.5)
+    axes = list(axes)[: len(measures)]
     bars = False
     for ax, column in zip(axes, measures, strict=False):
         points = df.dropna(subset=[column, "rce_gap"]).sort_values(["run", "epoch"])
@@ -114,11 +115,15 @@ def scatter(plt, df: pd.DataFrame, corr: pd.DataFrame, how: str, colors: dict):
     if not pairs:
         return None
     fig, axes = plots.two_column_panels(plt, len(pairs), 5.0, 3.6, 0.5)
+    axes = list(axes)[: len(pairs)]
     across = corr[corr.scope != "within run"]
     for ax, (measure, target) in zip(axes, pairs, strict=False):
         points = chosen.dropna(subset=[measure, target])
+        scale = 100.0 if target.endswith("_err") else 1.0  # errors in %, as in the table
         for run, g in points.groupby("run", sort=False):
-            ax.errorbar(g[measure], g[target], xerr=_bars(g, measure), yerr=_bars(g, target),
+            yerr = _bars(g, target)
+            yerr = None if yerr is None else scale * yerr
+            ax.errorbar(g[measure], scale * g[target], xerr=_bars(g, measure), yerr=yerr,
                         fmt="o", color=colors[run], markersize=6, elinewidth=0.8, capsize=2,
                         label=str(run))  # fmt: skip
         ax.margins(0.12)
