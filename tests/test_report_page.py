@@ -84,7 +84,8 @@ def write_study(root: Path) -> tuple[Path, dict]:
         atomic_write_text(run_dir / "run.json", json.dumps(info))
         if run == "at":
             final = str(run_dir / f"epoch_{last:04d}.safetensors")
-            grid = [{"run": run, "epoch": last, "checkpoint": final, "eps": 0.15, "dataset": "digits", "arch": "small-cnn", "norm": "linf",
+            grid = [{"run": run, "epoch": last, "checkpoint": final, "eps": 0.15,
+                     "dataset": "digits", "arch": "small-cnn", "norm": "linf",
                      "split": "test", "direction_kind": "random", "direction": d, "alpha": a,
                      "robust_loss": 0.6 + a * a * (1 + 0.2 * d), "scale": 0.5,
                      "normalization": "layer"}
