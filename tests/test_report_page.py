@@ -236,3 +236,21 @@ def test_page_in_headless_chromium(study, tmp_path):
     assert seen["n"] == 5 and seen["ok"] == 5, seen
     assert seen["bottom"] <= 1000, seen
     assert seen["over"] == [], seen
+
+
+@pytest.mark.parametrize(
+    "losses, expected",
+    [([0.9, 0.7, 0.6], "each run's test robust loss was lowest at its last epoch"),
+     ([0.9, 0.6, 0.62], "largest rise: `a`, +3.3 %"),
+     ([0.9, 0.6, 0.66], "Robust overfitting in 1 of 1 runs: `a`'s test robust loss rose from its "
+                        "minimum 0.600 at epoch 2 to 0.660 at epoch 3 (+10.0 %)")],
+)  # fmt: skip
+def test_overfitting_is_stated_or_its_absence_said_plainly(losses, expected):
+    df = pd.DataFrame({"run": "a", "epoch": [1, 2, 3], "test_robust_loss": losses,
+                       "train_robust_loss": [0.8, 0.5, 0.3]})  # fmt: skip
+    sentence = headline.overfitting_sentence(df)
+    assert expected in sentence
+    assert sentence.startswith("No robust overfitting") == (losses[-1] < 0.65)
+    df["test_robust_loss_se"] = 0.05  # the rise of 0.06 is within 2 SE of the difference
+    if losses[-1] == 0.66:
+        assert headline.overfitting_sentence(df).startswith("No robust overfitting")

@@ -124,7 +124,7 @@ def _beyond_noise(low, last) -> bool | None:
     a, b = _se(low, "test_robust_loss"), _se(last, "test_robust_loss")
     if a is None or b is None:
         return None
-    return last.test_robust_loss - low.test_robust_loss > 2 * math.hypot(a, b)
+    return bool(last.test_robust_loss - low.test_robust_loss > 2 * math.hypot(a, b))
 
 
 def _rises(df: pd.DataFrame) -> dict:
@@ -149,10 +149,14 @@ def overfitting_sentence(df: pd.DataFrame) -> str | None:
     found = overfit_runs(df)
     if not found:
         run, (low, last, rel) = max(rises.items(), key=lambda kv: kv[1][2])
+        largest = (
+            f"largest rise: `{run}`, {100 * rel:+.1f} %"
+            if rel > 0
+            else "each run's test robust loss was lowest at its last epoch"
+        )
         return (
             f"No robust overfitting: in none of the {len(rises)} runs did the test robust loss "
-            f"rise by {OVERFIT:.0%} or more after its minimum (largest rise: `{run}`, "
-            f"{100 * max(rel, 0):+.1f} %)."
+            f"rise by {100 * OVERFIT:g} % or more after its minimum ({largest})."
         )
     parts = []
     for run in found[:3]:
@@ -176,10 +180,10 @@ def overfitting_sentence(df: pd.DataFrame) -> str | None:
         else "no standard error for the robust loss, so no test"
     )
     others = len(rises) - len(found)
-    rest = f" The other {others} run(s) rose by under {OVERFIT:.0%}." if others else ""
+    rest = f" The other {others} run(s) rose by under {100 * OVERFIT:g} %." if others else ""
     return (
         f"Robust overfitting in {len(found)} of {len(rises)} runs: " + "; ".join(parts)
-        + f" (threshold: a rise of {OVERFIT:.0%} of the minimum; {test})." + rest
+        + f" (threshold: a rise of {100 * OVERFIT:g} % of the minimum; {test})." + rest
     )
 
 
@@ -237,7 +241,10 @@ def across_sentence(df: pd.DataFrame, corr: pd.DataFrame, how: str, refused: str
     at, unit = compared(how)
     n = select(df, how).run.nunique() if how != "all" else len(df)
     if rows.empty:
-        return f"Across {unit} ({at}): too few to correlate flatness with robustness (3 needed)."
+        return (
+            f"Across {unit} ({at}): flatness is not correlated with robust error or the gap: "
+            f"that needs 3 {unit} with both measured, and fewer have them."
+        )
     what = lambda r: f"{FLATNESS_LABELS[r.measure]} and the {TARGETS[r.target]}"  # noqa: E731
     if how == "all":
         r = rows.loc[rows.kendall.abs().idxmax()]
