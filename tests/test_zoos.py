@@ -23,7 +23,9 @@ FIXTURES = ROOT / "tests" / "fixtures" / "zoo"
 _spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
 make = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make)
-CASES = {p.stem: make.read_case(p) for p in sorted(FIXTURES.glob("*.json"))}
+ENTRY_LAYOUTS = make.read_case(FIXTURES / "robustbench_entries.json")
+CASES = {p.stem: make.read_case(p) for p in sorted(FIXTURES.glob("*.json"))
+         if p.name != "robustbench_entries.json"}
 
 
 def _rebuild(tmp_path: Path, case: dict) -> Path:
@@ -152,6 +154,20 @@ def test_plain_state_dicts_without_normalization_get_a_warning(tmp_path):
     torch.save(models.build("preact-resnet18", 10, 1, width=4).net.state_dict(), grey)
     _, info = ck.load_model(grey, arch="preact-resnet18:width=4", dataset="digits")
     assert ck.normalization_warning(info, str(grey)) is None  # its checkpoints do not normalize
+
+
+def test_every_listed_entry_has_robustbench_s_names_shapes_and_dtypes():
+    """Each entry built by flatcli from the table holds exactly the tensors RobustBench's own
+    constructor holds (at full size, on the meta device: nothing is allocated)."""
+    assert set(ENTRY_LAYOUTS) == set(zoos.ROBUSTBENCH)
+    built: dict = {}
+    for key, entry in zoos.ROBUSTBENCH.items():
+        how = (entry.arch, tuple(sorted(entry.kwargs.items())))
+        if how not in built:
+            with torch.device("meta"):
+                state = models.build(entry.arch, 10, 3, **entry.kwargs).net.state_dict()
+            built[how] = (len(state), make.keys_digest(state))
+        assert built[how] == (ENTRY_LAYOUTS[key]["keys"], ENTRY_LAYOUTS[key]["digest"]), key
 
 
 def test_every_robustbench_entry_is_buildable_and_every_other_one_named():
