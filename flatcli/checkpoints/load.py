@@ -210,11 +210,6 @@ def _classes_fit(spec, num_classes: int) -> bool:
 def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
     from flatcli.data import get_spec
 
-    state, wrapper, extras = unwrap(obj, label)
-    kwargs = dict(arch_kwargs or {})
-    madrylab = madry.is_madry(state)
-    if madrylab:
-        arch, kwargs = _madry_arch(state, label, arch, kwargs)
     zoo = zoos.robustbench_entry(path)
     entry = zoo[1] if zoo else None
     if zoo and entry is None and arch is None:
@@ -222,6 +217,11 @@ def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
             f"{label}: {zoos.refusal(zoo[0])}; pass --arch if its architecture is one of "
             "flatcli's"
         )
+    state, wrapper, extras = unwrap(obj, label)
+    kwargs = dict(arch_kwargs or {})
+    madrylab = madry.is_madry(state)
+    if madrylab:
+        arch, kwargs = _madry_arch(state, label, arch, kwargs)
     defaulted = dataset is None and zoo is None
     if dataset is None and zoo is not None:
         dataset = zoo[0].split(":")[1].split("/")[0]
