@@ -46,13 +46,13 @@ _NEVER = object()  # no value equals it: the field is always hashed
 
 def _seed():
     return option(0, "Seed; every checkpoint derives its own generator from it.", RUNTIME,
-                  metavar="INT")  # fmt: skip
+                  metavar="N")  # fmt: skip
 
 
 def _data_dir():
     return option(
         None, "Root of the torchvision-layout data folders (never downloaded).", INPUTS,
-        runtime=True, flags=("--data-dir",), envvar="FLATCLI_DATA_DIR", metavar="DIR",
+        runtime=True, flags=("--data-dir",), envvar="FLATCLI_DATA_DIR", metavar="PATH",
         parse="path",
     )  # fmt: skip
 
@@ -102,12 +102,12 @@ class EvalConfig:
     )  # fmt: skip
     eps: float | None = option(
         None, "Radius, e.g. 8/255 or 0.0314 (the exact float is stored).", THREAT,
-        metavar="EPS", parse="number", show_default="checkpoint's training eps, else the dataset's",
+        metavar="X", parse="number", show_default="checkpoint's training eps, else the dataset's",
     )  # fmt: skip
     norm: str = option("linf", "Threat model of the input perturbation.", THREAT, menu=True,
                        choices=NORMS)  # fmt: skip
     step_size: float | None = option(
-        None, "Absolute PGD step size, e.g. 2/255.", ATTACK, metavar="STEP", parse="number",
+        None, "Absolute PGD step size, e.g. 2/255.", ATTACK, metavar="X", parse="number",
         positive=True, show_default="the preset's ratio times eps",
     )  # fmt: skip
     seed: int = _seed()
@@ -125,8 +125,9 @@ class EvalConfig:
     batch_size: int = option(512, "Examples per batch (halved automatically on out-of-memory).",
                              RUNTIME, runtime=True, metavar="N", low=1, min=1)  # fmt: skip
     precision: str = option(
-        "fp32", "What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
-        "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
+        "fp32", "What the attack searches in: fp32 (TF32 off); tf32 (CUDA TF32 matmuls/"
+        "convolutions); bf16 (autocast). Reported losses and errors are IEEE fp32, re-evaluated "
+        "at the points found; "
         "weights stay fp32. tf32/bf16 need pgd or apgd-ce. Part of the configuration.",
         RUNTIME, added=True, menu=True, choices=PRECISIONS,
     )  # fmt: skip
@@ -148,7 +149,8 @@ class AttackConfig(EvalConfig):
 
     attacks: tuple[str, ...] = option(
         ("pgd20x10", "aa-lite"), "Comma-separated presets: " + ", ".join(PRESETS)
-        + ", or pgd<S>x<R>.", ATTACK, metavar="PRESETS", parse="names",
+        + ", or pgd<S>x<R>.", ATTACK, metavar="LIST", parse="names",
+        flags=("--attacks", "--attack"),
     )  # fmt: skip
 
 
@@ -221,7 +223,7 @@ class TrainConfig:
     norm: str = option("linf", "linf | l2.", THREAT, choices=NORMS)
     attack: str | None = option(
         None, f"PGD preset of the inner attack: {_M['attack']} (default), pgd10, pgd<S>x<R>.",
-        ATTACK,
+        ATTACK, flags=("--attack", "--attacks"),
     )  # fmt: skip
     step_size: float | None = option(
         None, "Absolute step (e.g. 0.007). Default: the preset's ratio times eps.", ATTACK,
@@ -372,7 +374,7 @@ class FlatnessConfig(EvalConfig):
                           MEASURE, low=1)  # fmt: skip
     attack: str = option(
         "pgd20x10", "Attack behind the robust loss at w, RCE(w), that every measure subtracts: "
-        + _ESTIMATING + ", or pgd<S>x<R>.", ATTACK,
+        + _ESTIMATING + ", or pgd<S>x<R>.", ATTACK, flags=("--attack", "--attacks"),
     )  # fmt: skip
     sample_attack: str | None = option(
         None, "Average case: the attack re-run at every w + nu (its mean minus RCE(w) from "
@@ -455,7 +457,7 @@ class LandscapeConfig(EvalConfig):
         MEASURE, choices=LOSSES,
     )  # fmt: skip
     attack: str = option("pgd20x10", "Attack behind the robust loss: a pgd preset, pgd<S>x<R>, "
-                         "or apgd-ce.", ATTACK)  # fmt: skip
+                         "or apgd-ce.", ATTACK, flags=("--attack", "--attacks"))  # fmt: skip
     to: str | None = option(None, "interpolate: the checkpoint at alpha = 1.", INPUTS,
                             flags=("--to",), parse="path", show_default=False)  # fmt: skip
     iterations: int = option(20, "hessian: subspace-iteration steps.", MEASURE, low=1)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from flatcli import checkpoints, compilation, data, engine, models, runtime, tables
+from flatcli import checkpoints, compilation, data, engine, models, runtime, tables, uncertainty
+from flatcli.attacks import precision
 from flatcli.attacks.precision import DTYPE_COLUMN
 from flatcli.attacks.presets import build_attack, preset
 from flatcli.config import AttackConfig, config_hash
@@ -256,6 +257,8 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
         clean = {
             "clean_err": engine.error_rate(result.clean_correct),
             "clean_loss": result.clean_loss.mean().item(),
+            "clean_err_se": uncertainty.error_se(result.clean_correct),
+            "clean_loss_se": uncertainty.loss_se(result.clean_loss),
         }
         outcomes = [
             (a.name, a.steps, a.restarts, getattr(a, "step_size", None), result.robust[a.name])
@@ -273,9 +276,11 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
                 "step_size": step,
                 "robust_err": engine.error_rate(o.correct),
                 "robust_loss": o.loss.mean().item(),
+                "robust_err_se": uncertainty.error_se(o.correct),
+                "robust_loss_se": uncertainty.loss_se(o.loss),
                 "note": note,
             }
             for name, steps, restarts, step, o in outcomes
         ]
 
-    return noting_compile(measure, config.compile, device, on_note)
+    return precision.in_fp32(noting_compile(measure, config.compile, device, on_note))

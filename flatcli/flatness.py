@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from flatcli import data, engine, evaluation, hessian, registries, runtime, weights, worst_case
+from flatcli.attacks.precision import in_fp32
 from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
+from flatcli.uncertainty import average_flatness_se, loss_se, spread
 
 MEASURES = registries.MEASURES
 AVERAGE_MEASURES = tuple(n for n, m in MEASURES.items() if m.family == "average")
@@ -50,6 +52,8 @@ class FlatnessResult:
     note: str | None = None
     err: float | None = None
     perturbed_err: float | None = None
+    flatness_se: float | None = None  # over offsets and examples (`uncertainty`)
+    loss_se: float | None = None  # of `loss`, over examples
 
 
 def _xi_list(xi: float | Sequence[float]) -> list[float]:
@@ -134,6 +138,8 @@ def average_flatness(
         refs_err["average"] = engine.error_rate(reference.robust[attack.name].correct)
     clean = {v: [] for v in xis}
     robust = {v: [] for v in xis}
+    # per example, the sum over offsets of the perturbed loss (the examples' share of the SE)
+    sums = {m: {v: torch.zeros(len(y), dtype=torch.float64) for v in xis} for m in refs_err}
     errs = {m: {v: [] for v in xis} for m in refs_err}
     per_pass = settings_per_pass
     if per_pass is None:
@@ -159,13 +165,18 @@ def average_flatness(
             strict=True,
         ):
             clean[v].append(out.clean_loss.mean().item())
+            sums["clean-average"][v] += out.clean_loss.double()
             errs["clean-average"][v].append(engine.error_rate(out.clean_correct))
             if attack is not None:
                 robust[v].append(out.robust[per.name].loss.mean().item())
+                sums["average"][v] += out.robust[per.name].loss.double()
                 errs["average"][v].append(engine.error_rate(out.robust[per.name].correct))
         for s in [s for s in units if s < chunk[-1][0]]:
             del units[s]  # every xi of that sample is done
     results = []
+    at_w = {"clean-average": reference.clean_loss}
+    if attack is not None:
+        at_w["average"] = reference.robust[attack.name].loss
     for measure, ref, values, steps, restarts in [
         (
             "average",
@@ -179,7 +190,8 @@ def average_flatness(
         if ref is None:
             continue
         for v in xis:
-            per = [p - ref for p in values[v]]
+            deltas = [p - ref for p in values[v]]
+            per_example = sums[measure][v] / samples - at_w[measure].double()
             mean = sum(values[v]) / len(values[v])
             results.append(
                 FlatnessResult(
@@ -188,14 +200,16 @@ def average_flatness(
                     loss=ref,
                     perturbed_loss=mean,
                     flatness=mean - ref,
-                    flatness_std=_std(per),
-                    per_sample=_clean_list(per),
+                    flatness_std=_std(deltas),
+                    per_sample=_clean_list(deltas),
                     samples=samples,
                     iterations=steps,
                     restarts=restarts,
                     note=_nonfinite_note(ref, values[v], "samples"),
                     err=refs_err[measure],
                     perturbed_err=sum(errs[measure][v]) / samples,
+                    flatness_se=average_flatness_se(deltas, per_example),
+                    loss_se=loss_se(at_w[measure]),
                 )
             )
     return results
@@ -357,17 +371,8 @@ def flatness_measure(
             raise CheckpointError(
                 f"{ref.path}: no perturbable layers (weights or biases outside normalization)"
             )
-        model_note = (
-            "; ".join(
-                n
-                for n in (
-                    _conv_scale_note(model, config, x, device),
-                    evaluation.nonfinite_note(model),
-                )
-                if n
-            )
-            or None
-        )
+        notes = (_conv_scale_note(model, config, x, device), evaluation.nonfinite_note(model))
+        model_note = "; ".join(n for n in notes if n) or None
         keys = evaluation.seed_keys(config, ref)
         needs_reference = robust and any(m in measures for m in ("average", "worst"))
         reference = engine.robust_losses(
@@ -414,7 +419,7 @@ def flatness_measure(
         base = evaluation.key_columns(ref, info, config, chash, device)
         return [_row(base, r, config, model_note) for r in results]
 
-    return evaluation.noting_compile(measure, config.compile, device, on_note)
+    return in_fp32(evaluation.noting_compile(measure, config.compile, device, on_note))
 
 
 def _conv_scale_note(model, config, x, device) -> str | None:
@@ -465,6 +470,9 @@ def _row(base: dict, r, config: FlatnessConfig, model_note: str | None) -> dict:
             "reattack_loss": r.reattack_loss,
             "unclamped_flatness": r.unclamped,
             "flatness": r.flatness,
+            "flatness_se": spread(r.per_restart or []),
+            "robust_loss_se": r.loss_se,
+            "per_sample": None if r.per_restart is None else _clean_list(r.per_restart),
         }
     return {
         **common,
@@ -481,4 +489,6 @@ def _row(base: dict, r, config: FlatnessConfig, model_note: str | None) -> dict:
         "flatness": r.flatness,
         "flatness_std": r.flatness_std,
         "per_sample": r.per_sample,
+        "flatness_se": r.flatness_se,
+        "robust_loss_se": r.loss_se,
     }

@@ -23,9 +23,11 @@ from flatcli import (
     hessian,
     registries,
     runtime,
+    uncertainty,
     weights,
     worst_case,
 )
+from flatcli.attacks.precision import in_fp32
 from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
@@ -217,11 +219,13 @@ def _grid_row(result: engine.ExampleLosses, attack) -> dict:
     row = {
         "clean_loss": result.clean_loss.mean().item(),
         "clean_err": engine.error_rate(result.clean_correct),
+        "clean_loss_se": uncertainty.loss_se(result.clean_loss),
     }
     if attack is not None:
         outcome = result.robust[attack.name]
         row["robust_loss"] = outcome.loss.mean().item()
         row["robust_err"] = engine.error_rate(outcome.correct)
+        row["robust_loss_se"] = uncertainty.loss_se(outcome.loss)
     return row
 
 
@@ -443,4 +447,4 @@ def landscape_measure(
             for point, row in zip(points, values, strict=True)
         ]
 
-    return evaluation.noting_compile(measure, config.compile, device, on_note)
+    return in_fp32(evaluation.noting_compile(measure, config.compile, device, on_note))

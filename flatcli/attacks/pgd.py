@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from flatcli.attacks.ascent import Variable, ascend
-from flatcli.attacks.base import AttackOutcome, BallAttack, ce_per_example
+from flatcli.attacks.base import AttackOutcome, BallAttack, ce_per_example, margin
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class PGD(BallAttack):
         default; training passes its own, e.g. TRADES' KL). `loss` is, per example, its value
         at the chosen restart's kept iterate (the largest over its iterates; with `final`, its
         final iterate, the point plain PGD-AT trains on). `keep_points` also returns `points`,
-        x + delta where that loss was reached. `correct` is over every iterate either way.
+        x + delta where that loss was reached, and `broken_points`, the iterate of the smallest
+        margin. `correct` is over every iterate either way.
         """
         r, b = self.restarts, len(y)
         xr = x.repeat(r, *([1] * (x.dim() - 1)))  # [R*B, ...], restart-major
@@ -63,6 +64,8 @@ class PGD(BallAttack):
         best = torch.full((r * b,), -torch.inf, device=x.device)
         wrong = torch.zeros(r * b, dtype=torch.bool, device=x.device)
         best_delta = delta0.clone() if keep_points else None
+        low_margin = torch.full((r * b,), torch.inf, device=x.device) if keep_points else None
+        low_delta = delta0.clone() if keep_points else None
         by_wrong = self.restart_choice == "wrong-class" and r > 1
         wrong_p = torch.full((r * b,), -torch.inf, device=x.device) if by_wrong else None
         current = {}
@@ -78,6 +81,10 @@ class PGD(BallAttack):
             if keep_points:
                 mask = better.view(-1, *([1] * (xr.dim() - 1)))
                 torch.where(mask, current["delta"].detach(), best_delta, out=best_delta)
+                now = margin(logits.detach(), yr)
+                lower = (now < low_margin).view(-1, *([1] * (xr.dim() - 1)))
+                torch.where(lower, current["delta"].detach(), low_delta, out=low_delta)
+                torch.minimum(low_margin, now, out=low_margin)
             if by_wrong:
                 torch.where(better, wrong_class_probability(logits.detach(), yr), wrong_p,
                             out=wrong_p)  # fmt: skip
@@ -93,11 +100,15 @@ class PGD(BallAttack):
         if by_wrong:  # ... or with the largest wrong-class probability at its kept iterate
             pick = wrong_p.view(r, b).argmax(0)
             loss = best.view(r, b).gather(0, pick[None])[0]
-        points = None
+        points = broken = None
         if keep_points:
-            rows = pick * b + torch.arange(b, device=x.device)
-            points = (xr + best_delta)[rows]
-        return AttackOutcome(loss=loss, correct=~wrong.view(r, b).any(0), points=points)
+            index = torch.arange(b, device=x.device)
+            points = (xr + best_delta)[pick * b + index]
+            lowest = low_margin.view(r, b).argmin(0)  # per example: the restart of the least margin
+            broken = (xr + low_delta)[lowest * b + index]
+        return AttackOutcome(
+            loss=loss, correct=~wrong.view(r, b).any(0), points=points, broken_points=broken
+        )
 
 
 def wrong_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

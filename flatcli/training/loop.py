@@ -213,11 +213,11 @@ class _Trainer:
     def _describe(self, start: int) -> str:
         c = self.config
         attack = f"{c.attack} eps={c.eps:g} ({c.norm})" if c.attack else "no attack"
-        head = f"resuming at epoch {start + 1}" if start else "training"
+        head = f"resuming at epoch {start + 1}: " if start else ""
         if self.extended:
-            head = f"extending from {self.extended['from_epochs']} epochs, at epoch {start + 1}"
+            head = f"extending from {self.extended['from_epochs']} epochs, at epoch {start + 1}: "
         return (
-            f"{head}: {c.method} {c.arch} on {c.dataset} ({len(self.data.y)} examples), {attack}, "
+            f"{head}{c.method} {c.arch} on {c.dataset} ({len(self.data.y)} examples), {attack}, "
             f"{c.epochs} epochs, {c.schedule} lr {c.lr:g}, device {self.device}"
             + (f", {self.dist.world} processes" if self.dist.active else "")
             + (", compiled (the first epoch includes compiling)" if self.step.compiled else "")
