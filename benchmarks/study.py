@@ -162,7 +162,8 @@ def peer_row(args, checkpoint: Path, eps: float, step: float) -> dict:
             "note": "the attack calls only, batches of 128, in the benchmark's process"}
 
 
-def measure(args) -> tuple[dict, list[dict]]:
+def measure(args, on_row=lambda header, table: None) -> tuple[dict, list[dict]]:
+    """(header, rows); `on_row(header, rows so far)` after every row."""
     args.out.mkdir(parents=True, exist_ok=True)
     run = args.out / "runs" / "study"
     train = ["train", *data_args(args), "--epochs", str(args.epochs), "--train-examples",
@@ -179,6 +180,12 @@ def measure(args) -> tuple[dict, list[dict]]:
     table = [{"piece": f"train ({args.epochs} epoch(s) of {last['n_examples']} images, PGD-7 AT)",
               "command_s": seconds, "checkpoint_s": last["epoch_time_s"], "peak_mb": peak,
               "img_s": img_s, "note": "checkpoint_s: the last epoch"}]
+    header = {"dataset": args.dataset, "arch": last["arch"], "device": args.device,
+              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
+              "command": shlex.join(["benchmarks/study.py", *sys.argv[1:]]),
+              "date": time.strftime("%Y-%m-%d")}
+    on_row(header, table)
     checkpoint = checkpoints.discover([run])[-1].path
     total = 0.0
     pgd_step = None
@@ -191,6 +198,7 @@ def measure(args) -> tuple[dict, list[dict]]:
             pgd_step = rows[0].get("step_size")
         table.append({"piece": name, "command_s": seconds, "checkpoint_s": wall, "peak_mb": peak,
                       "robust_err": errs[0] if errs else None})
+        on_row(header, table)
     table.append({"piece": "protocol (sum per checkpoint)", "checkpoint_s": total})
     eps = float(rows[0]["eps"])
     table.append(peer_row(args, checkpoint, eps, float(pgd_step or eps / 4)))
@@ -199,11 +207,7 @@ def measure(args) -> tuple[dict, list[dict]]:
     if peer.get("checkpoint_s") and ours.get("checkpoint_s"):
         peer["note"] = (peer.get("note") or "") + (
             f"; flatcli's row / this: {ours['checkpoint_s'] / peer['checkpoint_s']:.2f}x time")
-    header = {"dataset": args.dataset, "arch": last["arch"], "device": args.device,
-              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
-              "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "date": time.strftime("%Y-%m-%d")}
+    on_row(header, table)
     return header, table
 
 
@@ -224,12 +228,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)  # this process: --smoke's pieces and the peer
-    header, table = measure(args)
-    text = markdown(header, table)
-    (args.out / "study.md").write_text(text)
-    (args.out / "study.json").write_text(json.dumps({"header": header, "rows": table}, indent=1))
-    print(text)
+    header, table = measure(args, lambda header, table: save(args.out, header, table))
+    print(markdown(header, table))
     return 0
+
+
+def save(out: Path, header: dict, table: list[dict]) -> None:
+    """study.md and study.json under `out`, rewritten after every row (a cut run keeps them)."""
+    (out / "study.md").write_text(markdown(header, table))
+    (out / "study.json").write_text(json.dumps({"header": header, "rows": table}, indent=1))
 
 
 if __name__ == "__main__":
