@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                             help=f"default {value} ({SMOKE[key]} with --smoke)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each piece")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="measure the protocol on this checkpoint; no train row")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     for key, value in sizes.items():
@@ -165,6 +167,22 @@ def peer_row(args, checkpoint: Path, eps: float, step: float) -> dict:
 def measure(args, on_row=lambda header, table: None) -> tuple[dict, list[dict]]:
     """(header, rows); `on_row(header, rows so far)` after every row."""
     args.out.mkdir(parents=True, exist_ok=True)
+    header = {"dataset": args.dataset, "arch": None, "device": args.device,
+              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
+              "command": shlex.join(["benchmarks/study.py", *sys.argv[1:]]),
+              "date": time.strftime("%Y-%m-%d"), "load_average": round(os.getloadavg()[0], 1)}
+    if args.checkpoint is not None:
+        table: list[dict] = []
+        checkpoint = args.checkpoint
+        header["arch"] = (checkpoints.read_sidecar(checkpoint) or {}).get("arch")
+    else:
+        table, checkpoint = train_row(args, header)
+        on_row(header, table)
+    return protocol(args, header, table, checkpoint, on_row)
+
+
+def train_row(args, header: dict) -> tuple[list[dict], Path]:
     run = args.out / "runs" / "study"
     train = ["train", *data_args(args), "--epochs", str(args.epochs), "--train-examples",
              str(args.train_examples), "--out", str(run), "--force"]
@@ -180,13 +198,11 @@ def measure(args, on_row=lambda header, table: None) -> tuple[dict, list[dict]]:
     table = [{"piece": f"train ({args.epochs} epoch(s) of {last['n_examples']} images, PGD-7 AT)",
               "command_s": seconds, "checkpoint_s": last["epoch_time_s"], "peak_mb": peak,
               "img_s": img_s, "note": "checkpoint_s: the last epoch"}]
-    header = {"dataset": args.dataset, "arch": last["arch"], "device": args.device,
-              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
-              "command": shlex.join(["benchmarks/study.py", *sys.argv[1:]]),
-              "date": time.strftime("%Y-%m-%d")}
-    on_row(header, table)
-    checkpoint = checkpoints.discover([run])[-1].path
+    header["arch"] = last["arch"]
+    return table, checkpoints.discover([run])[-1].path
+
+
+def protocol(args, header: dict, table: list[dict], checkpoint: Path, on_row):
     total = 0.0
     pgd_step = None
     for name, command in pieces(args, checkpoint).items():
@@ -207,6 +223,7 @@ def measure(args, on_row=lambda header, table: None) -> tuple[dict, list[dict]]:
     if peer.get("checkpoint_s") and ours.get("checkpoint_s"):
         peer["note"] = (peer.get("note") or "") + (
             f"; flatcli's row / this: {ours['checkpoint_s'] / peer['checkpoint_s']:.2f}x time")
+    header["load_average_end"] = round(os.getloadavg()[0], 1)
     on_row(header, table)
     return header, table
 
