@@ -49,11 +49,11 @@ def needs_slurm(test):
 
 def test_sigterm_is_an_interrupt_inside_a_command_only():
     """Slurm ends a task (scancel, time limit, preemption) with SIGTERM: flatcli stops as on
-    Ctrl-C (exit 130, what is written stays) and restores the previous handler after."""
-    from flatcli.cli import _sigterm_as_interrupt
+    Ctrl-C (exit 143, what is written stays) and restores the previous handler after."""
+    from flatcli.cli import Terminated, _sigterm_unwinds
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+    with pytest.raises(Terminated), _sigterm_unwinds():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # not reached: the handler raises at once
     assert signal.getsignal(signal.SIGTERM) is before
