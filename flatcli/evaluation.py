@@ -77,7 +77,7 @@ def resolve_common(config, refs: Sequence):
     eps = config.eps if config.eps is not None else default_eps(refs, config.norm, spec.eps)
     eps = check_eps(eps, config.norm, dataset)
     n = config.n_examples or data.default_n_examples(dataset, config.split, config.data_dir)
-    data.load_split(dataset, config.split, n, config.data_dir)  # fails early on missing data
+    data.check_examples(dataset, config.split, n, config.data_dir)  # fails early, no copies
     if config.normalize is not None:
         checkpoints.parse_normalize(config.normalize)
     if config.arch is not None:
