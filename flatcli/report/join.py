@@ -185,7 +185,8 @@ def _best_epochs(sources: Sources) -> dict[str, int]:
     log = sources.train_log.dropna(subset=["heldout_robust_err"])
     for run, group in log.groupby("run"):
         best.setdefault(run, int(group.loc[group.heldout_robust_err.idxmin(), "epoch"]))
-    held = sources.attack[(sources.attack.split == "heldout") & sources.attack.epoch.notna()]
+    held = attack_rows(sources.attack, "heldout", [])  # one setting, seed repeats averaged
+    held = held[held.epoch.notna()] if not held.empty else held
     for run, group in held.groupby("run"):
         per_epoch = group.groupby("epoch").robust_err.max()
         best.setdefault(run, int(per_epoch.idxmin()))
