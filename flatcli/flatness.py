@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from flatcli import data, engine, evaluation, hessian, registries, runtime, weights, worst_case
-from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
+from flatcli.attacks.precision import in_fp32
+from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 from flatcli.uncertainty import average_flatness_se, loss_se, spread
@@ -103,9 +104,11 @@ def average_flatness(
     on_batch: Callable[[int, int], None] | None = None,
     settings_per_pass: int | None = None,
     compile: str = "off",
+    sample_attack=None,
 ) -> list[FlatnessResult]:
     """Average-case flatness at each xi: "clean-average" results, and "average" (of the robust
-    loss, re-running `attack` on every perturbed model) when an attack is given.
+    loss, re-running `sample_attack` (default `attack`) on every perturbed model, minus RCE(w)
+    from `attack`) when an attack is given.
 
     `reference`: the engine's result at w with the same attack and seed_keys, if already computed.
     The (sample, xi) settings run `settings_per_pass` at a time in one stacked pass
@@ -121,6 +124,8 @@ def average_flatness(
     w = weights.weights_of(model)
     ball = weights.ball_named(weight_norm)
     attacks = [attack] if attack is not None else []
+    per = sample_attack if sample_attack is not None else attack
+    sampled = [per] if attack is not None else []
     if reference is None:
         reference = engine.robust_losses(
             model, x, y, attacks, seed_keys, batch_size, compile=compile
@@ -139,7 +144,7 @@ def average_flatness(
     per_pass = settings_per_pass
     if per_pass is None:
         per_pass = runtime.attack_settings_per_pass(
-            model, x, attack, batch_size, len(xis) * samples
+            model, x, per, batch_size, len(xis) * samples
         )
     settings = [(s, v) for s in range(samples) for v in xis]
     units: dict[int, list[torch.Tensor]] = {}
@@ -155,7 +160,7 @@ def average_flatness(
         for (_, v), out in zip(
             chunk,
             engine.robust_losses_at(
-                model, offsets, x, y, attacks, seed_keys, batch_size, on_batch, compile=compile
+                model, offsets, x, y, sampled, seed_keys, batch_size, on_batch, compile=compile
             ),
             strict=True,
         ):
@@ -163,9 +168,9 @@ def average_flatness(
             sums["clean-average"][v] += out.clean_loss.double()
             errs["clean-average"][v].append(engine.error_rate(out.clean_correct))
             if attack is not None:
-                robust[v].append(out.robust[attack.name].loss.mean().item())
-                sums["average"][v] += out.robust[attack.name].loss.double()
-                errs["average"][v].append(engine.error_rate(out.robust[attack.name].correct))
+                robust[v].append(out.robust[per.name].loss.mean().item())
+                sums["average"][v] += out.robust[per.name].loss.double()
+                errs["average"][v].append(engine.error_rate(out.robust[per.name].correct))
         for s in [s for s in units if s < chunk[-1][0]]:
             del units[s]  # every xi of that sample is done
     results = []
@@ -177,15 +182,15 @@ def average_flatness(
             "average",
             robust_ref,
             robust,
-            getattr(attack, "steps", None),
-            getattr(attack, "restarts", None),
+            getattr(per, "steps", None),
+            getattr(per, "restarts", None),
         ),
         ("clean-average", clean_ref, clean, None, None),
     ]:
         if ref is None:
             continue
         for v in xis:
-            per = [p - ref for p in values[v]]
+            deltas = [p - ref for p in values[v]]
             per_example = sums[measure][v] / samples - at_w[measure].double()
             mean = sum(values[v]) / len(values[v])
             results.append(
@@ -195,15 +200,15 @@ def average_flatness(
                     loss=ref,
                     perturbed_loss=mean,
                     flatness=mean - ref,
-                    flatness_std=_std(per),
-                    per_sample=_clean_list(per),
+                    flatness_std=_std(deltas),
+                    per_sample=_clean_list(deltas),
                     samples=samples,
                     iterations=steps,
                     restarts=restarts,
                     note=_nonfinite_note(ref, values[v], "samples"),
                     err=refs_err[measure],
                     perturbed_err=sum(errs[measure][v]) / samples,
-                    flatness_se=average_flatness_se(per, per_example),
+                    flatness_se=average_flatness_se(deltas, per_example),
                     loss_se=loss_se(at_w[measure]),
                 )
             )
@@ -304,6 +309,9 @@ def resolve_flatness_config(config: FlatnessConfig, refs: Sequence) -> FlatnessC
     resolved = dataclasses.replace(resolved, measures=measures, xi=xi)
     if _robust_measures(measures):
         evaluation.loss_attack(resolved, "the Hessian" if "hessian" in measures else None)
+    if config.sample_attack is not None:
+        named = dataclasses.replace(resolved, attack=config.sample_attack)
+        evaluation.loss_attack(named, flag="--sample-attack")  # before any work
     return resolved
 
 
@@ -343,12 +351,14 @@ def flatness_measure(
     measures = config.measures
     robust = _robust_measures(measures)
     attack = (
-        build_attack(
-            config.attack, config.norm, config.eps, config.step_size, config.seed, config.precision
-        )
+        evaluation.eval_attack(config, config.attack)
         if robust
         else None
     )
+    sample_name = evaluation.sample_attack_name(config)
+    sample_attack = attack
+    if robust and "average" in measures and sample_name != config.attack:
+        sample_attack = evaluation.eval_attack(config, sample_name)
     heldout = None
     if "paper-hessian" in measures:
         heldout = data.load_split(config.dataset, "heldout", None, config.data_dir)
@@ -384,6 +394,7 @@ def flatness_measure(
                 weight_norm=config.weight_norm,
                 on_batch=on_batch,
                 compile=config.compile,
+                sample_attack=sample_attack,
             )
             results += [r for r in found if r.measure in measures]
         for m in (m for m in WORST_MEASURES if m in measures):
@@ -408,7 +419,7 @@ def flatness_measure(
         base = evaluation.key_columns(ref, info, config, chash, device)
         return [_row(base, r, config, model_note) for r in results]
 
-    return evaluation.noting_compile(measure, config.compile, device, on_note)
+    return in_fp32(evaluation.noting_compile(measure, config.compile, device, on_note))
 
 
 def _conv_scale_note(model, config, x, device) -> str | None:
@@ -465,6 +476,7 @@ def _row(base: dict, r, config: FlatnessConfig, model_note: str | None) -> dict:
         }
     return {
         **common,
+        "sample_attack": None if clean else evaluation.sample_attack_name(config),
         "estimator": "mean",
         "xi": r.xi,
         "samples": r.samples,

@@ -13,13 +13,14 @@ import pyarrow.parquet as pq
 
 from flatcli.files import atomic_write
 
-SCHEMA_VERSION = 2  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
+SCHEMA_VERSION = 3  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
+# 3: estimator_version; checkpoint_digest over the tensors
 
 # Key and provenance columns shared by every table (DESIGN.md), in order.
 COMMON = [
     pa.field("run", pa.string()),
     pa.field("checkpoint", pa.string()),
-    pa.field("checkpoint_digest", pa.string()),  # sha256 of the file; results follow content
+    pa.field("checkpoint_digest", pa.string()),  # sha256 of the tensors; results follow weights
     pa.field("epoch", pa.int64()),
     pa.field("dataset", pa.string()),
     pa.field("arch", pa.string()),
@@ -30,6 +31,7 @@ COMMON = [
     pa.field("seed", pa.int64()),
     pa.field("config_hash", pa.string()),
     pa.field("schema_version", pa.int64()),
+    pa.field("estimator_version", pa.int64()),  # flatcli.versions; null where no estimate
     pa.field("flatcli_version", pa.string()),
     pa.field("torch_version", pa.string()),
     pa.field("device", pa.string()),
@@ -51,6 +53,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "train_log": _with_common(
         pa.field("method", pa.string()),
         pa.field("lr", pa.float64()),
+        pa.field("steps", pa.int64()),  # optimizer steps in the epoch (per process)
         pa.field("train_loss", pa.float64()),
         pa.field("train_clean_err", pa.float64()),
         pa.field("train_robust_err", pa.float64()),  # null for --method clean
@@ -89,6 +92,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("iterations", pa.int64()),  # attack steps / joint ascent steps / Lanczos
         pa.field("restarts", pa.int64()),
         pa.field("attack", pa.string()),  # the attack behind robust_loss; null when clean
+        pa.field("sample_attack", pa.string()),  # average: the attack re-run at every w + nu
         pa.field("weight_lr", pa.float64()),  # worst case: normalized relative weight step
         pa.field("robust_loss", pa.float64()),  # at the checkpoint's weights, nats
         pa.field("robust_err", pa.float64()),  # at the checkpoint's weights, fraction
@@ -139,6 +143,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("run_dir", pa.string()),  # where run.json/train_log were found
             pa.field("dataset", pa.string()),
             pa.field("arch", pa.string()),
+            pa.field("width", pa.int64()),  # run.json (else the checkpoint's metadata)
+            pa.field("n_params", pa.int64()),  # parameters (BN statistics excluded)
             pa.field("eps", pa.float64()),
             pa.field("norm", pa.string()),
             pa.field("method", pa.string()),  # run.json: clean | at | trades | mart | awp

@@ -145,7 +145,7 @@ def test_terminal_table_and_headline_show_errors_in_percent_with_their_se(study,
     assert exit_info.value.code == 0
     assert "40.0 ± 2.3 %" in out  # at, epoch 2: pgd7 robust error 0.40, SE 0.0229
     assert "0.7 ± 0.02" in out
-    found = report.build([study], figures=False).headline
+    found = report.build([study], figures=False).found
     assert {f.topic for f in found} >= {"Robust overfitting", "Early stopping"}
     (early,) = [f for f in found if f.topic == "Early stopping"]  # at: 50 % at 1, 40 % at 2
     assert early.run == "at" and early.value == pytest.approx(0.10) and early.beyond_noise

@@ -319,7 +319,7 @@ def test_overfitting_finding_follows_the_test_robust_loss(losses, se, verdict):
     assert "(-5.0 ± 1.4 points: lower, beyond 2 SE)" in text
     if "robust overfitting (" not in verdict:
         assert "robust overfitting (" not in text and "rose to" not in text
-    (record, *_) = [f for f in report.headline(group.assign(run="r", **_empty()), *_none())]
+    (record, *_) = [f for f in report.finding_records(group.assign(run="r", **_empty()), *_none())]
     assert record.topic == "Robust overfitting" and record.text == text
     if se is not None and losses[2] > losses[1]:
         rise_se = se * 2**0.5
@@ -490,11 +490,11 @@ def test_cli_label_needs_one_per_out(tmp_path, capsys):
 # The page (issue 14)
 
 
-def test_page_puts_settings_and_headline_first_and_renders_markdown(study):
+def test_page_puts_findings_settings_and_runs_first_and_renders_markdown(study):
     root, out, _ = study
     result = report.build([out], how="last", html_page=True)
     page = (out / "report.html").read_text()
-    order = [page.index(s) for s in ("Settings", "Headline", "<figure", "<details")]
+    order = [page.index(s) for s in ("Findings", "Settings", ">Runs<", "<figure", "<details")]
     assert order == sorted(order)
     assert "`" not in page and "<code>at</code>" in page
     assert "eps 0.1" in page and "examples 400" in page and "xi 0.5" in page

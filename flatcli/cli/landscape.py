@@ -28,7 +28,7 @@ NormalizationName = o.menu(LandscapeConfig, "normalization")
 Plot = Annotated[
     str,
     typer.Option("--plot", help="Figures under OUT/landscape_plots/: png | svg | none.",
-                 rich_help_panel=OUTPUT),
+                 metavar="png|svg|none", rich_help_panel=OUTPUT),
 ]  # fmt: skip
 
 

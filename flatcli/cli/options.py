@@ -41,7 +41,7 @@ Out = Annotated[
     typer.Option(
         "--out",
         "-o",
-        metavar="DIR",
+        metavar="PATH",
         help="Output directory; tables go to OUT/<table>/.",
         rich_help_panel=OUTPUT,
     ),
@@ -145,6 +145,26 @@ def _cli_type_and_default(f: dataclasses.Field, annotation):
     return annotation, default
 
 
+_PARSED = {"number": "X", "numbers": "LIST", "names": "LIST", "pair": "MIN,MAX", "path": "PATH"}
+
+
+def _metavar(meta: dict, annotation) -> str:
+    """A plain metavar for a field without its own: its choices (a|b), how it parses (X, LIST,
+    MIN,MAX, PATH), else from its type (N for integers, X for floats, NAME for text)."""
+    if meta.get("choices") and not meta.get("repeat"):
+        return "|".join(str(c) for c in meta["choices"])
+    if meta.get("parse") in _PARSED:
+        return _PARSED[meta["parse"]]
+    if meta.get("repeat"):
+        return "LIST"
+    kinds = {a for a in typing.get_args(annotation) if a is not type(None)} or {annotation}
+    if kinds & {int}:
+        return "N"
+    if kinds & {float}:
+        return "X"
+    return "NAME"
+
+
 def field_parameters(config_type) -> list[inspect.Parameter]:
     """One Typer option per config field that has a help text, in the fields' order."""
     hints = typing.get_type_hints(config_type)
@@ -155,6 +175,8 @@ def field_parameters(config_type) -> list[inspect.Parameter]:
             continue
         cli_type, default = _cli_type_and_default(f, hints[f.name])
         extra = {k: meta[k] for k in ("metavar", "show_default", "envvar", "min") if k in meta}
+        if "metavar" not in extra and not meta.get("menu") and hints[f.name] is not bool:
+            extra["metavar"] = _metavar(meta, hints[f.name])
         info = typer.Option(
             *meta.get("flags", ()), help=meta["help"], rich_help_panel=meta["panel"], **extra
         )

@@ -193,6 +193,87 @@ def with_path(path, message: str) -> str:
     return message if str(path) in message else f"{path}: {message}"
 
 
+def eta(elapsed: float | None, done: float, total: float | None) -> float | None:
+    """Seconds left at the mean pace so far (`done` of `total` units in `elapsed` seconds);
+    None before any progress."""
+    if elapsed is None or total is None or done <= 0:
+        return None
+    return max(0.0, elapsed * (total - done) / done)
+
+
+def eta_column():
+    """rich's remaining-time column at the mean pace since the task started, counting the
+    current unit's share done (the task field `partial`): rich's own keeps a 30 s window of
+    samples, so it shows `-:--:--` forever when each unit takes longer than that."""
+    from datetime import timedelta
+
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Eta(ProgressColumn):
+        def render(self, task) -> Text:
+            if task.finished:
+                return Text("0:00:00", style="progress.remaining")
+            done = task.completed + task.fields.get("partial", 0.0)
+            left = eta(task.elapsed, done, task.total)
+            if left is None:
+                return Text("-:--:--", style="progress.remaining")
+            return Text(str(timedelta(seconds=round(left))), style="progress.remaining")
+
+    return Eta()
+
+
+class EpochProgress:
+    """Training on stderr: on a TTY a bar over the current epoch's steps with its ETA, the
+    epoch lines printed above it; otherwise the epoch lines only; nothing with `quiet`."""
+
+    def __init__(self, quiet: bool, console: Console = err_console):
+        self.quiet, self.console = quiet, console
+        self.live = self.task = None
+        self._epoch = None
+        if not quiet and console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self.live = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                eta_column(),
+                console=console,
+                transient=True,
+            )
+
+    def __enter__(self):
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def step(self, epoch: int, epochs: int, step: int, steps: int) -> None:
+        """Step `step` of `steps` of epoch `epoch` (1-based) of `epochs` is done."""
+        if self.live is None:
+            return
+        if self.task is None:
+            self.task = self.live.add_task("", total=steps)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self.live.reset(self.task, total=steps, completed=step,
+                            description=f"train: epoch {epoch}/{epochs}")  # fmt: skip
+        else:
+            self.live.update(self.task, completed=step)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, markup=False)
+
+
 class Progress:
     """Renders a sweep on stderr: rich bars on a TTY (checkpoints, and inside the current one
     whatever `on_batch(done, total, label)` reports, with ETA), one plain line per checkpoint
@@ -207,13 +288,7 @@ class Progress:
         self._unit = ""
         self._phase: tuple[str, int] | None = None  # (label, last done) of the inner bar
         if not quiet and console.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
             self.live = RichProgress(
@@ -222,7 +297,7 @@ class Progress:
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TextColumn("eta"),
-                TimeRemainingColumn(),
+                eta_column(),
                 console=console,
                 transient=True,
             )
@@ -262,7 +337,7 @@ class Progress:
             self._unit, self._phase = name, None
             self.live.reset(self.inner, total=None, description=f"  {name}", visible=True)
         elif event.kind in ("done", "skipped", "failed"):
-            self.live.update(self.outer, advance=1)
+            self.live.update(self.outer, advance=1, partial=0.0)
             self.live.update(self.inner, visible=False)
 
     def on_batch(self, done: int, total: int, label: str = "examples") -> None:
@@ -282,11 +357,16 @@ class Progress:
         else:
             self.live.update(self.inner, total=total, completed=done)
         self._phase = (label, done)
+        if self.outer is not None and total:  # the outer ETA counts the unit's share done
+            self.live.update(self.outer, partial=min(done / total, 0.999))
 
-    def summary(self, done: int, skipped: int, failed: int) -> None:
-        """The closing line: `N done, N skipped, N failed (Xs)`."""
+    def summary(self, done: int, skipped: int, failed: int, recomputed: int = 0) -> None:
+        """The closing line: `N done, N skipped, N failed (Xs)`; `N done (K recomputed: older
+        estimator version)` when rows of older code were replaced."""
         seconds = time.perf_counter() - self.started
-        self.log(f"{self.label}: {done} done, {skipped} skipped, {failed} failed ({seconds:.1f}s)")
+        again = f" ({recomputed} recomputed: older estimator version)" if recomputed else ""
+        self.log(f"{self.label}: {done} done{again}, {skipped} skipped, {failed} failed "
+                 f"({seconds:.1f}s)")
 
     def log(self, message: str) -> None:
         if not self.quiet:

@@ -32,10 +32,11 @@ Runs = Annotated[
     list[Path] | None,
     typer.Option(
         "--runs",
-        help="Run directories of `flatcli train` (run.json, train_log); repeat for several. "
-        "Default: found from the checkpoints named in the tables and under each OUT.",
+        help="Report only these runs: their directories (of `flatcli train`: run.json, "
+        "train_log); repeat for several. The report then goes to OUT/report-A-B unless --out "
+        "is given. Default: every run in the tables and under each OUT.",
         rich_help_panel="Inputs",
-        metavar="RUN_DIR",
+        metavar="PATH",
     ),
 ]
 SelectOpt = Annotated[
@@ -72,7 +73,7 @@ Label = Annotated[
         "experiments with runs of the same name stay apart. Default: none, unless two OUTs hold "
         "different runs of one name (then each OUT's directory name, with a note).",
         rich_help_panel="Inputs",
-        metavar="A,B,...",
+        metavar="LIST",
     ),
 ]
 ReportDir = Annotated[
@@ -80,10 +81,19 @@ ReportDir = Annotated[
     typer.Option(
         "--out",
         "-o",
-        help="Where the report goes (default: the first OUT).",
+        help="Where the report goes (default: the first OUT; with --runs, OUT/report-A-B, "
+        "named after the runs, so the full report is never overwritten).",
         rich_help_panel="Output",
     ),
 ]
+
+
+def default_directory(first_out: Path, runs: list[Path]) -> Path:
+    """The first OUT for every run; OUT/report-A-B (the runs' directory names) for a subset."""
+    if not runs:
+        return first_out
+    names = "-".join(dict.fromkeys(p.resolve().name or "run" for p in runs))
+    return first_out / f"report-{names}"
 
 
 def report(
@@ -106,7 +116,10 @@ def report(
     Runs measured with different settings are named (stderr and report.md); a different
     threat model (dataset, eps, norm) refuses the comparison across runs.
 
-    Example: flatcli report demo_out --runs demo_out/runs/at --runs demo_out/runs/awp --html
+    Example: flatcli report demo_out --html
+
+    Two runs only (written to demo_out/report-at-awp): flatcli report demo_out --runs
+    demo_out/runs/at --runs demo_out/runs/awp --html
     """
     from flatcli import report as core
     from flatcli.errors import UsageError
@@ -114,10 +127,15 @@ def report(
     for path in outs:
         if not path.is_dir():  # before ensure_writable, which would create it
             raise UsageError(f"{path}: no such directory")
-    directory = out if out is not None else outs[0]
+    directory = out if out is not None else default_directory(outs[0], runs or [])
+    for run_dir in runs or []:
+        if not run_dir.is_dir():
+            raise UsageError(f"--runs {run_dir}: no such directory")
     ensure_writable(directory)
     labels = None if label is None else label.split(",")
-    result = core.build(outs, runs or [], select.value, directory, html, labels, figures)
+    result = core.build(
+        outs, runs or [], select.value, directory, html, labels, figures, only=bool(runs)
+    )
     for warning in result.warnings:  # even with --quiet: a comparison may be invalid
         err_console.print(f"flatcli: warning: {warning}", markup=False)
     if not quiet:

@@ -9,7 +9,7 @@ import typer
 from typer import Exit
 
 from flatcli.cli import options as o
-from flatcli.cli.output import err_console, render
+from flatcli.cli.output import EpochProgress, render
 from flatcli.config import TrainConfig
 from flatcli.fields import OUTPUT
 
@@ -60,17 +60,18 @@ def train(
     from flatcli.training import TrainEvent
     from flatcli.training import train as run_training
 
-    def log(message: str) -> None:
-        if not quiet:
-            err_console.print(message, markup=False)
+    progress = EpochProgress(quiet)
 
     def on_event(event: TrainEvent) -> None:
-        if event.kind == "epoch":
-            log(_epoch_line(event))
+        if event.kind == "batch":
+            progress.step(event.epoch, event.epochs, event.step, event.steps)
+        elif event.kind == "epoch":
+            progress.log(_epoch_line(event))
         elif event.kind in ("start", "resume", "done", "complete"):
-            log(f"train: {event.message}")
+            progress.log(f"train: {event.message}")
 
-    result = run_training(config, out, force=force, on_event=on_event)
+    with progress:
+        result = run_training(config, out, force=force, on_event=on_event)
     if result.is_main:
         from flatcli import tables
 
@@ -78,21 +79,23 @@ def train(
     raise Exit(0)
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+def _fraction(value) -> str:
+    """An error as the table prints it: a fraction (0.123), not a percentage."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _epoch_line(event) -> str:
+    """One line per epoch, errors as fractions like the table printed at the end."""
     r = event.row or {}
     held = ""
     if r.get("heldout_robust_err") is not None:
         held = (
-            f"  heldout clean/robust err {_pct(r['heldout_clean_err'])}/"
-            f"{_pct(r['heldout_robust_err'])}"
+            f"  heldout clean/robust err {_fraction(r['heldout_clean_err'])}/"
+            f"{_fraction(r['heldout_robust_err'])}"
         )
     return (
-        f"epoch {event.epoch}/{event.epochs}  lr {r.get('lr', 0):.4g}  "
+        f"train: epoch {event.epoch}/{event.epochs}  lr {r.get('lr', 0):.4g}  "
         f"loss {r.get('train_loss', float('nan')):.4f}  train clean/robust err "
-        f"{_pct(r.get('train_clean_err'))}/{_pct(r.get('train_robust_err'))}{held}  "
+        f"{_fraction(r.get('train_clean_err'))}/{_fraction(r.get('train_robust_err'))}{held}  "
         f"{r.get('wall_time_s', 0):.1f}s"
     )

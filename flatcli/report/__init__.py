@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flatcli import files, tables
 from flatcli.errors import UsageError
+from flatcli.report import headline
 from flatcli.report.columns import (
     ALPHA,
     FLATNESS_COLUMNS,
@@ -28,10 +29,10 @@ from flatcli.report.findings import (
     Finding,
     across_runs_finding,
     compare,
+    finding_records,
     findings,
     flatness_finding,
     fmt_p,
-    headline,
     overfitting_finding,
     with_uncertainty,
 )
@@ -44,7 +45,7 @@ from flatcli.report.join import (
 )
 from flatcli.report.render import Report, document, render_html, render_markdown, run_table
 from flatcli.report.settings import flatness_xis, settings_of
-from flatcli.report.sources import Sources, load_sources
+from flatcli.report.sources import Sources, load_sources, only_runs
 from flatcli.report.stats import correlation, correlations, holm
 
 __all__ = [
@@ -71,9 +72,10 @@ __all__ = [
     "findings",
     "flatness_finding",
     "fmt_p",
-    "headline",
+    "finding_records",
     "holm",
     "load_sources",
+    "only_runs",
     "overfitting_finding",
     "per_epoch",
     "records",
@@ -94,6 +96,7 @@ def build(
     html_page: bool = False,
     labels: Sequence[str] | None = None,
     figures: bool = True,
+    only: bool = False,
 ) -> Report:
     """Read, join, correlate, draw and write the report under `report_dir` (default: OUT[0]).
 
@@ -102,12 +105,15 @@ def build(
 
     `labels` (one per OUT) prefix the run names of each OUT (`label/run`); without them, a run
     name two OUTs use for different checkpoints is prefixed by the OUT's directory name.
+    `only`: report the runs of `run_dirs` alone.
     """
     if how not in SELECTIONS:
         raise UsageError(f"--select {how!r}: choose last, best or all")
     if not outs:
         raise UsageError("give at least one OUT directory (where attack/flatness wrote tables)")
     sources = load_sources([Path(o) for o in outs], [Path(r) for r in run_dirs], labels)
+    if only and run_dirs:
+        sources = only_runs(sources, [Path(r) for r in run_dirs])
     warnings = list(sources.notes)
     table = per_epoch(sources, warnings)
     if table.empty:
@@ -125,7 +131,7 @@ def build(
     drawn, captions = {}, {}
     if figures:
         drawn, captions = write_figures(table, sources.landscape, directory / PLOTS, how, corr)
-    found = headline(table, corr, how, measured.refused)
+    found = finding_records(table, corr, how, measured.refused)
     report = Report(
         table=table,
         correlations=corr,
@@ -137,7 +143,8 @@ def build(
         warnings=warnings,
         settings=measured.lines,
         captions=captions,
-        headline=found,
+        headline=headline.sentences(table, corr, how, measured.refused),
+        found=found,
     )
     report.written = _write(report, directory, how, outs, html_page)
     return report

@@ -1,8 +1,8 @@
 """The paper's findings as measured here, in sentences that claim only what the numbers
 support: a relation across runs only at a Holm-adjusted p < ALPHA, no p-value for the epochs of
 one run, "flatter" only beyond 2 standard errors, "robust overfitting" only when the last epoch's
-test robust loss is above the minimum beyond noise (a one-sided z-test). `headline` gives each
-finding as a record (`Finding`), `findings` the sentences by topic."""
+test robust loss is above the minimum beyond noise (a one-sided z-test). `finding_records`
+gives each finding as a record (`Finding`), `findings` the sentences by topic."""
 
 from __future__ import annotations
 
@@ -381,7 +381,7 @@ def run_records(df: pd.DataFrame) -> list[Finding]:
     return out
 
 
-def headline(
+def finding_records(
     df: pd.DataFrame, corr: pd.DataFrame, how: str, refused: str | None = None
 ) -> list[Finding]:
     """Every finding as a record: per run (robust overfitting, flatness over training, early
@@ -403,9 +403,9 @@ def per_run(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
 def findings(
     df: pd.DataFrame, corr: pd.DataFrame, how: str, refused: str | None = None
 ) -> dict[str, list[str]]:
-    """The paper's three findings as measured here, sentence by sentence (`headline`'s texts
+    """The paper's three findings as measured here, sentence by sentence (`finding_records`' texts
     by topic)."""
-    found = headline(df, corr, how, refused)
+    found = finding_records(df, corr, how, refused)
     return {topic: [f.text for f in found if f.topic == topic] for topic in TOPICS}
 
 

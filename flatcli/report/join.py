@@ -11,6 +11,7 @@ import pandas as pd
 
 from flatcli import tables
 from flatcli.errors import UsageError
+from flatcli.report.capacity import capacity
 from flatcli.report.columns import HESSIAN, MEASURES, SELECTIONS
 from flatcli.report.repeats import ATTACK_VALUES, attack_rows, measure_rows
 from flatcli.report.settings import MEASURE_NAMES
@@ -194,7 +195,8 @@ def _best_epochs(sources: Sources) -> dict[str, int]:
 
 
 def _run_columns(df: pd.DataFrame, sources: Sources) -> pd.DataFrame:
-    """`df` with each run's method, regularizers and directory (run.json), and early stopping
+    """`df` with each run's method, regularizers and directory (run.json), its width and
+    parameter count (report.capacity), and early stopping
     (best_epoch, is_best) and is_last per row."""
     configs = {run: info.get("config", {}) for run, info in sources.runs.items()}
     df["method"] = df.run.map(lambda r: configs.get(r, {}).get("method"))
@@ -204,6 +206,9 @@ def _run_columns(df: pd.DataFrame, sources: Sources) -> pd.DataFrame:
         df[key] = df.run.map(lambda r, k=key: configs.get(r, {}).get(k))
     dirs = {run: str(path) for run, path in sources.run_dirs.items()}
     df["run_dir"] = df.run.map(lambda r: dirs.get(r))
+    sizes = capacity(df, configs).set_index("run")
+    df["width"] = df.run.map(sizes.width).astype("Int64")
+    df["n_params"] = df.run.map(sizes.n_params).astype("Int64")
     df["best_epoch"] = df.run.map(_best_epochs(sources)).astype("Int64")
     df["is_best"] = df.epoch.notna() & (df.epoch == df.best_epoch).fillna(False)
     last = df.groupby("run").epoch.transform("max")

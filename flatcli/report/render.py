@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 
 from flatcli import plots
-from flatcli.report.columns import FLATNESS_COLUMNS, SHORT_LABELS, TARGETS, is_missing
+from flatcli.report import headline
+from flatcli.report.columns import SHORT_LABELS, TARGETS, is_missing
 from flatcli.report.findings import ACROSS, compared, fmt_p, per_run, statistics_note
+from flatcli.report.headline import run_table  # noqa: F401  (flatcli.report exports it)
 
 
 @dataclass
@@ -32,37 +34,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)  # settings that differ, renamed runs
     settings: list[str] = field(default_factory=list)  # how each table was measured
     captions: dict[str, str] = field(default_factory=dict)
-    headline: list = field(default_factory=list)  # findings.Finding records, the page's source
-
-
-def run_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: early-stopping and last epoch side by side, flatness at both."""
-    rows = []
-    for run, group in df.groupby("run", sort=False):
-        last = group[group.is_last].iloc[0] if group.is_last.any() else group.iloc[-1]
-        best = group[group.is_best].iloc[0] if group.is_best.any() else None
-
-        def at(row, column):
-            return None if row is None else row[column]
-
-        row = {
-            "run": run,
-            "method": last.method,
-            "regularizers": last.regularizers,
-            "early-stop epoch": at(best, "epoch"),
-            "last epoch": last.epoch,
-            "test RErr (early stop)": at(best, "test_robust_err"),
-            "test RErr (last)": last.test_robust_err,
-            "test RCE (early stop)": at(best, "test_robust_loss"),
-            "test RCE (last)": last.test_robust_loss,
-            "RCE gap (last)": last.rce_gap,
-        }
-        for column in FLATNESS_COLUMNS:
-            if df[column].notna().any():
-                row[f"{SHORT_LABELS[column]} (early stop)"] = at(best, column)
-                row[f"{SHORT_LABELS[column]} (last)"] = last[column]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    headline: list[str] = field(default_factory=list)  # the first screen's sentences
+    found: list = field(default_factory=list)  # findings.Finding records (value, se, test)
 
 
 def _cell(value) -> str:
@@ -102,26 +75,27 @@ def correlation_view(corr: pd.DataFrame, within: bool = False) -> pd.DataFrame:
 
 
 def document(report: Report, how: str, outs: Sequence[Path]) -> list[tuple[str, object]]:
-    """The report as blocks (kind, content), rendered to Markdown and HTML alike."""
+    """The report as blocks (kind, content), rendered to Markdown and HTML alike: the title and
+    the findings first, then the settings, the runs' table, the figures, per-run detail (open
+    where a run holds a finding) and the correlation tables."""
     df = report.table
     blocks: list[tuple[str, object]] = [
-        ("h1", "flatcli report"),
+        ("h1", headline.title(df)),
+        ("findings", report.headline or ["No finding: not enough data (see below)."]),
+        ("h2", "Settings"),
         (
             "p",
             f"Inputs: {', '.join(f'`{o}`' for o in outs)}: {df.run.nunique()} run(s), "
-            f"{df.checkpoint.notna().sum()} checkpoint(s) ({len(df)} epochs with a row). Losses "
-            "in nats, errors as fractions. RErr: robust error, "
-            "the strongest attack's; RCE: robust loss, the largest estimate (PGD). Flatness: "
-            "higher = sharper.",
+            f"{df.checkpoint.notna().sum()} checkpoint(s) ({len(df)} epochs with a row).",
         ),
-        ("h2", "Settings"),
         ("ul", report.settings or ["No measurement rows."]),
     ]
     if report.warnings:
         blocks += [("h2", "Warnings"), ("ul", report.warnings)]
     if report.missing:
         blocks += [("h2", "Missing inputs"), ("ul", report.missing)]
-    blocks += [("h2", "Headline"), ("table", report.runs)]
+    blocks += [("h2", "Runs"), ("table", report.runs), ("note", headline.TABLE_NOTE)]
+    blocks += [("h2", ACROSS)]
     blocks += [("ul", report.findings[ACROSS] or ["Not enough data to compare runs."])]
     if not report.correlations.empty:
         blocks.append(("p", statistics_note(report.correlations, how)))
@@ -130,9 +104,11 @@ def document(report: Report, how: str, outs: Sequence[Path]) -> list[tuple[str, 
         for name, path in report.figures.items():
             blocks.append(("figure", (path, report.captions.get(name, name))))
     detail = per_run(df)
+    overfit = headline.overfit_runs(df)
     for title in ("Robust overfitting", "Flatness over training"):
-        items = [(run, found[title]) for run, found in detail.items() if found[title]]
-        blocks += [("h2", title), ("details", items or [("", ["Not enough data (see above)."])])]
+        items = [(run, found[title], run in overfit)
+                 for run, found in detail.items() if found[title]]  # fmt: skip
+        blocks += [("h2", title), ("details", items or [("", ["Not enough data."], False)])]
     across = correlation_view(report.correlations)
     if not across.empty:
         which = compared(how)[0]
@@ -165,12 +141,14 @@ def render_markdown(blocks, directory: Path) -> str:
             lines.append(f"# {content}\n")
         elif kind == "h2":
             lines.append(f"\n## {content}\n")
-        elif kind == "p":
+        elif kind in ("p", "note"):
             lines.append(f"\n{content}\n")
+        elif kind == "findings":
+            lines += ["", "## Findings", "", *[f"- **{s}**" for s in content], ""]
         elif kind == "ul":
             lines += [f"- {s}" for s in content]
         elif kind == "details":
-            lines += [f"- {s}" for _, sentences in content for s in sentences]
+            lines += [f"- {s}" for _, sentences, _ in content for s in sentences]
         elif kind == "table":
             lines.append(_markdown_table(content))
         elif kind == "figure":
@@ -184,11 +162,16 @@ def inline(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
+_NUMBER = re.compile(r"^[-+]?\d[\d.]*(e[-+]?\d+)?( ± [\d.]+)?[kM]?$")
+
+
 def _align(value) -> str:
-    """Numbers right-aligned (digits line up), text left."""
+    """Numbers (and numbers written as text, `12.3 ± 0.4`) right-aligned, text left."""
     number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
         value, bool
     )
+    if isinstance(value, str):
+        number = bool(_NUMBER.match(value))
     return " class='num'" if number else ""
 
 
@@ -212,22 +195,36 @@ _STYLE = (
     "code{background:#f3f3f3;padding:0 3px;border-radius:3px}"
     "details{margin:.3em 0}summary{cursor:pointer;font-weight:600}"
     ".scroll{overflow-x:auto}"
+    "#findings{background:#f6f8fa;border-left:4px solid #2f6fb0;padding:.2em 1em;margin:1em 0}"
+    "#findings h2{margin:.4em 0}#findings li{margin:.4em 0}"
+    "p.note{font-size:13px;color:#444;margin-top:0}h1{font-size:1.6em;line-height:1.25}"
+    "td,th{overflow-wrap:anywhere}"
 )
 
 
 def render_html(blocks) -> str:
     """A self-contained page: inline CSS, figures as base64 PNG data URIs, no external links."""
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>flatcli report</title>"]
+    title = next((c for k, c in blocks if k == "h1"), "flatcli report")
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>"]
+    parts.append(f"<title>{html.escape(title)}</title>")
     parts.append(f"<style>{_STYLE}</style></head><body>")
     for kind, content in blocks:
         if kind in ("h1", "h2", "p"):
             parts.append(f"<{kind}>{inline(content)}</{kind}>")
+        elif kind == "note":
+            parts.append(f"<p class='note'>{inline(content)}</p>")
+        elif kind == "findings":
+            items = "".join(f"<li>{inline(s)}</li>" for s in content)
+            parts.append(f"<section id='findings'><h2>Findings</h2><ul>{items}</ul></section>")
         elif kind == "ul":
             parts.append("<ul>" + "".join(f"<li>{inline(s)}</li>" for s in content) + "</ul>")
         elif kind == "details":
-            for summary, sentences in content:
+            for summary, sentences, is_open in content:
                 body = "".join(f"<p>{inline(s)}</p>" for s in sentences)
-                parts.append(f"<details><summary>{inline(summary)}</summary>{body}</details>")
+                attr = " open" if is_open else ""
+                parts.append(
+                    f"<details{attr}><summary>{inline(summary)}</summary>{body}</details>"
+                )
         elif kind == "table":
             parts.append(f"<div class='scroll'>{_html_table(content)}</div>")
         elif kind == "figure":

@@ -212,3 +212,28 @@ def load_sources(
         skipped=skipped,
         notes=[note] if note else [],
     )
+
+
+def only_runs(sources: Sources, run_dirs: Sequence[Path]) -> Sources:
+    """`sources` restricted to the runs of `run_dirs` (a run directory's own name, or the name
+    the tables give the checkpoints in it); a directory with no run in them is refused."""
+    frames = {t: getattr(sources, t) for t in (*MEASURED, "train_log")}
+    keep: set[str] = set()
+    for run_dir in run_dirs:
+        home = Path(run_dir).resolve()
+        hits = {name for name, path in sources.run_dirs.items() if path == home}
+        for df in frames.values():
+            if not df.empty and "checkpoint" in df:
+                pairs = df[["run", "checkpoint"]].dropna().drop_duplicates()
+                pairs = pairs.itertuples(index=False)
+                hits |= {r for r, c in pairs if Path(c).parent.resolve() == home}
+        if not hits:
+            raise UsageError(
+                f"--runs {run_dir}: no attack, flatness, landscape or train_log rows of this run"
+            )
+        keep |= hits
+    for table, df in frames.items():
+        setattr(sources, table, df[df.run.isin(sorted(keep))].reset_index(drop=True))
+    sources.runs = {k: v for k, v in sources.runs.items() if k in keep}
+    sources.run_dirs = {k: v for k, v in sources.run_dirs.items() if k in keep}
+    return sources
