@@ -64,18 +64,22 @@ def _attack_side(attack: pd.DataFrame, split: str, notes: list[str]) -> pd.DataF
     rows = attack_rows(attack, split, notes)
     if rows.empty:
         return pd.DataFrame(columns=["run", "epoch"])
-    side = []
-    for (run, epoch), group in rows.groupby(["run", "epoch"], dropna=False, sort=False):
-        row = {"run": run, "epoch": epoch, "attacks": ",".join(sorted(set(group.attack)))}
-        row |= {"n": group.n_examples.max(), "n_seeds": group.n_seeds.max()}
-        for value in ATTACK_VALUES:
-            numbers = pd.to_numeric(group[value], errors="coerce")
-            top = group.loc[numbers.idxmax()] if numbers.notna().any() else None
-            for column in (value, f"{value}_se", f"{value}_seed_se"):
-                row[column] = None if top is None else top[column]
-        side.append(row)
-    side = pd.DataFrame(side)
     keep = ["run", "epoch"]
+    side = (
+        rows.groupby(keep, dropna=False, sort=False)
+        .agg(
+            attacks=("attack", lambda s: ",".join(sorted(set(s)))),
+            n=("n_examples", "max"),
+            n_seeds=("n_seeds", "max"),
+        )
+        .reset_index()
+    )
+    for value in ATTACK_VALUES:  # the row of the largest value per checkpoint, with its SEs
+        ranked = rows.assign(_v=pd.to_numeric(rows[value], errors="coerce")).sort_values(
+            "_v", ascending=False, na_position="last", kind="stable"
+        )
+        top = ranked.drop_duplicates(keep)[[*keep, value, f"{value}_se", f"{value}_seed_se"]]
+        side = side.merge(top, on=keep, how="left")
     renamed = {c: f"{split}_{c}" for c in side.columns if c not in keep}
     return side.rename(columns=renamed)
 
@@ -182,7 +186,8 @@ def _best_epochs(sources: Sources) -> dict[str, int]:
     log = sources.train_log.dropna(subset=["heldout_robust_err"])
     for run, group in log.groupby("run"):
         best.setdefault(run, int(group.loc[group.heldout_robust_err.idxmin(), "epoch"]))
-    held = sources.attack[(sources.attack.split == "heldout") & sources.attack.epoch.notna()]
+    held = attack_rows(sources.attack, "heldout", [])  # one setting, seed repeats averaged
+    held = held[held.epoch.notna()] if not held.empty else held
     for run, group in held.groupby("run"):
         per_epoch = group.groupby("epoch").robust_err.max()
         best.setdefault(run, int(per_epoch.idxmin()))

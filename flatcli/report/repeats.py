@@ -7,14 +7,11 @@ named in a note."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from flatcli.report.columns import SETTING_NAMES as _NAMES
 from flatcli.report.columns import THREAT, show
-from flatcli.uncertainty import combined
 
 KEY = ["run", "epoch"]
 VERSION = "estimator_version"  # a setting where the tables carry it
@@ -28,7 +25,11 @@ def present(rows: pd.DataFrame, columns: list[str]) -> list[str]:
 def _label(rows: pd.DataFrame, columns: list[str]) -> pd.Series:
     if not columns:
         return pd.Series("", index=rows.index)
-    return rows[columns].map(show).agg(" | ".join, axis=1)
+    shown = [rows[c].map(show) for c in columns]
+    label = shown[0]
+    for part in shown[1:]:
+        label = label + " | " + part
+    return label
 
 
 def choose_setting(
@@ -104,27 +105,28 @@ def average_seeds(
     if "created_at" in rows:
         rows = rows.sort_values("created_at", na_position="first", kind="stable")
     rows = rows.groupby([*by, "_seed"], dropna=False, sort=False).tail(1)
-    out = []
-    for _, group in rows.groupby(by, dropna=False, sort=False):
-        row = group.iloc[-1].to_dict()
-        k = len(group)
-        row["n_seeds"] = k
-        for value, se in values.items():
-            numbers = pd.to_numeric(group[value], errors="coerce").to_numpy(dtype=float)
-            finite = numbers[np.isfinite(numbers)]
-            row[value] = float(finite.mean()) if len(finite) == len(numbers) and k else math.nan
-            seed_se = None
-            if k >= 2 and len(finite) == k:
-                seed_se = float(finite.std(ddof=1) / math.sqrt(k))
-            examples = None
-            if se is not None and se in group:
-                ses = pd.to_numeric(group[se], errors="coerce").to_numpy(dtype=float)
-                if np.isfinite(ses).all():
-                    examples = float(np.sqrt(np.mean(ses**2)))
-            row[f"{value}_seed_se"] = seed_se
-            row[f"{value}_se"] = combined(examples, seed_se)
-        out.append(row)
-    return pd.DataFrame(out).drop(columns="_seed")
+    rows = rows.assign(_group=rows.groupby(by, dropna=False, sort=False).ngroup())
+    groups = rows.groupby("_group")
+    out = rows.drop_duplicates("_group", keep="last").set_index("_group").sort_index()
+    k = groups.size()
+    out["n_seeds"] = k
+    for value, se in values.items():
+        numbers = pd.to_numeric(rows[value], errors="coerce").astype(float)
+        all_finite = np.isfinite(numbers).groupby(rows._group).all()
+        mean = numbers.groupby(rows._group).mean().where(all_finite)
+        seed_se = numbers.groupby(rows._group).std(ddof=1) / np.sqrt(k)
+        seed_se = seed_se.where(all_finite & (k > 1))
+        examples = pd.Series(np.nan, index=k.index)
+        if se is not None and se in rows:
+            ses = pd.to_numeric(rows[se], errors="coerce").astype(float)
+            examples = np.sqrt((ses**2).groupby(rows._group).mean())
+            examples = examples.where(np.isfinite(ses).groupby(rows._group).all())
+        out[value] = mean
+        out[f"{value}_seed_se"] = seed_se
+        out[f"{value}_se"] = np.sqrt(examples.fillna(0) ** 2 + seed_se.fillna(0) ** 2).where(
+            examples.notna() | seed_se.notna()
+        )
+    return out.reset_index(drop=True).drop(columns="_seed")
 
 
 def seeds_line(rows: pd.DataFrame) -> str | None:

@@ -149,7 +149,8 @@ def settings_of(
     threat = []
     for what, per, columns in _per_checkpoint(attack, flatness, xis):
         line = _line(what, per, columns)
-        extra = [STRONGEST] if what.startswith("Attack") else []
+        several = what.startswith("Attack") and per.attacks.str.contains(", ").any()
+        extra = [STRONGEST] if several else []
         extra += [s for s in [seeds_line(per)] if s]
         result.lines.append(line[:-1] + "; " + "; ".join(extra) + "." if extra else line)
         result.differences += differences(what, per, columns)
