@@ -42,6 +42,9 @@ def _legend(fig, axes) -> None:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    markers = ("early stopping", "last epoch")  # after the runs
+    order = sorted(range(len(labels)), key=lambda i: labels[i] in markers)
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     if labels:
         fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 6),
                    frameon=False)  # fmt: skip
