@@ -183,3 +183,28 @@ def test_a_bumped_version_recomputes_older_rows_and_says_so(tmp_path, capsys, mo
     assert len(list((out / "attack").glob("*.parquet"))) == 1
     code, err = sweep()
     assert code == 0 and "0 done, 1 skipped" in err
+
+
+def test_attacks_of_different_versions_on_one_checkpoint_are_one_setting():
+    """Each attack has its own version: PGD at one, APGD at another is one evaluation setting
+    (the strongest attack is taken over both), while one attack at two versions is two."""
+    from flatcli import tables
+    from flatcli.report import repeats
+
+    base = dict(run="at", epoch=25, split="test", dataset="digits", eps=0.15, norm="linf",
+                n_examples=50, dtype="float32", seed=0, config_hash="c" * 16,
+                created_at="2026-01-01T00:00:00+00:00", robust_err=0.3)
+    rows = [
+        {**base, "attack": "pgd20x10", "steps": 20, "restarts": 10, "estimator_version": 2},
+        {**base, "attack": "aa-lite", "steps": 100, "restarts": 1, "estimator_version": 1},
+    ]
+    frame = tables.to_arrow(rows, "attack").to_pandas()
+    notes: list[str] = []
+    kept = repeats.attack_rows(frame, "test", notes)
+    assert sorted(kept.attack) == ["aa-lite", "pgd20x10"] and notes == []
+    older = {**rows[0], "estimator_version": 1, "epoch": 24}
+    newer = [{**rows[0], "epoch": e} for e in (25, 26, 27)]
+    frame = tables.to_arrow([older, *newer, {**older, "epoch": 25}], "attack").to_pandas()
+    kept = repeats.attack_rows(frame, "test", notes)
+    assert set(kept[kept.epoch == 25].estimator_version) == {2}
+    assert any("estimator version 1 (used: 2)" in n for n in notes)

@@ -17,9 +17,10 @@ KEY = ["run", "epoch"]
 VERSION = "estimator_version"  # a setting where the tables carry it
 
 
-def present(rows: pd.DataFrame, columns: list[str]) -> list[str]:
-    """`columns` (and the estimator version) that `rows` has."""
-    return [c for c in dict.fromkeys([*columns, VERSION]) if c in rows.columns]
+def present(rows: pd.DataFrame, columns: list[str], version: bool = True) -> list[str]:
+    """`columns` (and, with `version`, the estimator version) that `rows` has."""
+    wanted = [*columns, VERSION] if version else columns
+    return [c for c in dict.fromkeys(wanted) if c in rows.columns]
 
 
 def _label(rows: pd.DataFrame, columns: list[str]) -> pd.Series:
@@ -33,12 +34,14 @@ def _label(rows: pd.DataFrame, columns: list[str]) -> pd.Series:
 
 
 def choose_setting(
-    rows: pd.DataFrame, columns: list[str], what: str, notes: list[str], by: tuple = ()
+    rows: pd.DataFrame, columns: list[str], what: str, notes: list[str], by: tuple = (),
+    version: bool = True,
 ) -> pd.DataFrame:
     """Per checkpoint (and `by`, e.g. the attack), the rows of one setting of `columns`: the
     setting measured on the most checkpoints, ties broken by the newest row; a checkpoint without
-    it falls back to its best-ranked one. Each setting left out is named in `notes`."""
-    columns = present(rows, columns)
+    it falls back to its best-ranked one. Each setting left out is named in `notes`. `version`:
+    the estimator version is part of the setting (not across attacks, whose versions differ)."""
+    columns = present(rows, columns, version)
     if rows.empty or not columns:
         return rows
     rows = rows.assign(_setting=_label(rows, columns))
@@ -185,7 +188,7 @@ def attack_rows(attack: pd.DataFrame, split: str, notes: list[str]) -> pd.DataFr
         return rows
     rows = rows.assign(**{"worst of": _worst_of(rows)})
     what = f"Attack, {split} split"
-    rows = choose_setting(rows, ATTACK_SETTING, what, notes)
+    rows = choose_setting(rows, ATTACK_SETTING, what, notes, version=False)  # across attacks
     rows = choose_setting(rows, ATTACK_PARAMS, what, notes, by=("attack",))
     return average_seeds(rows, [*KEY, "attack"], ATTACK_VALUES)
 
