@@ -18,8 +18,8 @@ VERSION = "estimator_version"  # a setting where the tables carry it
 
 
 def present(rows: pd.DataFrame, columns: list[str]) -> list[str]:
-    """`columns` (and the estimator version) that `rows` has."""
-    return [c for c in dict.fromkeys([*columns, VERSION]) if c in rows.columns]
+    """The `columns` that `rows` has (tables written before a column existed lack it)."""
+    return [c for c in columns if c in rows.columns]
 
 
 def _label(rows: pd.DataFrame, columns: list[str]) -> pd.Series:
@@ -144,9 +144,10 @@ def seeds_line(rows: pd.DataFrame) -> str | None:
 
 
 # What a setting is. An attack row: the evaluation's (threat model, examples, precision), then per
-# attack its steps, restarts and step size (a `worst` row: the attacks it is the worst of).
+# attack its steps, restarts, step size and estimator version (each attack has its own; a `worst`
+# row: the attacks it is the worst of).
 ATTACK_SETTING = [*THREAT, "n_examples", "dtype"]
-ATTACK_PARAMS = ["steps", "restarts", "step_size", "worst of"]
+ATTACK_PARAMS = ["steps", "restarts", "step_size", VERSION, "worst of"]
 ATTACK_VALUES = {
     "clean_err": "clean_err_se",
     "clean_loss": "clean_loss_se",
@@ -155,8 +156,8 @@ ATTACK_VALUES = {
 }
 # A flatness row at the radius the report uses: everything that changes its estimate.
 FLATNESS_SETTING = [
-    *THREAT, "n_examples", "samples", "iterations", "restarts", "attack", "weight_lr",
-    "estimator", "dtype", "conv_scale",
+    *THREAT, "n_examples", "samples", "iterations", "restarts", "attack", "sample_attack",
+    "weight_lr", "estimator", VERSION, "dtype", "conv_scale",
 ]  # fmt: skip
 
 
