@@ -77,7 +77,7 @@ demo: install
 		--n-directions 3 --steps 11 --attack pgd10 $(DEMO_EVAL) > /dev/null
 	@echo "demo 12/12: report"
 	@$(BIN)/flatcli report $(DEMO_OUT) --html
-	@sed -n '/^## Robust overfitting/,/^## Runs/p' $(DEMO_OUT)/report.md | sed '$$d'
+	@sed -n '/^## Findings/,/^## Settings/p' $(DEMO_OUT)/report.md | sed '$$d'
 	@echo "report: $(DEMO_OUT)/report.md, $(DEMO_OUT)/report.html; tables: $(DEMO_OUT)/{attack,flatness,landscape,report,correlations}"
 
 sample-checkpoints: install

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from flatcli import registries
 from flatcli.attacks.presets import PRESETS
+from flatcli.checkpoints import zoos
 from flatcli.fields import (
     ATTACK,
     DATA,
@@ -112,8 +113,9 @@ class EvalConfig:
     )  # fmt: skip
     seed: int = _seed()
     arch: str | None = option(
-        None, "Architecture of foreign checkpoints (e.g. preact-resnet18, resnet18, wrn-34-10).",
-        INPUTS, metavar="ARCH", show_default="the checkpoint's flatcli metadata",
+        None, "Architecture of foreign checkpoints (e.g. preact-resnet18, resnet18, wrn-34-10). "
+        + zoos.help_line(), INPUTS, metavar="ARCH",
+        show_default="the checkpoint's flatcli metadata",
     )  # fmt: skip
     normalize: str | None = option(
         None, "Input normalization of foreign checkpoints: cifar10 | cifar100 | svhn | none | "

@@ -254,8 +254,20 @@ def load_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` examples (all if None) of `split`.
 
-    Returns x float32 [n, C, H, W] in [0, 1] and y int64 [n], both fresh contiguous tensors.
+    Returns x float32 [n, C, H, W] in [0, 1] and y int64 [n], both fresh contiguous tensors
+    (the process keeps the data set itself as read, uint8 for image files).
     """
+    images, labels = _subset(dataset, split, n, directory)
+    return as_float_nchw(images), torch.tensor(np.asarray(labels), dtype=torch.int64)
+
+
+def check_examples(dataset: str, split: str, n: int | None, directory=None) -> None:
+    """What `load_split` would refuse (no data, a bad split, too many examples), without
+    making float copies."""
+    _subset(dataset, split, n, directory)
+
+
+def _subset(dataset: str, split: str, n: int | None, directory) -> tuple[np.ndarray, np.ndarray]:
     images, labels = _split(dataset, split, directory)
     if n is not None:
         if n <= 0:
@@ -266,7 +278,7 @@ def load_split(
                 f"({len(labels)} examples)"
             )
         images, labels = images[:n], labels[:n]
-    return as_float_nchw(images), torch.tensor(np.asarray(labels), dtype=torch.int64)
+    return images, labels
 
 
 def default_n_examples(dataset: str, split: str, directory=None) -> int:

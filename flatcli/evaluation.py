@@ -77,7 +77,7 @@ def resolve_common(config, refs: Sequence):
     eps = config.eps if config.eps is not None else default_eps(refs, config.norm, spec.eps)
     eps = check_eps(eps, config.norm, dataset)
     n = config.n_examples or data.default_n_examples(dataset, config.split, config.data_dir)
-    data.load_split(dataset, config.split, n, config.data_dir)  # fails early on missing data
+    data.check_examples(dataset, config.split, n, config.data_dir)  # fails early, no copies
     if config.normalize is not None:
         checkpoints.parse_normalize(config.normalize)
     if config.arch is not None:
@@ -130,6 +130,7 @@ def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
         "epoch": ref.epoch,
         "dataset": config.dataset,
         "arch": info.arch,
+        "input_normalization": checkpoints.normalization_name(info.mean, info.std),
         "split": config.split,
         "n_examples": config.n_examples,
         "eps": config.eps,
@@ -179,12 +180,17 @@ class SharedModels:
     compiled code and the compile's caches serve every checkpoint of an architecture (issue 11).
     For callers that use one checkpoint at a time: loading the next overwrites the previous."""
 
-    def __init__(self):
+    def __init__(self, on_note=None):
         self._models: dict[tuple, torch.nn.Module] = {}
+        self._on_note = on_note
 
     def load(self, ref, config, device: torch.device):
-        """`load_for_eval(ref, config, device)`, in the shared instance of its architecture."""
+        """`load_for_eval(ref, config, device)`, in the shared instance of its architecture; a
+        foreign file's missing normalization goes to `on_note` (one line)."""
         model, info = load_for_eval(ref, config, device)
+        warning = checkpoints.normalization_warning(info, str(ref.path))
+        if warning is not None and self._on_note is not None:
+            self._on_note(warning)
         tensors = _tensors(model)
         key = (type(model), str(device), info.arch, repr(sorted(info.arch_kwargs.items())),
                tuple((name, t.shape, t.dtype) for name, t in tensors))
@@ -244,7 +250,7 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
         for a in config.attacks
     ]
 
-    shared = SharedModels()
+    shared = SharedModels(on_note)
 
     def measure(ref) -> list[dict]:
         model, info = shared.load(ref, config, device)

@@ -363,7 +363,7 @@ def flatness_measure(
     if "paper-hessian" in measures:
         heldout = data.load_split(config.dataset, "heldout", None, config.data_dir)
 
-    shared = evaluation.SharedModels()  # compiled code reused across checkpoints
+    shared = evaluation.SharedModels(on_note)  # compiled code reused across checkpoints
 
     def measure(ref) -> list[dict]:
         model, info = shared.load(ref, config, device)

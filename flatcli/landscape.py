@@ -337,7 +337,7 @@ def landscape_measure(
     points = [(a,) for a in axis] if config.dims == 1 else [(a, b) for b in axis for a in axis]
     planes = config.dims
     cache: dict = {}
-    shared = evaluation.SharedModels()  # compiled code reused across checkpoints
+    shared = evaluation.SharedModels(on_note)  # compiled code reused across checkpoints
 
     def load(ref):
         if cache.get("path") != ref.path:

@@ -24,6 +24,7 @@ COMMON = [
     pa.field("epoch", pa.int64()),
     pa.field("dataset", pa.string()),
     pa.field("arch", pa.string()),
+    pa.field("input_normalization", pa.string()),  # none, a dataset's name, or MEAN,STD values
     pa.field("split", pa.string()),
     pa.field("n_examples", pa.int64()),
     pa.field("eps", pa.float64()),

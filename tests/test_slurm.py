@@ -234,7 +234,7 @@ def test_term_then_requeue_resumes_without_recomputing(cluster, tmp_path):
     _wait(lambda: cluster.states(task)[0] not in ("RUNNING", "PENDING", "COMPLETING"), 60,
           "the task to end")
     log = (tmp_path / f"flatcli-eval-{job}_0.out").read_text()
-    assert "flatcli: interrupted; rerun the same command to resume" in log
+    assert "flatcli: terminated (SIGTERM); finished work is kept, rerun the same command" in log
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts.glob("*.parquet")}
     assert 2 <= len(before) < 16, sorted(before)
 

@@ -436,7 +436,7 @@ def test_at_trains_on_the_best_pgd_iterate_by_default_and_final_on_request():
     torch.manual_seed(0)
     net = models.build("tiny", 10, 1).eval()
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
-    attack = build_attack("pgd5x2", "linf", 0.3, 0.3, 0)  # step = eps: iterates oscillate
+    attack = build_attack("pgd5x2", "linf", 0.3, 0.3, 0, restart_choice="loss")  # step = eps
     best = methods.build("at", attack=attack).adversarial(
         net, x, y, torch.Generator().manual_seed(1)
     )
@@ -449,6 +449,8 @@ def test_at_trains_on_the_best_pgd_iterate_by_default_and_final_on_request():
     assert (loss_best >= loss_final - 1e-5).all() and (loss_best > loss_final + 1e-4).any()
     assert resolve_config(TrainConfig()).attack_point == "best"
     assert resolve_config(TrainConfig(method="awp")).awp_layers == "weights"
+    config = resolve_config(TrainConfig(attack="pgd5x2"))
+    assert methods.from_config(config).attack.restart_choice == "loss"  # the training attack's
 
 
 def test_label_noise_draws_from_all_classes_by_default():

@@ -1,6 +1,6 @@
 """Checkpoints: finding them (discover, names), their identity (identity: a digest of the
 tensors), reading them without running code (safe_load), fitting foreign state dicts
-(state_dict, zoos), flatcli's own format (format) and `load_model` (load). Importing this
+(state_dict, zoos, madry), flatcli's own format (format) and `load_model` (load). Importing this
 package does not import torch. Design: docs/method.md, "Implementation notes"."""
 
 from flatcli.checkpoints.discover import (
@@ -19,7 +19,14 @@ from flatcli.checkpoints.format import (
     sidecar_path,
 )
 from flatcli.checkpoints.identity import state_digest, tensor_digest
-from flatcli.checkpoints.load import DEFAULT_FOREIGN_DATASET, load_model, parse_normalize
+from flatcli.checkpoints.load import (
+    DEFAULT_FOREIGN_DATASET,
+    load_model,
+    model_normalization,
+    normalization_name,
+    normalization_warning,
+    parse_normalize,
+)
 from flatcli.checkpoints.names import checkpoint_name, checkpoint_stem, epoch_from_name, safe_name
 from flatcli.checkpoints.state_dict import NORMALIZATION_KEYS, PREFIXES, WRAPPER_KEYS
 
@@ -40,6 +47,9 @@ __all__ = [
     "discover",
     "epoch_from_name",
     "load_model",
+    "model_normalization",
+    "normalization_name",
+    "normalization_warning",
     "parse_normalize",
     "read_sidecar",
     "safe_name",

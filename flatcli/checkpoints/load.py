@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flatcli.checkpoints import zoos
+from flatcli.checkpoints import madry, zoos
 from flatcli.checkpoints.format import FORMAT, FORMAT_VERSION, CheckpointInfo, read_sidecar
 from flatcli.checkpoints.names import epoch_from_name
 from flatcli.checkpoints.safe_load import read_checkpoint
@@ -210,21 +210,23 @@ def _classes_fit(spec, num_classes: int) -> bool:
 def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
     from flatcli.data import get_spec
 
-    state, wrapper, extras = unwrap(obj, label)
-    madry = zoos.drop_madry_attacker(state)
     zoo = zoos.robustbench_entry(path)
     entry = zoo[1] if zoo else None
     if zoo and entry is None and arch is None:
         raise CheckpointError(
-            f"{label}: {zoo[0]} is not an entry flatcli can build ({zoos.served()}); pass "
-            "--arch if its architecture is one of flatcli's"
+            f"{label}: {zoos.refusal(zoo[0])}; pass --arch if its architecture is one of "
+            "flatcli's"
         )
+    state, wrapper, extras = unwrap(obj, label)
+    kwargs = dict(arch_kwargs or {})
+    madrylab = madry.is_madry(state)
+    if madrylab:
+        arch, kwargs = _madry_arch(state, label, arch, kwargs)
     defaulted = dataset is None and zoo is None
     if dataset is None and zoo is not None:
         dataset = zoo[0].split(":")[1].split("/")[0]
     dataset = dataset or DEFAULT_FOREIGN_DATASET
     spec = get_spec(dataset)
-    kwargs = dict(arch_kwargs or {})
     if entry is not None and arch is None:
         arch, kwargs = entry.arch, {**entry.kwargs, **kwargs}
     arch = arch or spec.default_arch
@@ -233,10 +235,11 @@ def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
         mean, std, source = explicit_norm[0], explicit_norm[1], "--normalize"
     elif found is not None:
         mean, std, source = found[0], found[1], f"file ({found[2]})"
-    elif entry is not None and entry.mean is not None:
-        mean, std, source = entry.mean, entry.std, f"{zoo[0]} (in its code)"
+    elif entry is not None:
+        mean, std = parse_normalize(entry.normalize)
+        source = f"{zoo[0]} (RobustBench's code: {entry.normalize})"
     else:
-        mean, std, source = (0.0,), (1.0,), "identity (default)"
+        mean, std, source = (0.0,), (1.0,), IDENTITY_DEFAULT
     mean = _channels(mean, spec.in_channels, "mean", label)
     std = _channels(std, spec.in_channels, "std", label)
     if any(s <= 0 or not math.isfinite(s) for s in std):
@@ -253,5 +256,65 @@ def _load_foreign(path, label, obj, arch, explicit_norm, dataset, arch_kwargs):
     if epoch is None and isinstance(stored_epoch, int) and not isinstance(stored_epoch, bool):
         epoch = stored_epoch
     meta = {"wrapper": wrapper, **fit, "normalization": source, "extras": extras,
-            "zoo": zoo[0] if zoo else ("madrylab-robustness" if madry else None)}
+            "zoo": zoo[0] if zoo else ("madrylab-robustness" if madrylab else None)}
     return model, CheckpointInfo(arch, kwargs, dataset, mean, std, epoch, "foreign", meta)
+
+
+def _madry_arch(state: dict, label: str, arch: str | None, kwargs: dict) -> tuple:
+    """The arch and kwargs of a MadryLab `robustness` state (its attacker copy dropped): its
+    ResNet-18 at the width its weights have; any other network refused by name."""
+    madry.drop_attacker(state)
+    found, width = madry.architecture(state)
+    if found == madry.BUILT:
+        if arch is None:
+            arch = "resnet18"
+            kwargs = {**({"width": width} if width != 64 else {}), **kwargs}
+        return arch, kwargs
+    if arch is not None and width is None:
+        return arch, kwargs  # not one of its CIFAR ResNets: the user's --arch decides
+    raise CheckpointError(
+        f"{label}: {found} (MadryLab robustness): flatcli builds resnet18 (its "
+        f"{madry.BUILT}) from this format, not {found}"
+    )
+
+
+IDENTITY_DEFAULT = "identity (default)"
+# Datasets whose usual checkpoints normalize their inputs outside the model.
+NORMALIZED_ELSEWHERE = ("cifar10", "cifar100", "svhn")
+
+
+def normalization_name(mean: Sequence[float], std: Sequence[float]) -> str:
+    """The normalization a model applies, as `--normalize` spells it: none, a dataset's name,
+    or MEAN,STD values."""
+    if all(m == 0 for m in mean) and all(s == 1 for s in std):
+        return "none"
+    from flatcli.data import DATASETS, get_spec
+
+    for name in DATASETS:
+        spec = get_spec(name)
+        if len(spec.mean) == len(mean) and all(
+            math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)
+            for a, b in zip(tuple(spec.mean) + tuple(spec.std), tuple(mean) + tuple(std),
+                            strict=True)
+        ) and not (all(m == 0 for m in spec.mean) and all(s == 1 for s in spec.std)):
+            return name
+    if len(set(mean)) == 1 and len(set(std)) == 1:
+        return f"{mean[0]:g},{std[0]:g}"
+    return ",".join(f"{v:g}" for v in tuple(mean) + tuple(std))
+
+
+def model_normalization(model: Classifier) -> str:
+    """`normalization_name` of a `Classifier`'s own normalization."""
+    normalize = model.normalize
+    return normalization_name(normalize.mean.flatten().tolist(), normalize.std.flatten().tolist())
+
+
+def normalization_warning(info: CheckpointInfo, label: str) -> str | None:
+    """One line when a foreign file gave no normalization and none was asked for, on a dataset
+    whose checkpoints usually normalize outside the model; None otherwise."""
+    if info.format != "foreign" or info.meta.get("normalization") != IDENTITY_DEFAULT:
+        return None
+    if info.dataset not in NORMALIZED_ELSEWHERE:
+        return None
+    return (f"{label}: no input normalization in the file; evaluated without one (state it: "
+            f"--normalize {info.dataset} or --normalize none)")

@@ -14,7 +14,8 @@ from flatcli.errors import CheckpointError, first_sentence, one_line
 if TYPE_CHECKING:
     from flatcli.models import Classifier
 
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# "last" before "best": a file holding both loads its last weights, as RobustBench does.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "last", "best")
 PREFIXES = ("module.model.", "module.", "_orig_mod.", "model.")
 # Stored input normalization: robustbench/robust_overfitting `mu`/`sigma`, MadryLab
 # `robustness`' InputNormalize buffers `normalizer.new_mean`/`new_std`, and the plain names.

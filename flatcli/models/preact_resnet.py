@@ -1,10 +1,14 @@
 """Pre-activation ResNet-18 (He et al., 2016) with the parameter names of locuslab/
 robust_overfitting's `preactresnet.py`, whose checkpoints load into `Classifier.net` unchanged:
 conv1, layer{1..4}.{0,1}.bn1/conv1/bn2/conv2, layer{2..4}.0.shortcut.0, bn, linear.
-PyTorch's default initialization, as the original."""
+RobustBench's `PreActResNet(PreActBlock, [2, 2, 2, 2])` (Wong2020Fast,
+Andriushchenko2020Understanding) differs in two places, both arguments here: no BN-ReLU before
+the classifier (`bn_before_fc=False`) and projection shortcuts fed the block's raw input
+(`out_shortcut=False`). PyTorch's default initialization, as the original."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -20,8 +24,9 @@ class PreActBlock(nn.Module):
     Kept apart from WideResNet's block of the same shape: the two codebases name the layers
     differently (`shortcut.0` vs `convShortcut`), and their checkpoints must load as saved."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, out_shortcut: bool = True):
         super().__init__()
+        self.out_shortcut = out_shortcut
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -33,7 +38,10 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        if hasattr(self, "shortcut"):
+            shortcut = self.shortcut(out if self.out_shortcut else x)
+        else:
+            shortcut = x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
@@ -42,23 +50,29 @@ class PreActBlock(nn.Module):
 class PreActResNet(nn.Module):
     """Logits [N, num_classes] of images [N, in_channels, H, W] (normalized by `Classifier`)."""
 
-    def __init__(self, num_blocks: Sequence[int], num_classes: int, in_channels: int, width: int):
+    def __init__(self, num_blocks: Sequence[int], num_classes: int, in_channels: int, width: int,
+                 bn_before_fc: bool = True, out_shortcut: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         self.layer1, self.layer2, self.layer3, self.layer4 = cifar_stages(
-            PreActBlock, width, num_blocks
+            functools.partial(PreActBlock, out_shortcut=out_shortcut), width, num_blocks
         )
-        self.bn = nn.BatchNorm2d(8 * width)
+        if bn_before_fc:
+            self.bn = nn.BatchNorm2d(8 * width)
         self.linear = nn.Linear(8 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
-        return self.linear(global_pool(F.relu(self.bn(out))))
+        if hasattr(self, "bn"):
+            out = F.relu(self.bn(out))
+        return self.linear(global_pool(out))
 
 
 @register(
     "preact-resnet18",
-    "PreActResNet-18 (robust_overfitting names), ~11.2M parameters; kwargs: width=64",
+    "PreActResNet-18 (robust_overfitting names), ~11.2M parameters; kwargs: width=64, "
+    "bn_before_fc=True, out_shortcut=True (both False: RobustBench's PreActResNet)",
 )
-def preact_resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.Module:
-    return PreActResNet((2, 2, 2, 2), num_classes, in_channels, width)
+def preact_resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64,
+                    bn_before_fc: bool = True, out_shortcut: bool = True) -> nn.Module:
+    return PreActResNet((2, 2, 2, 2), num_classes, in_channels, width, bn_before_fc, out_shortcut)

@@ -155,10 +155,10 @@ def overfitting_record(run: str, group: pd.DataFrame) -> Finding | None:
         t0, t1 = train.iloc[0], train.iloc[-1]
         text += (
             f" Train robust loss went from {fmt(t0.train_robust_loss)} to "
-            f"{fmt(t1.train_robust_loss)}; the gap (test - train) from {fmt(t0.rce_gap)} at "
-            f"epoch {t0.epoch} to {fmt(t1.rce_gap)} at epoch {t1.epoch}."
+            f"{fmt(t1.train_robust_loss)}; the gap (test - train) from {fmt(_get(t0, 'rce_gap'))} "
+            f"at epoch {t0.epoch} to {fmt(_get(t1, 'rce_gap'))} at epoch {t1.epoch}."
         )
-    best = group[group.is_best]
+    best = group[group.is_best] if "is_best" in group else group.iloc[:0]
     if not best.empty and not pd.isna(best.test_robust_err.iloc[0]):
         text += _early_stop_error(best.iloc[0], last)["text"]
     return Finding(

@@ -137,14 +137,20 @@ def overfitting_sentence(df: pd.DataFrame) -> str | None:
     found = [run for run, (*_, record) in rises.items() if record.beyond_noise]
     if not found:
         run, (low, last, rel, record) = max(rises.items(), key=lambda kv: kv[1][2])
-        untested = all(r.beyond_noise is None for *_, r in rises.values())
-        why = ("no standard errors of the robust loss, so no test" if untested else
-               "a one-sided z-test of the last epoch against the minimum, Bonferroni over the "
-               "earlier epochs")
+        largest = (
+            f"largest rise: `{run}`, {100 * rel:+.1f} %"
+            if rel > 0
+            else "each run's test robust loss was lowest at its last epoch"
+        )
+        if record.beyond_noise is None and rel > 0:  # the largest rise had no SE to test
+            return (
+                "Robust overfitting not tested: no standard error for the robust loss, so no "
+                f"test ({largest})."
+            )
         return (
             f"No robust overfitting beyond noise: in none of the {len(rises)} runs did the last "
-            f"epoch's test robust loss lie above the minimum beyond noise ({why}; largest rise: "
-            f"`{run}`, {100 * max(rel, 0):+.1f} %)."
+            f"epoch's test robust loss lie above the minimum beyond noise (a one-sided z-test, "
+            f"Bonferroni over the earlier epochs; {largest})."
         )
     parts = []
     for run in found[:3]:
@@ -187,9 +193,10 @@ def flatness_sentence(df: pd.DataFrame) -> str | None:
     text = f"{label.capitalize()}{where}"
     if taus:
         grew = sum(t > 0 for t in taus)
+        spread = f"{min(taus):.2f}" + (f" to {max(taus):.2f}" if max(taus) > min(taus) else "")
         text += (
-            f" grew with the epoch in {grew} of {len(taus)} runs (Kendall tau {min(taus):.2f} "
-            f"to {max(taus):.2f}; coefficients only: the epochs of a run are not independent)"
+            f" grew with the epoch in {grew} of {len(taus)} runs (Kendall tau {spread}; "
+            "coefficients only: the epochs of a run are not independent)"
         )
     verdicts = []
     for _, g in runs:
@@ -220,7 +227,10 @@ def across_sentence(df: pd.DataFrame, corr: pd.DataFrame, how: str, refused: str
     at, unit = compared(how)
     n = select(df, how).run.nunique() if how != "all" else len(df)
     if rows.empty:
-        return f"Across {unit} ({at}): too few to correlate flatness with robustness (3 needed)."
+        return (
+            f"Across {unit} ({at}): flatness is not correlated with robust error or the gap: "
+            f"that needs 3 {unit} with both measured, and fewer have them."
+        )
     what = lambda r: f"{FLATNESS_LABELS[r.measure]} and the {TARGETS[r.target]}"  # noqa: E731
     if how == "all":
         r = rows.loc[rows.kendall.abs().idxmax()]

@@ -198,7 +198,6 @@ _STYLE = (
     "#findings{background:#f6f8fa;border-left:4px solid #2f6fb0;padding:.2em 1em;margin:1em 0}"
     "#findings h2{margin:.4em 0}#findings li{margin:.4em 0}"
     "p.note{font-size:13px;color:#444;margin-top:0}h1{font-size:1.6em;line-height:1.25}"
-    "td,th{overflow-wrap:anywhere}"
 )
 
 

@@ -421,6 +421,7 @@ class _Trainer:
             "epoch": epoch,
             "dataset": c.dataset,
             "arch": c.arch,
+            "input_normalization": checkpoints.model_normalization(self.net),
             "split": "train",
             "n_examples": len(self.data.y) + (0 if extra is None else len(extra[1])),
             "eps": c.eps,

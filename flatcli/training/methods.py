@@ -171,8 +171,8 @@ def from_config(c, amp_dtype: torch.dtype | None = None) -> Method:
 
     attack = None
     if INFO[c.method].attacks:
-        attack = dataclasses.replace(
-            build_attack(c.attack, c.norm, c.eps, c.step_size, c.seed),
+        attack = dataclasses.replace(  # trains on the largest loss, whichever restart found it
+            build_attack(c.attack, c.norm, c.eps, c.step_size, c.seed, restart_choice="loss"),
             random_start=c.random_start,
         )
     beta = {"trades": c.trades_beta, "mart": c.mart_beta}.get(c.method)
