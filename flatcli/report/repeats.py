@@ -17,10 +17,9 @@ KEY = ["run", "epoch"]
 VERSION = "estimator_version"  # a setting where the tables carry it
 
 
-def present(rows: pd.DataFrame, columns: list[str], version: bool = True) -> list[str]:
-    """`columns` (and, with `version`, the estimator version) that `rows` has."""
-    wanted = [*columns, VERSION] if version else columns
-    return [c for c in dict.fromkeys(wanted) if c in rows.columns]
+def present(rows: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The `columns` that `rows` has (tables written before a column existed lack it)."""
+    return [c for c in columns if c in rows.columns]
 
 
 def _label(rows: pd.DataFrame, columns: list[str]) -> pd.Series:
@@ -34,14 +33,12 @@ def _label(rows: pd.DataFrame, columns: list[str]) -> pd.Series:
 
 
 def choose_setting(
-    rows: pd.DataFrame, columns: list[str], what: str, notes: list[str], by: tuple = (),
-    version: bool = True,
+    rows: pd.DataFrame, columns: list[str], what: str, notes: list[str], by: tuple = ()
 ) -> pd.DataFrame:
     """Per checkpoint (and `by`, e.g. the attack), the rows of one setting of `columns`: the
     setting measured on the most checkpoints, ties broken by the newest row; a checkpoint without
-    it falls back to its best-ranked one. Each setting left out is named in `notes`. `version`:
-    the estimator version is part of the setting (not across attacks, whose versions differ)."""
-    columns = present(rows, columns, version)
+    it falls back to its best-ranked one. Each setting left out is named in `notes`."""
+    columns = present(rows, columns)
     if rows.empty or not columns:
         return rows
     rows = rows.assign(_setting=_label(rows, columns))
@@ -147,9 +144,10 @@ def seeds_line(rows: pd.DataFrame) -> str | None:
 
 
 # What a setting is. An attack row: the evaluation's (threat model, examples, precision), then per
-# attack its steps, restarts and step size (a `worst` row: the attacks it is the worst of).
+# attack its steps, restarts, step size and estimator version (each attack has its own; a `worst`
+# row: the attacks it is the worst of).
 ATTACK_SETTING = [*THREAT, "n_examples", "dtype"]
-ATTACK_PARAMS = ["steps", "restarts", "step_size", "worst of"]
+ATTACK_PARAMS = ["steps", "restarts", "step_size", VERSION, "worst of"]
 ATTACK_VALUES = {
     "clean_err": "clean_err_se",
     "clean_loss": "clean_loss_se",
@@ -158,8 +156,8 @@ ATTACK_VALUES = {
 }
 # A flatness row at the radius the report uses: everything that changes its estimate.
 FLATNESS_SETTING = [
-    *THREAT, "n_examples", "samples", "iterations", "restarts", "attack", "weight_lr",
-    "estimator", "dtype", "conv_scale",
+    *THREAT, "n_examples", "samples", "iterations", "restarts", "attack", "sample_attack",
+    "weight_lr", "estimator", VERSION, "dtype", "conv_scale",
 ]  # fmt: skip
 
 
@@ -188,7 +186,7 @@ def attack_rows(attack: pd.DataFrame, split: str, notes: list[str]) -> pd.DataFr
         return rows
     rows = rows.assign(**{"worst of": _worst_of(rows)})
     what = f"Attack, {split} split"
-    rows = choose_setting(rows, ATTACK_SETTING, what, notes, version=False)  # across attacks
+    rows = choose_setting(rows, ATTACK_SETTING, what, notes)
     rows = choose_setting(rows, ATTACK_PARAMS, what, notes, by=("attack",))
     return average_seeds(rows, [*KEY, "attack"], ATTACK_VALUES)
 
