@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -n auto  # one worker per core (pytest-xdist)
+	$(BIN)/python -m pytest -n auto -rs  # one worker per core (pytest-xdist); -rs: why a test skipped
 
 lint: install
 	$(BIN)/ruff check flatcli tests benchmarks

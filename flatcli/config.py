@@ -28,6 +28,12 @@ from flatcli.fields import (
     require,
     validate_fields,
 )
+from flatcli.training.defaults import (  # noqa: F401 (re-exported: the defaults' old home)
+    METHOD_DEFAULTS,
+    TRAIN_DEFAULTS,
+    TRAIN_FALLBACK,
+    TrainDefaults,
+)
 from flatcli.training.registry import METHODS, method_help
 
 NORMS = ("linf", "l2")
@@ -119,12 +125,17 @@ class EvalConfig:
     batch_size: int = option(512, "Examples per batch (halved automatically on out-of-memory).",
                              RUNTIME, runtime=True, metavar="N", low=1, min=1)  # fmt: skip
     precision: str = option(
-        "fp32", "What the attack searches in: fp32; tf32 (CUDA TF32 matmuls/convolutions); bf16 "
-        "(autocast). Reported losses and errors are re-evaluated in fp32 at the points found; "
+        "fp32", "What the attack searches in: fp32 (TF32 off); tf32 (CUDA TF32 matmuls/"
+        "convolutions); bf16 (autocast). Reported losses and errors are IEEE fp32, re-evaluated "
+        "at the points found; "
         "weights stay fp32. tf32/bf16 need pgd or apgd-ce. Part of the configuration.",
         RUNTIME, added=True, menu=True, choices=PRECISIONS,
     )  # fmt: skip
     compile: str = _compile()
+    restart_choice: str = _named(
+        "wrong-class", registries.RESTART_CHOICES, ATTACK, "PGD with restarts, per example: ",
+        flags=("--restart-choice",), menu=True, added=True,
+    )  # fmt: skip
 
     def validate(self) -> None:
         """The checks that need no data or checkpoint; UsageError (one line) on bad input."""
@@ -158,47 +169,6 @@ def config_hash(config) -> str:
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-
-@dataclass(frozen=True)
-class TrainDefaults:
-    """Per-dataset training defaults (`flatcli train`): `milestones` are fractions of `epochs`
-    (paper: 60, 90, 120 of 150); `eps=None`: the dataset's (flatcli.data)."""
-
-    epochs: int = 150
-    milestones: tuple[float, ...] = (0.4, 0.6, 0.8)
-    eps: float | None = None
-    augment: str = "crop-flip"
-    heldout_every: int = 1
-
-
-TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
-    "cifar10": TrainDefaults(),
-    "cifar100": TrainDefaults(),
-    # digits, small-cnn width 32, 1200 images (2 CPU cores, final-iterate AT: 100 epochs in
-    # 130 s): one decay at epoch 20, then 80 epochs at lr 0.005 in which the held-out robust
-    # loss rises (0.50 at epoch 23 -> 0.57 over epochs 81-100) while the training one falls.
-    "digits": TrainDefaults(epochs=100, milestones=(0.2,), eps=0.15, augment="none"),
-}
-TRAIN_FALLBACK = TrainDefaults(augment="none")  # svhn, mnist, npz: no augmentation by default
-
-# Method- and option-specific defaults, applied only where the option is in use (else None).
-METHOD_DEFAULTS = {
-    "attack": "pgd7",  # docs/method.md: PGD-7, step 0.007 at eps 0.0314, random start
-    "random_start": True,
-    "attack_point": "best",  # the paper's code trains on the best PGD iterate; "final": Madry's
-    "trades_beta": 6.0,  # TRADES' own code
-    "mart_beta": 6.0,  # MART's own code
-    "awp_gamma": 0.01,  # AWP's own code
-    "awp_warmup": 0,
-    "awp_layers": "weights",  # AWP's code perturbs weights (dim > 1) only; "all": biases too
-    # Entropy-SGD as the paper's code (common/torch/optim.py, after Chaudhari et al.'s):
-    "entropy_steps": 5,  # L: Langevin steps per update, each on a new batch and a new attack
-    "entropy_lr": 0.1,  # Langevin step size
-    "entropy_gamma": 1e-4,  # scope (coupling to the current weights)
-    "entropy_noise": 1e-4,  # Langevin noise scale (the step adds noise * sqrt(2 lr) N(0, 1))
-    "entropy_alpha": 0.75,  # running average mu <- alpha mu + (1 - alpha) w'
-    "extra_fraction": 0.7,  # share of each batch from the pseudo-labelled data (the code)
-}
 
 _M = METHOD_DEFAULTS
 
@@ -282,13 +252,21 @@ class TrainConfig:
     awp_layers: str | None = _named(
         None, registries.AWP_LAYERS, METHOD, "AWP: ", f" Default: {_M['awp_layers']}."
     )
+    awp_mode: str | None = _named(
+        None, registries.AWP_MODES, METHOD, "AWP: ", f" Default: {_M['awp_mode']}.", added=True
+    )
     label_smoothing: float = option(0.0, "Label smoothing of the training loss.", METHOD,
                                     within="[0, 1)")  # fmt: skip
     label_noise: float = option(0.0, "Probability of a random label per example and batch.",
                                 METHOD, within="[0, 1]")  # fmt: skip
     label_noise_classes: str = _named("all", registries.LABEL_NOISE_CLASSES, METHOD, menu=True)
-    weight_clip: float | None = option(None, "Clamp weights and biases to [-C, C] after every "
-                                       "step.", METHOD, positive=True)  # fmt: skip
+    weight_clip: float | None = option(None, "Clamp parameters to [-C, C] after every step "
+                                       "(which: --weight-clip-layers).", METHOD,
+                                       positive=True)  # fmt: skip
+    weight_clip_layers: str | None = _named(
+        None, registries.WEIGHT_CLIP_LAYERS, METHOD, "With --weight-clip: ",
+        f" Default: {_M['weight_clip_layers']}.", added=True,
+    )  # fmt: skip
     augment: str | None = _named(
         None, registries.AUGMENTATIONS, DATA,
         after=" Default: the dataset's (crop-flip on CIFAR, none otherwise).",
@@ -311,11 +289,20 @@ class TrainConfig:
         None, "Entropy-SGD: running average mu <- a mu + (1 - a) w' (default "
         f"{_M['entropy_alpha']:g}).", OPTIMIZATION, within="[0, 1)",
     )  # fmt: skip
+    entropy_momentum: float | None = option(
+        None, "Entropy-SGD: momentum of the Langevin and the outer steps (default "
+        f"{_M['entropy_momentum']:g}; --momentum is plain SGD's).", OPTIMIZATION, within="[0, 1)",
+        added=True,
+    )  # fmt: skip
     extra_data: str | None = option(None, "npz with arrays x, y: pseudo-labelled extra data.",
                                     DATA, parse="path")  # fmt: skip
     extra_fraction: float | None = option(
         None, f"Share of each batch from --extra-data (default {_M['extra_fraction']:g}, the "
         "paper's code).", DATA, within="(0, 1)",
+    )  # fmt: skip
+    extra_steps: str | None = _named(
+        None, registries.EXTRA_STEPS, DATA, "With --extra-data: ",
+        f" Default: {_M['extra_steps']}.", added=True,
     )  # fmt: skip
     train_examples: int | None = option(None, "Train on the first N training examples only.",
                                         DATA, low=1)  # fmt: skip
@@ -352,6 +339,14 @@ class TrainConfig:
             self.extra_fraction is None or self.extra_data is not None,
             "--extra-fraction needs --extra-data",
         )
+        require(
+            self.extra_steps is None or self.extra_data is not None,
+            "--extra-steps needs --extra-data",
+        )
+        require(
+            self.weight_clip_layers is None or self.weight_clip is not None,
+            "--weight-clip-layers needs --weight-clip",
+        )
 
 
 AVERAGE_XI = 0.5  # docs/method.md: average-case flatness, relative L2 radius
@@ -378,8 +373,13 @@ class FlatnessConfig(EvalConfig):
     samples: int = option(10, "Random offsets per xi (average); Hutchinson probes (hessian).",
                           MEASURE, low=1)  # fmt: skip
     attack: str = option(
-        "pgd20x10", "Attack behind the robust loss, re-run on every perturbed model (average): "
+        "pgd20x10", "Attack behind the robust loss at w, RCE(w), that every measure subtracts: "
         + _ESTIMATING + ", or pgd<S>x<R>.", ATTACK, flags=("--attack", "--attacks"),
+    )  # fmt: skip
+    sample_attack: str | None = option(
+        None, "Average case: the attack re-run at every w + nu (its mean minus RCE(w) from "
+        "--attack). Give --attack's name to run it in full.", ATTACK, added=True,
+        show_default="--attack with one restart (pgd20x10 -> pgd20, the paper's code)",
     )  # fmt: skip
     iterations: int = option(20, "Steps of the joint worst-case ascent; Lanczos steps (hessian).",
                              MEASURE, low=1)  # fmt: skip
@@ -463,7 +463,7 @@ class LandscapeConfig(EvalConfig):
     iterations: int = option(20, "hessian: subspace-iteration steps.", MEASURE, low=1)
     weight_lr: float = _weight_lr("adversarial: normalized weight step, relative to ||w_l||.")
     adversarial_loss: str = _named(
-        "clean", registries.ADVERSARIAL_LOSSES, MEASURE, "adversarial: ",
+        "robust-fixed", registries.ADVERSARIAL_LOSSES, MEASURE, "adversarial: ",
         flags=("--adversarial-loss",), menu=True,
     )
     adversarial_xi: float = option(

@@ -237,18 +237,35 @@ def read_svhn(directory: Path | None) -> RawData:
 _IDX_FILES = {"x_train": ("train-images-idx3-ubyte", 3), "y_train": ("train-labels-idx1-ubyte", 1),
               "x_test": ("t10k-images-idx3-ubyte", 3), "y_test": ("t10k-labels-idx1-ubyte", 1)}
 _MNIST_OFFICIAL = {"x_train": 60000, "y_train": 60000, "x_test": 10000, "y_test": 10000}
+# md5 of each official idx file's content, unpacked: a `.gz` is checked after gunzip, so a file
+# compressed again (Debian's dataset-fashion-mnist ships such .gz files) is checked the same way
+# (docs/data.md gives the sources).
+IDX_CONTENT_MD5 = {
+    "mnist": {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
+    "fashion-mnist": {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                      "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+                      "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+                      "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
+}
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An idx file of unsigned bytes (LeCun's MNIST format), optionally gzipped."""
+def _idx_bytes(path: Path) -> bytes:
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+                return f.read()
+        return path.read_bytes()
     except (OSError, EOFError) as err:
         raise DataError(f"cannot read {path}: {one_line(err)}") from None
+
+
+def _read_idx(path: Path, ndim: int, name: str | None = None) -> np.ndarray:
+    """An idx file of unsigned bytes (LeCun's MNIST format), optionally gzipped; the content of
+    a file with the official example count of `name`'s file must have the official md5."""
+    raw = _idx_bytes(path)
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:4] != bytes((0, 0, 0x08, ndim)):
         raise DataError(
@@ -259,13 +276,37 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     body = np.frombuffer(raw, dtype=np.uint8, offset=header)
     if body.size != int(np.prod(dims)):
         raise DataError(f"{path}: header says {dims} but the file holds {body.size} bytes of data")
+    stem = path.name.removesuffix(".gz")
+    key = next((k for k, (file, _) in _IDX_FILES.items() if file == stem), None)
+    if name in IDX_CONTENT_MD5 and key is not None and dims[0] == _MNIST_OFFICIAL[key]:
+        expected = IDX_CONTENT_MD5[name][stem]
+        actual = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+        if actual != expected:
+            packed = " (after gunzip)" if path.suffix == ".gz" else ""
+            raise DataError(
+                f"{name}: {path} has the official example count but its content{packed} has "
+                f"md5 {actual}, not the official {expected}: the file is corrupt, altered or "
+                "another dataset's; replace it"
+            )
     return body.reshape(dims).copy()
+
+
+def _idx_folder(name: str, folder: str, root: Path) -> Path:
+    """Where the idx files lie: torchvision's `<folder>/raw/`, the data directory itself (the
+    files as distributed, e.g. Debian's /usr/share/datasets/fashion-mnist), or `<name>/` in it
+    (DATA_DIR=/usr/share/datasets). The first holding the training images wins."""
+    candidates = (root / folder / "raw", root, root / name)
+    for base in candidates:
+        file = _IDX_FILES["x_train"][0]
+        if (base / file).is_file() or (base / f"{file}.gz").is_file():
+            return base
+    return candidates[0]
 
 
 def read_mnist(name: str, folder: str, directory: Path | None) -> RawData:
     """MNIST or Fashion-MNIST idx files (gzipped or not) as uint8 NHW."""
     layout = _layout(name)
-    raw_dir = _root(name, layout, directory) / folder / "raw"
+    raw_dir = _idx_folder(name, folder, _root(name, layout, directory))
     arrays: dict[str, np.ndarray] = {}
     for key, (file, ndim) in _IDX_FILES.items():
         path = raw_dir / file
@@ -273,12 +314,7 @@ def read_mnist(name: str, folder: str, directory: Path | None) -> RawData:
             path = raw_dir / f"{file}.gz"
             if not path.is_file():
                 raise _missing(name, layout, raw_dir / file)
-        arrays[key] = _read_idx(path, ndim)
-        if path.suffix == ".gz" and len(arrays[key]) == _MNIST_OFFICIAL[key]:
-            from torchvision.datasets import MNIST, FashionMNIST
-
-            cls = MNIST if name == "mnist" else FashionMNIST
-            _verify_md5(name, path, dict(cls.resources)[path.name])
+        arrays[key] = _read_idx(path, ndim, name)
     for split in ("train", "test"):
         n_x, n_y = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
         if n_x != n_y:

@@ -1,6 +1,7 @@
 """Errors that carry a one-line message for the user. The CLI maps them to exit codes:
 `UsageError` (and `DataError`) -> 2; `CheckpointError` -> that checkpoint fails, the sweep goes
-on (exit 1 at the end), or 2 for a single explicit load."""
+on (exit 1 at the end), or 2 for a single explicit load; `WriteError` (disk full, read-only,
+quota) -> 1; `SweepStopped` (an unexpected error, its traceback in a log file) -> 3."""
 
 import re
 
@@ -24,6 +25,20 @@ class CheckpointError(FlatcliError):
 
     In a sweep this fails only that checkpoint; for a single explicit load it is exit 2.
     """
+
+
+class WriteError(FlatcliError):
+    """A file could not be written (disk full, read-only file system, quota): nothing of it was
+    left half-written; the message names the path and the cause (exit 1)."""
+
+    exit_code = 1
+
+
+class SweepStopped(FlatcliError):
+    """An error that is not about a checkpoint or its data (a bug, a CUDA error) stopped a sweep;
+    finished checkpoints are kept and the traceback is in a log file the message names (exit 3)."""
+
+    exit_code = 3
 
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

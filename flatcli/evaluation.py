@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import torch
 
-from flatcli import checkpoints, compilation, data, engine, models, runtime, tables
+from flatcli import checkpoints, compilation, data, engine, models, runtime, tables, uncertainty
+from flatcli.attacks import precision
 from flatcli.attacks.precision import DTYPE_COLUMN
-from flatcli.attacks.presets import build_attack
+from flatcli.attacks.presets import build_attack, preset
 from flatcli.config import AttackConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 
@@ -84,7 +85,14 @@ def resolve_common(config, refs: Sequence):
     return dataclasses.replace(config, dataset=dataset, eps=eps, n_examples=n)
 
 
-def loss_attack(config, pgd_only: str | None = None):
+def eval_attack(config, name: str):
+    """Attack `name` as an evaluation config sets it up (ball, step, seed, precision, restart
+    choice)."""
+    return build_attack(name, config.norm, config.eps, config.step_size, config.seed,
+                        config.precision, config.restart_choice)  # fmt: skip
+
+
+def loss_attack(config, pgd_only: str | None = None, flag: str = "--attack"):
     """`config.attack`, built to check it before any work: it must estimate the robust loss,
     and be a PGD where `pgd_only` names what needs its step size ("the Hessian")."""
     attack = build_attack(
@@ -92,12 +100,25 @@ def loss_attack(config, pgd_only: str | None = None):
     )
     if not attack.estimates_loss:
         raise UsageError(
-            f"--attack {config.attack} does not estimate the robust loss; use a pgd preset or "
+            f"{flag} {config.attack} does not estimate the robust loss; use a pgd preset or "
             "apgd-ce"
         )
     if pgd_only is not None and not hasattr(attack, "step_size"):
         raise UsageError(f"--attack {config.attack}: {pgd_only} needs a pgd preset")
     return attack
+
+
+def sample_attack_name(config) -> str:
+    """The attack re-run at every average-case offset: `--sample-attack`, else `--attack` with
+    one restart (pgd20x10 -> pgd20: the paper's code runs PGD-20 once per offset and subtracts
+    the PGD-20 x 10 robust loss at w), keeping --attack's step ratio."""
+    if config.sample_attack is not None:
+        return config.sample_attack
+    found = preset(config.attack)
+    if found.kind != "pgd" or found.restarts == 1:
+        return config.attack
+    name = f"pgd{found.steps}"
+    return name if preset(name).step_ratio == found.step_ratio else f"{name}x1"
 
 
 def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
@@ -219,7 +240,7 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
     x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
     x, y = x.to(device), y.to(device)
     attacks = [
-        build_attack(a, config.norm, config.eps, config.step_size, config.seed, config.precision)
+        eval_attack(config, a)
         for a in config.attacks
     ]
 
@@ -236,6 +257,8 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
         clean = {
             "clean_err": engine.error_rate(result.clean_correct),
             "clean_loss": result.clean_loss.mean().item(),
+            "clean_err_se": uncertainty.error_se(result.clean_correct),
+            "clean_loss_se": uncertainty.loss_se(result.clean_loss),
         }
         outcomes = [
             (a.name, a.steps, a.restarts, getattr(a, "step_size", None), result.robust[a.name])
@@ -253,9 +276,11 @@ def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on
                 "step_size": step,
                 "robust_err": engine.error_rate(o.correct),
                 "robust_loss": o.loss.mean().item(),
+                "robust_err_se": uncertainty.error_se(o.correct),
+                "robust_loss_se": uncertainty.loss_se(o.loss),
                 "note": note,
             }
             for name, steps, restarts, step, o in outcomes
         ]
 
-    return noting_compile(measure, config.compile, device, on_note)
+    return precision.in_fp32(noting_compile(measure, config.compile, device, on_note))

@@ -3,10 +3,21 @@ temp file beside its target and renamed over it, so nothing flatcli writes is se
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from flatcli.errors import WriteError
+
+# The causes a user fixes outside flatcli (space, quota, permissions, a read-only mount, a bad
+# disk): one line naming the path, never an internal error.
+STORAGE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM,
+}
+_ERRNO_RE = re.compile(r"\[Errno (\d+)\]")
 
 
 def _umask() -> int:
@@ -16,21 +27,43 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Create or replace `path` with what `write(tmp_path)` writes; returns `path`."""
+    """Create or replace `path` with what `write(tmp_path)` writes; returns `path`.
+
+    A full disk, an exceeded quota, a read-only file system and the like raise `WriteError`
+    naming `path` and the cause; the temp file is removed and `path` keeps what it held.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0o600; others on a cluster may read
         os.replace(tmp, path)
+    except OSError as err:  # pyarrow's IO errors are OSErrors too, sometimes without errno
+        code = storage_errno(err)
+        if code is None:
+            raise
+        raise WriteError(
+            f"cannot write {path}: {os.strerror(code)} ({errno.errorcode.get(code, code)})"
+        ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def storage_errno(err: OSError) -> int | None:
+    """The errno of a storage fault (STORAGE_ERRNOS) behind `err`, else None."""
+    code = err.errno
+    if code is None:
+        found = _ERRNO_RE.search(str(err))
+        code = int(found.group(1)) if found else None
+    return code if code in STORAGE_ERRNOS else None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from flatcli import data, engine, evaluation, hessian, registries, runtime, weights, worst_case
-from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
+from flatcli.attacks.precision import in_fp32
+from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
+from flatcli.uncertainty import average_flatness_se, loss_se, spread
 
 MEASURES = registries.MEASURES
 AVERAGE_MEASURES = tuple(n for n, m in MEASURES.items() if m.family == "average")
@@ -50,6 +52,8 @@ class FlatnessResult:
     note: str | None = None
     err: float | None = None
     perturbed_err: float | None = None
+    flatness_se: float | None = None  # over offsets and examples (`uncertainty`)
+    loss_se: float | None = None  # of `loss`, over examples
 
 
 def _xi_list(xi: float | Sequence[float]) -> list[float]:
@@ -100,9 +104,11 @@ def average_flatness(
     on_batch: Callable[[int, int], None] | None = None,
     settings_per_pass: int | None = None,
     compile: str = "off",
+    sample_attack=None,
 ) -> list[FlatnessResult]:
     """Average-case flatness at each xi: "clean-average" results, and "average" (of the robust
-    loss, re-running `attack` on every perturbed model) when an attack is given.
+    loss, re-running `sample_attack` (default `attack`) on every perturbed model, minus RCE(w)
+    from `attack`) when an attack is given.
 
     `reference`: the engine's result at w with the same attack and seed_keys, if already computed.
     The (sample, xi) settings run `settings_per_pass` at a time in one stacked pass
@@ -118,6 +124,8 @@ def average_flatness(
     w = weights.weights_of(model)
     ball = weights.ball_named(weight_norm)
     attacks = [attack] if attack is not None else []
+    per = sample_attack if sample_attack is not None else attack
+    sampled = [per] if attack is not None else []
     if reference is None:
         reference = engine.robust_losses(
             model, x, y, attacks, seed_keys, batch_size, compile=compile
@@ -130,11 +138,13 @@ def average_flatness(
         refs_err["average"] = engine.error_rate(reference.robust[attack.name].correct)
     clean = {v: [] for v in xis}
     robust = {v: [] for v in xis}
+    # per example, the sum over offsets of the perturbed loss (the examples' share of the SE)
+    sums = {m: {v: torch.zeros(len(y), dtype=torch.float64) for v in xis} for m in refs_err}
     errs = {m: {v: [] for v in xis} for m in refs_err}
     per_pass = settings_per_pass
     if per_pass is None:
         per_pass = runtime.attack_settings_per_pass(
-            model, x, attack, batch_size, len(xis) * samples
+            model, x, per, batch_size, len(xis) * samples
         )
     settings = [(s, v) for s in range(samples) for v in xis]
     units: dict[int, list[torch.Tensor]] = {}
@@ -150,32 +160,38 @@ def average_flatness(
         for (_, v), out in zip(
             chunk,
             engine.robust_losses_at(
-                model, offsets, x, y, attacks, seed_keys, batch_size, on_batch, compile=compile
+                model, offsets, x, y, sampled, seed_keys, batch_size, on_batch, compile=compile
             ),
             strict=True,
         ):
             clean[v].append(out.clean_loss.mean().item())
+            sums["clean-average"][v] += out.clean_loss.double()
             errs["clean-average"][v].append(engine.error_rate(out.clean_correct))
             if attack is not None:
-                robust[v].append(out.robust[attack.name].loss.mean().item())
-                errs["average"][v].append(engine.error_rate(out.robust[attack.name].correct))
+                robust[v].append(out.robust[per.name].loss.mean().item())
+                sums["average"][v] += out.robust[per.name].loss.double()
+                errs["average"][v].append(engine.error_rate(out.robust[per.name].correct))
         for s in [s for s in units if s < chunk[-1][0]]:
             del units[s]  # every xi of that sample is done
     results = []
+    at_w = {"clean-average": reference.clean_loss}
+    if attack is not None:
+        at_w["average"] = reference.robust[attack.name].loss
     for measure, ref, values, steps, restarts in [
         (
             "average",
             robust_ref,
             robust,
-            getattr(attack, "steps", None),
-            getattr(attack, "restarts", None),
+            getattr(per, "steps", None),
+            getattr(per, "restarts", None),
         ),
         ("clean-average", clean_ref, clean, None, None),
     ]:
         if ref is None:
             continue
         for v in xis:
-            per = [p - ref for p in values[v]]
+            deltas = [p - ref for p in values[v]]
+            per_example = sums[measure][v] / samples - at_w[measure].double()
             mean = sum(values[v]) / len(values[v])
             results.append(
                 FlatnessResult(
@@ -184,14 +200,16 @@ def average_flatness(
                     loss=ref,
                     perturbed_loss=mean,
                     flatness=mean - ref,
-                    flatness_std=_std(per),
-                    per_sample=_clean_list(per),
+                    flatness_std=_std(deltas),
+                    per_sample=_clean_list(deltas),
                     samples=samples,
                     iterations=steps,
                     restarts=restarts,
                     note=_nonfinite_note(ref, values[v], "samples"),
                     err=refs_err[measure],
                     perturbed_err=sum(errs[measure][v]) / samples,
+                    flatness_se=average_flatness_se(deltas, per_example),
+                    loss_se=loss_se(at_w[measure]),
                 )
             )
     return results
@@ -291,6 +309,9 @@ def resolve_flatness_config(config: FlatnessConfig, refs: Sequence) -> FlatnessC
     resolved = dataclasses.replace(resolved, measures=measures, xi=xi)
     if _robust_measures(measures):
         evaluation.loss_attack(resolved, "the Hessian" if "hessian" in measures else None)
+    if config.sample_attack is not None:
+        named = dataclasses.replace(resolved, attack=config.sample_attack)
+        evaluation.loss_attack(named, flag="--sample-attack")  # before any work
     return resolved
 
 
@@ -330,12 +351,14 @@ def flatness_measure(
     measures = config.measures
     robust = _robust_measures(measures)
     attack = (
-        build_attack(
-            config.attack, config.norm, config.eps, config.step_size, config.seed, config.precision
-        )
+        evaluation.eval_attack(config, config.attack)
         if robust
         else None
     )
+    sample_name = evaluation.sample_attack_name(config)
+    sample_attack = attack
+    if robust and "average" in measures and sample_name != config.attack:
+        sample_attack = evaluation.eval_attack(config, sample_name)
     heldout = None
     if "paper-hessian" in measures:
         heldout = data.load_split(config.dataset, "heldout", None, config.data_dir)
@@ -348,17 +371,8 @@ def flatness_measure(
             raise CheckpointError(
                 f"{ref.path}: no perturbable layers (weights or biases outside normalization)"
             )
-        model_note = (
-            "; ".join(
-                n
-                for n in (
-                    _conv_scale_note(model, config, x, device),
-                    evaluation.nonfinite_note(model),
-                )
-                if n
-            )
-            or None
-        )
+        notes = (_conv_scale_note(model, config, x, device), evaluation.nonfinite_note(model))
+        model_note = "; ".join(n for n in notes if n) or None
         keys = evaluation.seed_keys(config, ref)
         needs_reference = robust and any(m in measures for m in ("average", "worst"))
         reference = engine.robust_losses(
@@ -380,6 +394,7 @@ def flatness_measure(
                 weight_norm=config.weight_norm,
                 on_batch=on_batch,
                 compile=config.compile,
+                sample_attack=sample_attack,
             )
             results += [r for r in found if r.measure in measures]
         for m in (m for m in WORST_MEASURES if m in measures):
@@ -404,7 +419,7 @@ def flatness_measure(
         base = evaluation.key_columns(ref, info, config, chash, device)
         return [_row(base, r, config, model_note) for r in results]
 
-    return evaluation.noting_compile(measure, config.compile, device, on_note)
+    return in_fp32(evaluation.noting_compile(measure, config.compile, device, on_note))
 
 
 def _conv_scale_note(model, config, x, device) -> str | None:
@@ -455,9 +470,13 @@ def _row(base: dict, r, config: FlatnessConfig, model_note: str | None) -> dict:
             "reattack_loss": r.reattack_loss,
             "unclamped_flatness": r.unclamped,
             "flatness": r.flatness,
+            "flatness_se": spread(r.per_restart or []),
+            "robust_loss_se": r.loss_se,
+            "per_sample": None if r.per_restart is None else _clean_list(r.per_restart),
         }
     return {
         **common,
+        "sample_attack": None if clean else evaluation.sample_attack_name(config),
         "estimator": "mean",
         "xi": r.xi,
         "samples": r.samples,
@@ -470,4 +489,6 @@ def _row(base: dict, r, config: FlatnessConfig, model_note: str | None) -> dict:
         "flatness": r.flatness,
         "flatness_std": r.flatness_std,
         "per_sample": r.per_sample,
+        "flatness_se": r.flatness_se,
+        "robust_loss_se": r.loss_se,
     }

@@ -23,14 +23,17 @@ from flatcli import (
     hessian,
     registries,
     runtime,
+    uncertainty,
     weights,
     worst_case,
 )
-from flatcli.attacks.presets import PAPER_STEP_RATIO, build_attack
+from flatcli.attacks.precision import in_fp32
+from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.config import LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 
 KINDS = tuple(registries.DIRECTIONS)
+FIXED_POINTS_ATTACK = "pgd10"  # robust-fixed: the inputs of the weight attack, found at w
 PLOT_FORMATS = ("png", "svg", "none")
 TABLE = "landscape"
 _TINY = 1e-12
@@ -123,8 +126,9 @@ def adversarial_direction(
     """The weight offset of the weight attack (`worst_case.joint_ascent`): projected ascent over
     nu in the relative ball ||nu_l|| <= xi ||w_l|| (normalized step `weight_lr`) and, with an
     `attack`, jointly over the input perturbation (the attack's signed step); without one, of the
-    clean loss (the paper's code). Starts drawn from `generator` (nu first); returns the offset of
-    the iterate with the largest mean loss."""
+    cross-entropy at the inputs x as given (clean, or adversarial points fixed at w: the paper's
+    code). Starts drawn from `generator` (nu first); returns the offset of the iterate with the
+    largest mean loss."""
     w = weights.weights_of(model)
     weights.require_layers(model)
     device = w[0].device
@@ -139,6 +143,22 @@ def adversarial_direction(
         model, x.to(device), y.to(device), ball, nu0, weight_lr, iterations, threat, delta0, step
     )
     return nu
+
+
+def fixed_points(model, x, y, attack, generator, batch_size: int = 512) -> torch.Tensor:
+    """Adversarial inputs of `attack` at the model's weights w, kept fixed while the weights move
+    (`robust-fixed` directions: the paper's code attacks the weights on an AdversarialDataset of
+    PGD points computed once). Starts drawn from `generator`; returned on the model's device."""
+    device = weights.weights_of(model)[0].device
+    starts = attack.draw_starts(x.cpu(), generator)
+    model.eval()
+    points = []
+    for begin in range(0, len(y), batch_size):
+        index = slice(begin, begin + batch_size)
+        part = None if starts is None else starts[:, index].to(device)
+        out = attack(model, x[index].to(device), y[index].to(device), part, keep_points=True)
+        points.append(out.points.detach())
+    return torch.cat(points)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,11 +219,13 @@ def _grid_row(result: engine.ExampleLosses, attack) -> dict:
     row = {
         "clean_loss": result.clean_loss.mean().item(),
         "clean_err": engine.error_rate(result.clean_correct),
+        "clean_loss_se": uncertainty.loss_se(result.clean_loss),
     }
     if attack is not None:
         outcome = result.robust[attack.name]
         row["robust_loss"] = outcome.loss.mean().item()
         row["robust_err"] = engine.error_rate(outcome.correct)
+        row["robust_loss_se"] = uncertainty.loss_se(outcome.loss)
     return row
 
 
@@ -247,7 +269,7 @@ def resolve_landscape_config(config: LandscapeConfig, refs: Sequence) -> Landsca
         to=None if config.to is None else str(config.to),
     )
     robust_directions = config.directions == "hessian" or (
-        config.directions == "adversarial" and config.adversarial_loss == "robust"
+        config.directions == "adversarial" and config.adversarial_loss != "clean"
     )
     if resolved.loss != "clean" or robust_directions:
         hessian_directions = "the Hessian" if config.directions == "hessian" else None
@@ -306,9 +328,7 @@ def landscape_measure(
         or (kind == "adversarial" and config.adversarial_loss == "robust")
     )
     attack = (
-        build_attack(
-            config.attack, config.norm, config.eps, config.step_size, config.seed, config.precision
-        )
+        evaluation.eval_attack(config, config.attack)
         if needs_attack
         else None
     )
@@ -350,9 +370,16 @@ def landscape_measure(
             if kind == "random":
                 d = random_direction(w, gen)
             elif kind == "adversarial":
+                inputs = x
+                if config.adversarial_loss == "robust-fixed":  # PGD-10 points at w, computed once
+                    if "fixed" not in cache:
+                        pgd10 = evaluation.eval_attack(config, FIXED_POINTS_ATTACK)
+                        fixed_gen = runtime.generator(*keys, "landscape", "fixed-points")
+                        cache["fixed"] = fixed_points(model, x, y, pgd10, fixed_gen)
+                    inputs = cache["fixed"]
                 d = adversarial_direction(
                     model,
-                    x,
+                    inputs,
                     y,
                     config.adversarial_xi,
                     attack if config.adversarial_loss == "robust" else None,
@@ -420,4 +447,4 @@ def landscape_measure(
             for point, row in zip(points, values, strict=True)
         ]
 
-    return evaluation.noting_compile(measure, config.compile, device, on_note)
+    return in_fp32(evaluation.noting_compile(measure, config.compile, device, on_note))

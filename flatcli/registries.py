@@ -63,8 +63,13 @@ NORMALIZATIONS: dict[str, Choice] = _table(
     Choice("none", "the whole d to s ||w||"),
 )
 ADVERSARIAL_LOSSES: dict[str, Choice] = _table(
-    Choice("clean", "the clean-loss weight attack (the paper's code)"),
+    Choice("robust-fixed", "the weight attack on the robust loss at PGD-10 points fixed at w"),
+    Choice("clean", "the weight attack on the clean loss"),
     Choice("robust", "the joint weight and input attack on the robust loss"),
+)
+RESTART_CHOICES: dict[str, Choice] = _table(
+    Choice("wrong-class", "the restart with the largest wrong-class probability"),
+    Choice("loss", "the restart with the largest cross-entropy"),
 )
 
 SCHEDULES: dict[str, Choice] = _table(
@@ -85,6 +90,18 @@ AUGMENTATIONS: dict[str, Choice] = _table(
 ATTACK_POINTS: dict[str, Choice] = _table(
     Choice("best", "largest loss over the iterates (the paper's code)"),
     Choice("final", "last iterate (Madry et al.)"),
+)
+EXTRA_STEPS: dict[str, Choice] = _table(
+    Choice("same", "ceil(N / batch) steps, as without extra data; extra drawn with replacement"),
+    Choice("labelled-pass", "every labelled example once: ceil(N / labelled per batch) steps"),
+)
+WEIGHT_CLIP_LAYERS: dict[str, Choice] = _table(
+    Choice("all", "every trainable parameter, normalization layers' scale and shift too"),
+    Choice("weights", "the layers (weights and biases), normalization layers not"),
+)
+AWP_MODES: dict[str, Choice] = _table(
+    Choice("eval", "the offset computed in eval mode (BN running statistics)"),
+    Choice("train", "the offset computed in train mode (batch statistics)"),
 )
 AWP_LAYERS: dict[str, Choice] = _table(
     Choice("weights", "tensors with dim > 1 (AWP's code)"),

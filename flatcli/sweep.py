@@ -6,14 +6,26 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flatcli import runtime, tables
-from flatcli.errors import UsageError, one_line
+from flatcli import runtime, tables, versions
+from flatcli.errors import (
+    CheckpointError,
+    DataError,
+    SweepStopped,
+    UsageError,
+    WriteError,
+    one_line,
+)
+from flatcli.files import atomic_write_text
+
+# What fails one checkpoint and lets the sweep go on; anything else stops it (`SweepStopped`).
+CHECKPOINT_ERRORS = (CheckpointError, DataError)
 
 
 @dataclass(frozen=True)
@@ -63,9 +75,11 @@ class SweepEvent:
 
 @dataclass
 class SweepSummary:
-    """What a sweep did: units done, skipped and failed (with why), and every row, old and new."""
+    """What a sweep did: units done (`recomputed`: those of them whose rows were of an older
+    estimator version), skipped and failed (with why), and every row, old and new."""
 
     done: list = field(default_factory=list)
+    recomputed: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list[tuple[object, str]] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
@@ -78,12 +92,14 @@ class SweepSummary:
 
 @dataclass(frozen=True)
 class Plan:
-    """This shard's units: to compute, already written, refused (unit, why), and per unit key
-    the notes to say when it starts and the parts its new rows replace."""
+    """This shard's units: to compute, already written, refused (unit, why), those to compute
+    again because their rows are of an older estimator version, and per unit key the notes to
+    say when it starts and the parts its new rows replace."""
 
     todo: list
     skipped: list
     refused: list = field(default_factory=list)
+    outdated: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)
     replaces: dict = field(default_factory=dict)
 
@@ -93,8 +109,9 @@ def plan(
 ) -> Plan:
     """This shard's refs, split into those to compute, those already written and those refused.
 
-    A unit is done when its part (named by run, epoch and content digest) exists and reads. An
-    unreadable part is recomputed. A part of the same run and epoch but another digest holds rows
+    A unit is done when its part (named by run, epoch and content digest) exists, reads, and
+    holds rows of the current estimator versions (`flatcli.versions`); older rows and an
+    unreadable part are recomputed. A part of the same run and epoch but another digest holds rows
     of another content: when it was written for this very file (retrained in place) it is
     replaced; when for another file that got the same run name and epoch (another directory
     called `at`), the unit is refused, naming both, unless `force` (which replaces it). Refusing
@@ -107,10 +124,13 @@ def plan(
         notes = []
         if part.is_file() and not force:
             reason = tables.unreadable_reason(part)
-            if reason is None:
+            if reason is None and not _outdated(table, part):
                 result.skipped.append(ref)
                 continue
-            notes.append(f"unreadable part {part} ({reason}); recomputing it")
+            if reason is None:
+                result.outdated.append(ref)
+            else:
+                notes.append(f"unreadable part {part} ({reason}); recomputing it")
         note = getattr(_ref_of(ref), "note", "")
         if note and note not in said:
             said.add(note)
@@ -130,6 +150,15 @@ def plan(
         result.notes[ref.key] = notes
         result.todo.append(ref)
     return result
+
+
+def _outdated(table: str, part) -> bool:
+    """Whether a readable part's rows come from an older version of their estimator."""
+    try:
+        rows = pq.read_table(part).to_pylist()
+    except (OSError, pa.ArrowException):
+        return True
+    return versions.outdated(table, rows)
 
 
 def _ref_of(unit):
@@ -167,6 +196,11 @@ def _stamped(rows: list[dict], wall: float) -> list[dict]:
     return [{**row, "wall_time_s": wall, "created_at": stamp} for row in rows]
 
 
+def _versioned(table: str, rows: list[dict]) -> list[dict]:
+    """`rows` with the version of the estimator behind each (`flatcli.versions`)."""
+    return [{**row, "estimator_version": versions.row_version(table, row)} for row in rows]
+
+
 def run(
     refs: Sequence,
     measure: Callable[[object], list[dict]],
@@ -180,7 +214,10 @@ def run(
 ) -> SweepSummary:
     """Compute `measure(ref)` for this shard's refs not yet written, writing each atomically.
 
-    `measure` returns complete rows except `wall_time_s` and `created_at`, which are added here.
+    `measure` returns complete rows except `wall_time_s`, `created_at` and `estimator_version`,
+    which are added here. A `CHECKPOINT_ERRORS` error fails that checkpoint and the sweep goes
+    on; any other error (a bug, a CUDA error) stops it with `SweepStopped`, its traceback written
+    to `OUT/logs/` (re-raised as it is with `debug`). Finished checkpoints stay written.
     A row with a `note` is reported as a warning (e.g. non-finite weights) but still written.
     """
     emit = on_event or (lambda event: None)
@@ -200,23 +237,44 @@ def run(
         started = time.perf_counter()
         try:
             rows = measure(ref)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:  # one bad checkpoint must not stop the sweep
+        except CHECKPOINT_ERRORS as err:  # one bad checkpoint must not stop the sweep
             if debug:
                 raise
             summary.failed.append((ref, one_line(err)))
             emit(SweepEvent("failed", ref, i, total, one_line(err)))
             continue
+        except Exception as err:
+            if debug:
+                raise
+            raise _stopped(err, ref, table, out, len(summary.done)) from None
         wall = time.perf_counter() - started
-        rows = _stamped(rows, wall)
+        rows = _versioned(table, _stamped(rows, wall))
         tables.write_part(out, table, ref.key, config_hash, rows)
         for stale in work.replaces.get(ref.key, []):
             stale.unlink(missing_ok=True)
         summary.done.append(ref)
+        if ref in work.outdated:
+            summary.recomputed.append(ref)
         summary.rows.extend(rows)
         notes = sorted({r["note"] for r in rows if r.get("note")})
         if notes:
             emit(SweepEvent("warning", ref, i, total, "; ".join(notes), rows))
         emit(SweepEvent("done", ref, i, total, f"{wall:.1f}s", rows))
     return summary
+
+
+def _stopped(err: Exception, unit, table: str, out, done: int) -> SweepStopped:
+    """The one line of an unexpected error, its traceback written to OUT/logs/ first."""
+    stamp = runtime.now_iso().replace(":", "").replace("-", "")[:15]
+    log = os.path.join(os.fspath(out), "logs", f"{table}-{stamp}-{os.getpid()}.log")
+    text = (f"flatcli {table}: stopped while measuring {_ref_of(unit).path} ({unit.key})\n"
+            + "".join(traceback.format_exception(err)))
+    try:
+        atomic_write_text(log, text)
+        where = f"traceback in {log}"
+    except (OSError, WriteError):  # the log's own disk is full
+        where = "the traceback could not be written (set FLATCLI_DEBUG=1 to see it)"
+    return SweepStopped(
+        f"stopped at {_ref_of(unit).path}: {one_line(err, 300)} (not a problem of the checkpoint: "
+        f"{done} finished checkpoint(s) kept; {where})"
+    )

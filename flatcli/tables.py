@@ -13,13 +13,14 @@ import pyarrow.parquet as pq
 
 from flatcli.files import atomic_write
 
-SCHEMA_VERSION = 2  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
+SCHEMA_VERSION = 3  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
+# 3: estimator_version; checkpoint_digest over the tensors
 
 # Key and provenance columns shared by every table (DESIGN.md), in order.
 COMMON = [
     pa.field("run", pa.string()),
     pa.field("checkpoint", pa.string()),
-    pa.field("checkpoint_digest", pa.string()),  # sha256 of the file; results follow content
+    pa.field("checkpoint_digest", pa.string()),  # sha256 of the tensors; results follow weights
     pa.field("epoch", pa.int64()),
     pa.field("dataset", pa.string()),
     pa.field("arch", pa.string()),
@@ -30,6 +31,7 @@ COMMON = [
     pa.field("seed", pa.int64()),
     pa.field("config_hash", pa.string()),
     pa.field("schema_version", pa.int64()),
+    pa.field("estimator_version", pa.int64()),  # flatcli.versions; null where no estimate
     pa.field("flatcli_version", pa.string()),
     pa.field("torch_version", pa.string()),
     pa.field("device", pa.string()),
@@ -51,6 +53,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "train_log": _with_common(
         pa.field("method", pa.string()),
         pa.field("lr", pa.float64()),
+        pa.field("steps", pa.int64()),  # optimizer steps in the epoch (per process)
         pa.field("train_loss", pa.float64()),
         pa.field("train_clean_err", pa.float64()),
         pa.field("train_robust_err", pa.float64()),  # null for --method clean
@@ -72,6 +75,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("robust_err", pa.float64()),
         pa.field("robust_loss", pa.float64()),  # nats; null when the attack gives no loss
         pa.field("note", pa.string()),  # e.g. "non-finite weights"; null when all is well
+        # standard errors (flatcli.uncertainty): binomial for errors, over examples for losses
+        pa.field("clean_err_se", pa.float64()),
+        pa.field("robust_err_se", pa.float64()),
+        pa.field("clean_loss_se", pa.float64()),
+        pa.field("robust_loss_se", pa.float64()),
     ),
     # `flatcli flatness`: one row per (checkpoint, measure, xi). Clean measures have eps 0 and hold
     # clean losses in the *_robust_loss columns; hessian rows fill lambda_max/hessian_trace instead.
@@ -84,6 +92,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("iterations", pa.int64()),  # attack steps / joint ascent steps / Lanczos
         pa.field("restarts", pa.int64()),
         pa.field("attack", pa.string()),  # the attack behind robust_loss; null when clean
+        pa.field("sample_attack", pa.string()),  # average: the attack re-run at every w + nu
         pa.field("weight_lr", pa.float64()),  # worst case: normalized relative weight step
         pa.field("robust_loss", pa.float64()),  # at the checkpoint's weights, nats
         pa.field("robust_err", pa.float64()),  # at the checkpoint's weights, fraction
@@ -98,6 +107,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("hessian_trace", pa.float64()),  # Hutchinson
         pa.field("per_sample", pa.list_(pa.float64())),  # per-sample flatness / trace probes
         pa.field("note", pa.string()),
+        # average: SE over offsets and examples; worst: the spread (std) over restarts, whose
+        # flatness values are in per_sample (flatcli.uncertainty)
+        pa.field("flatness_se", pa.float64()),
+        pa.field("robust_loss_se", pa.float64()),  # over examples, at the checkpoint's weights
     ),
     # `flatcli landscape`: one row per (checkpoint, direction, alpha[, beta]); the loss at
     # w + alpha d (1-D) or w + alpha d1 + beta d2 (2-D, `direction` numbers the plane).
@@ -116,6 +129,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("adversarial_loss", pa.string()),  # adversarial: clean | robust weight attack
         pa.field("conv_scale", pa.float64()),  # conv weights multiplied by this before
         pa.field("note", pa.string()),
+        pa.field("clean_loss_se", pa.float64()),  # over examples
+        pa.field("robust_loss_se", pa.float64()),
     ),
     # `flatcli report`: one wide row per (run, epoch) joining attack (test and train split),
     # flatness, landscape and train_log, with run.json's method and regularizers. Not a sweep
@@ -180,6 +195,37 @@ SCHEMAS: dict[str, pa.Schema] = {
             # mean over directions of RCE at the ends of the range minus RCE at alpha = 0
             pa.field("landscape_random_rise", pa.float64()),
             pa.field("landscape_adversarial_rise", pa.float64()),
+            # standard errors (flatcli.uncertainty): over examples, and across seeds where
+            # repeats that differ only in seed were averaged (n_seeds of them)
+            pa.field("test_clean_err_se", pa.float64()),
+            pa.field("test_clean_loss_se", pa.float64()),
+            pa.field("test_robust_err_se", pa.float64()),
+            pa.field("test_robust_loss_se", pa.float64()),
+            pa.field("train_clean_err_se", pa.float64()),
+            pa.field("train_clean_loss_se", pa.float64()),
+            pa.field("train_robust_err_se", pa.float64()),
+            pa.field("train_robust_loss_se", pa.float64()),
+            pa.field("rce_gap_se", pa.float64()),
+            pa.field("rerr_gap_se", pa.float64()),
+            # seed repeats: how many were averaged, and the across-seed share of each *_se
+            pa.field("test_n_seeds", pa.int64()),
+            pa.field("test_clean_err_seed_se", pa.float64()),
+            pa.field("test_clean_loss_seed_se", pa.float64()),
+            pa.field("test_robust_err_seed_se", pa.float64()),
+            pa.field("test_robust_loss_seed_se", pa.float64()),
+            pa.field("train_n_seeds", pa.int64()),
+            pa.field("train_clean_err_seed_se", pa.float64()),
+            pa.field("train_clean_loss_seed_se", pa.float64()),
+            pa.field("train_robust_err_seed_se", pa.float64()),
+            pa.field("train_robust_loss_seed_se", pa.float64()),
+            pa.field("flatness_average_n_seeds", pa.int64()),
+            pa.field("flatness_average_seed_se", pa.float64()),
+            pa.field("flatness_worst_n_seeds", pa.int64()),
+            pa.field("flatness_worst_seed_se", pa.float64()),
+            pa.field("flatness_clean_average_n_seeds", pa.int64()),
+            pa.field("flatness_clean_average_seed_se", pa.float64()),
+            pa.field("flatness_clean_worst_n_seeds", pa.int64()),
+            pa.field("flatness_clean_worst_seed_se", pa.float64()),
         ]
     ),
     # `flatcli report`: one row per (scope, run, measure, target) with 3 pairs or more; scipy.stats,

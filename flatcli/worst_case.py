@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flatcli import compilation, engine, runtime, weights
+from flatcli import compilation, engine, runtime, uncertainty, weights
 from flatcli.attacks.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example, restart_starts, slice_starts
 from flatcli.attacks.presets import PAPER_STEP_RATIO
@@ -49,6 +49,8 @@ class WorstResult:
     restarts: int
     note: str | None = None
     nu: list[torch.Tensor] | None = field(default=None, repr=False)  # paper: the final offset
+    per_restart: list[float] | None = None  # each restart's flatness (its value - loss)
+    loss_se: float | None = None  # of `loss`, over examples (`uncertainty.loss_se`)
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ def worst_paper(
     measure = "worst" if eps > 0 else "clean-worst"
     if xi == 0:
         return WorstResult(
-            measure, xi, "paper", loss, loss, 0.0, 0.0, loss, None, err, err, iterations, restarts
+            measure, xi, "paper", loss, loss, 0.0, 0.0, loss, None, err, err, iterations, restarts,
+            loss_se=uncertainty.loss_se(ref_loss),
         )
     names, w = weights.named_weights(model)
     device = w[0].device
@@ -281,6 +284,7 @@ def worst_paper(
     threat, step, starts = _input_ascent(ascent, x)
     call = ascent.call(device)
     best: dict = {}
+    attempts: list[float] = []  # each restart's value, in order
     for chunk in _passes(model, x, ascent):
         g = len(chunk)
         gens = [runtime.generator(*seed_keys, "worst-weights", r) for r in chunk]
@@ -298,6 +302,7 @@ def worst_paper(
         value, wrong = _final_value(call, model, names, w, nu, rows, deltas, g)
         wrong = wrong.tolist()
         kept = lambda i, nu=nu, wrong=wrong: ([t[i] for t in nu], wrong[i] / n)  # noqa: E731
+        attempts += (value / n).tolist()
         if _keep(best, (value / n).tolist(), kept):
             break
     best_nu, best_err = best["kept"]
@@ -320,6 +325,8 @@ def worst_paper(
         restarts,
         note,
         best_nu,
+        [a - loss for a in attempts],
+        uncertainty.loss_se(ref_loss),
     )
 
 
@@ -392,11 +399,13 @@ def worst_per_batch(
     n = len(y)
     totals = {"joint": 0.0, "again": 0.0, "value": 0.0, "wrong": 0}
     bad = 0
+    per_restart: list[float] = []  # each restart's example-weighted sum of its batch values
     passes = _passes(model, x, ascent)
     for b, begin in enumerate(range(0, n, weight_batch)):
         index = slice(begin, min(n, begin + weight_batch))
         xb, yb = x[index].to(device), y[index].to(device)
         best: dict = {}
+        tried: list[float] = []
         for chunk in passes:
             nu0s = [
                 ball.random_start(w, runtime.generator(*seed_keys, "worst-weights", b, r))
@@ -411,8 +420,12 @@ def worst_per_batch(
                 model, xb, yb, ball, nu0s, weight_lr, iterations, threat, delta0s, step,
                 ascent.call(device),
             )
+            tried += values.tolist()
             if _keep(best, values.tolist(), lambda i, nus=nus: [t[i] for t in nus]):
                 break
+        # a restart counts when every batch ran it (a NaN ends a batch's restarts early)
+        sums = per_restart or [0.0] * len(tried)
+        per_restart = [a + t * len(yb) for a, t in zip(sums, tried, strict=False)]
         best_value, best_nu = best["value"], best["kept"]
         candidates = [best_value, ref_loss[index].mean().item()]
         if robust and not math.isnan(best_value):
@@ -449,4 +462,6 @@ def worst_per_batch(
         iterations,
         restarts,
         note,
+        per_restart=[t / n - loss for t in per_restart],
+        loss_se=uncertainty.loss_se(ref_loss),
     )

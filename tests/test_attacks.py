@@ -1,5 +1,6 @@
 """Threat models, the ascent loop and PGD: closed-form cases and a torchattacks cross-check."""
 
+import dataclasses
 import math
 
 import pytest
@@ -57,12 +58,42 @@ def test_pgd_reaches_closed_form_worst_case_of_a_linear_model(norm):
 def test_pgd_restarts_take_the_worst_per_example(trained_digits_model, digits_test):
     x, y = digits_test[0][:100], digits_test[1][:100]
     one = PGD("p1", "linf", 0.1, 10, 0.025, restarts=1)
-    many = PGD("p4", "linf", 0.1, 10, 0.025, restarts=4)
+    many = PGD("p4", "linf", 0.1, 10, 0.025, restarts=4, restart_choice="loss")
     g = lambda: torch.Generator().manual_seed(3)
     out1 = one(trained_digits_model, x, y, one.draw_starts(x, g()))
     out4 = many(trained_digits_model, x, y, many.draw_starts(x, g()))  # restart 0 = out1's start
     assert torch.all(out4.loss >= out1.loss - 1e-6)
     assert torch.all(out4.correct <= out1.correct)
+
+
+def test_pgd_restart_choice_by_wrong_class_probability_as_the_codes(
+    trained_digits_model, digits_test
+):
+    """The paper's code's evaluation keeps, per example, the restart whose adversarial example
+    has the largest wrong-class probability (common/eval/adversarial_evaluation.py: argmin of the
+    per-attempt errors). Written out from one-restart runs of the same starts: each restart's
+    kept point, its largest wrong-class softmax probability, the argmax, its loss."""
+    x, y = digits_test[0][:100], digits_test[1][:100]
+    many = PGD("p4", "linf", 0.1, 5, 0.025, restarts=4)
+    assert many.restart_choice == "wrong-class"  # the default
+    starts = many.draw_starts(x, torch.Generator().manual_seed(3))
+    one = PGD("p1", "linf", 0.1, 5, 0.025, restarts=1)
+    losses, probs = [], []
+    for s in starts:
+        out = one(trained_digits_model, x, y, s[None], keep_points=True)
+        with torch.no_grad():
+            p = torch.softmax(trained_digits_model(out.points), 1)
+        p[torch.arange(len(y)), y] = -1.0
+        losses.append(out.loss)
+        probs.append(p.max(1).values)
+    losses, probs = torch.stack(losses), torch.stack(probs)
+    expected = losses.gather(0, probs.argmax(0)[None])[0]
+    found = many(trained_digits_model, x, y, starts)
+    assert torch.allclose(found.loss, expected, atol=1e-5)
+    by_loss = dataclasses.replace(many, restart_choice="loss")(trained_digits_model, x, y, starts)
+    assert torch.allclose(by_loss.loss, losses.max(0).values, atol=1e-5)
+    assert (by_loss.loss > found.loss + 1e-4).any()  # the rules differ on this data
+    assert torch.equal(by_loss.correct, found.correct)  # robust error does not depend on it
 
 
 @pytest.mark.reference
@@ -106,7 +137,7 @@ def test_pgd_points_are_the_points_behind_its_loss(trained_digits_model, digits_
     model = trained_digits_model
     x, y = digits_test[0][:64], digits_test[1][:64]
     # A step as large as eps makes the iterates oscillate: the final one is often not the best.
-    attack = PGD("pgd5x3", "linf", 0.1, 5, 0.1, restarts=3)
+    attack = PGD("pgd5x3", "linf", 0.1, 5, 0.1, restarts=3, restart_choice="loss")
     starts = attack.draw_starts(x, torch.Generator().manual_seed(1))
     plain = attack(model, x, y, starts)
     best = attack(model, x, y, starts, keep_points=True)

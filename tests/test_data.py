@@ -255,7 +255,8 @@ def test_official_sized_file_must_match_torchvision_md5(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="test_batch has the official example count but md5"):
         data.load_split("cifar10", "test", directory=tmp_path / "a")
     _fake_mnist(tmp_path / "b", gz=True, n_test=10000)
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz has the official"):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz has the official example "
+                       r"count but its content \(after gunzip\) has md5"):
         data.load_split("mnist", "test", directory=tmp_path / "b")
     # the same file passes when its md5 is the published one (stand-in list)
     batch = tmp_path / "a" / "cifar-10-batches-py" / "test_batch"
@@ -272,9 +273,9 @@ def _idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def _fake_mnist(root, folder="MNIST", gz=False, n_train=N_TRAIN, n_test=N_TEST):
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
+def _fake_mnist(root, folder="MNIST", gz=False, n_train=N_TRAIN, n_test=N_TEST, flat=False):
+    raw = root if flat else root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
     arrays = {
         "train-images-idx3-ubyte": _images(n_train, (28, 28), 0),
         "train-labels-idx1-ubyte": _labels(n_train, 10, 1),
@@ -302,6 +303,56 @@ def test_mnist_layouts(tmp_path, gz, name, folder):
     xh, yh = data.load_split(name, "heldout", directory=tmp_path)
     assert len(yh) == 500 and yh.tolist() == arrays["t10k-labels-idx1-ubyte"][10:].tolist()
     assert data.split_size(name, "test", tmp_path) == 10
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("below", ["", "fashion-mnist"])
+def test_idx_files_directly_in_the_data_directory(tmp_path, gz, below):
+    """The files as distributed (Debian's dataset-fashion-mnist: /usr/share/datasets/
+    fashion-mnist/*.gz), in DATA_DIR itself or in DATA_DIR/fashion-mnist/."""
+    arrays = _fake_mnist(tmp_path / below, gz=gz, flat=True)
+    x, y = data.load_split("fashion-mnist", "test", directory=tmp_path)
+    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"][:10].astype(np.float32)) / 255
+    assert torch.equal(x[:, 0], expected)
+    assert y.tolist() == arrays["t10k-labels-idx1-ubyte"][:10].tolist()
+    assert data.split_size("fashion-mnist", "train", tmp_path) == N_TRAIN
+
+
+def test_torchvision_layout_wins_and_a_missing_file_names_torchvisions_path(tmp_path):
+    _fake_mnist(tmp_path, flat=True, n_train=5)
+    _fake_mnist(tmp_path, folder="FashionMNIST", n_train=7)
+    assert data.split_size("fashion-mnist", "train", tmp_path) == 7
+    with pytest.raises(DataError, match=r"MNIST/raw/train-images-idx3-ubyte not found"):
+        data.load_split("mnist", "train", directory=tmp_path / "empty")
+
+
+def test_official_count_idx_content_md5_gz_or_not(tmp_path, monkeypatch):
+    """The content md5 is checked on the unpacked bytes: a file gzipped again passes."""
+    arrays = _fake_mnist(tmp_path / "a", n_test=10000, flat=True)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte has the official example count"):
+        data.load_split("fashion-mnist", "test", directory=tmp_path / "a")
+    content = {f: data_files.hashlib.md5(_idx_bytes(a)).hexdigest() for f, a in arrays.items()}
+    monkeypatch.setitem(data_files.IDX_CONTENT_MD5, "fashion-mnist", content)
+    assert data.split_size("fashion-mnist", "test", tmp_path / "a") == 9500
+    _fake_mnist(tmp_path / "b", n_test=10000, flat=True, gz=True)
+    assert data.split_size("fashion-mnist", "test", tmp_path / "b") == 9500
+    with pytest.raises(DataError, match="content .after gunzip. has md5"):  # not mnist's content
+        data.load_split("mnist", "test", directory=tmp_path / "b")
+
+
+DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist_package():
+    """The real files (re-gzipped by Debian: their .gz md5 differ from the published ones, their
+    content does not): 60000 + 10000 images, balanced classes."""
+    x, y = data.load_split("fashion-mnist", "test", 1000, directory=DEBIAN_FASHION)
+    _check_tensors(x, y, (1000, 1, 28, 28))
+    assert data.split_size("fashion-mnist", "train", DEBIAN_FASHION) == 60000
+    assert data.split_size("fashion-mnist", "heldout", DEBIAN_FASHION) == 500
+    assert y[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the published first test labels
 
 
 def test_mnist_bad_idx(tmp_path):

@@ -634,3 +634,54 @@ def test_lanczos_stops_at_a_breakdown_found_after_the_loop():
     assert ritz.tolist() == pytest.approx([-1.5, 0.0, 3.0], abs=1e-5)
     full = hessian.lanczos(lambda v: torch.diag(torch.arange(1.0, 7.0)) @ v, torch.ones(6), 4)
     assert len(full) == 4 and full[-1] < 6  # no breakdown: every step kept, from below
+
+
+def test_average_case_attacks_each_offset_once_and_subtracts_the_full_reference(
+    sample_model, examples
+):
+    """The paper's code (evaluation notebook): PGD with one restart on every w + nu, minus the
+    robust loss at w from the same PGD with restarts. Written out: the mean over samples of the
+    one-restart loss at w + nu (the offsets drawn as average_flatness draws them) minus RCE(w)."""
+    x, y = examples[0][:24], examples[1][:24]
+    full, once = _pgd(2, 3), _pgd(2, 1)
+    (result,) = flatness.average_flatness(
+        sample_model, x, y, 0.5, samples=2, attack=full, seed_keys=KEYS, sample_attack=once
+    )[:1]
+    ref = engine.robust_losses(sample_model, x, y, [full], KEYS).robust[full.name].loss.mean()
+    w = weights.weights_of(sample_model)
+    perturbed = []
+    for s in range(2):
+        unit = weights.ball_named("l2")(1.0).random_start(
+            w, runtime.generator(*KEYS, "weight-direction", s)
+        )
+        with weights.perturbed(sample_model, [0.5 * u for u in unit]):
+            at = engine.robust_losses(sample_model, x, y, [once], KEYS)
+        perturbed.append(at.robust[once.name].loss.mean().item())
+    assert result.measure == "average" and result.loss == pytest.approx(ref.item(), abs=1e-6)
+    assert result.perturbed_loss == pytest.approx(sum(perturbed) / 2, abs=1e-5)
+    assert (result.iterations, result.restarts) == (2, 1)  # the per-offset attack's
+
+
+def test_sample_attack_defaults_to_the_reference_with_one_restart():
+    from flatcli.config import FlatnessConfig
+    from flatcli.evaluation import sample_attack_name
+
+    def name(**kw):
+        return sample_attack_name(FlatnessConfig(**kw))
+
+    assert name() == "pgd20"  # pgd20x10 -> PGD-20 once per offset
+    assert name(attack="pgd7x5") == "pgd7" and name(attack="pgd10") == "pgd10"
+    assert name(attack="pgd10x2") == "pgd10x1"  # the pgd10 preset's step is eps/4, not 0.2229
+    assert name(attack="apgd-ce") == "apgd-ce"
+    assert name(sample_attack="pgd20x10") == "pgd20x10"  # the whole attack on every offset
+
+
+def test_cli_average_rows_name_both_attacks(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["flatness", run_dir / "at" / "epoch_0001.safetensors", *FAST, "-m", "average"]
+    code, _, _ = flatcli(capsys, *base, "--attack", "pgd2x2", "--out", out, "-f", "json")
+    assert code == 0
+    row = pd.read_parquet(out / "flatness").iloc[0]
+    assert (row.attack, row.sample_attack, row.restarts) == ("pgd2x2", "pgd2", 1)
+    code, _, err = flatcli(capsys, *base, "--sample-attack", "apgd-t", "--out", out)
+    assert code == 2 and "--sample-attack apgd-t does not estimate" in err

@@ -95,3 +95,118 @@ def test_run_names_follow_the_directory_and_collisions_say_so(tmp_path):
     assert [r.run for r in both] == ["seed0-at", "seed1-at"]
     assert all("also in a run called 'at'" in r.note for r in both)
     assert alone[0].digest == both[0].digest == checkpoints.content_digest(a)
+
+
+# ------------------------------------------------------------ same weights, same numbers
+
+PROVENANCE = {"run", "checkpoint", "wall_time_s", "created_at"}
+MEASURES = {
+    "attack": FAST,
+    "flatness": ["-m", "average", "--n-examples", "16", "--samples", "2", "--attack", "pgd2",
+                 "-q", "-f", "json"],
+    "landscape": ["--n-examples", "16", "--attack", "pgd2", "--steps", "3", "--n-directions", "1",
+                  "-q", "-f", "json"],
+}
+
+
+def _rows(capsys, command: str, paths, out: Path) -> pd.DataFrame:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *map(str, paths), "--out", str(out), *MEASURES[command]])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    table = pd.read_parquet(out / command)
+    return table.sort_values([c for c in ("run", "measure", "alpha", "attack") if c in table])
+
+
+def _same_numbers(one: pd.DataFrame, two: pd.DataFrame) -> None:
+    keep = [c for c in one.columns if c not in PROVENANCE]
+    assert len(one) == len(two) > 0
+    pd.testing.assert_frame_equal(
+        one[keep].reset_index(drop=True), two[keep].reset_index(drop=True)
+    )
+
+
+def test_same_weights_trained_in_two_folders_give_identical_rows(tmp_path, capsys):
+    """Two runs of one training into differently named folders hold the same tensors (their
+    files differ: the metadata names the run); every measure gives them the same rows."""
+    runs = [tmp_path / "a" / "at", tmp_path / "b" / "other-name"]
+    for run in runs:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--arch", "tiny", "--epochs", "1", "--train-examples", "64",
+                  "--heldout-examples", "16", "--batch-size", "32", "-q", "--out", str(run)])
+        assert exit_info.value.code == 0
+    capsys.readouterr()
+    files = [run / "epoch_0001.safetensors" for run in runs]
+    assert files[0].read_bytes() != files[1].read_bytes()
+    assert checkpoints.content_digest(files[0]) == checkpoints.content_digest(files[1])
+    for command in MEASURES:
+        one = _rows(capsys, command, [runs[0]], tmp_path / "o1")
+        two = _rows(capsys, command, [runs[1]], tmp_path / "o2")
+        assert set(one.run) == {"at"} and set(two.run) == {"other-name"}
+        _same_numbers(one, two)
+
+
+def _one_model() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return models.build("tiny", 10, 1)
+
+
+def test_pt_safetensors_and_metadata_only_changes_give_identical_rows(tmp_path, capsys):
+    model = _one_model()
+    paths = [
+        save_checkpoint(tmp_path / "st" / "epoch_0001.safetensors", model, "tiny", {}, "digits", 1),
+        save_checkpoint(tmp_path / "pt" / "epoch_0001.pt", model, "tiny", {}, "digits", 1),
+        save_checkpoint(tmp_path / "meta" / "epoch_0001.safetensors", model, "tiny", {}, "digits",
+                        1, config={"method": "at", "note": "another field"}),
+    ]
+    # a metadata-only edit of the file itself: another flatcli version in its header
+    edited = tmp_path / "edited" / "epoch_0001.safetensors"
+    edited.parent.mkdir()
+    raw = bytearray(paths[0].read_bytes())
+    at = raw.index(b'flatcli_version\\": \\"') + len(b'flatcli_version\\": \\"')
+    raw[at : at + 1] = b"9" if raw[at : at + 1] != b"9" else b"8"  # same length, valid header
+    edited.write_bytes(bytes(raw))
+    assert edited.read_bytes() != paths[0].read_bytes()
+    paths.append(edited)
+    digests = {checkpoints.content_digest(p) for p in paths}
+    assert len(digests) == 1 and "" not in digests
+    assert digests == {checkpoints.state_digest(model.state_dict())}
+    table = _rows(capsys, "attack", paths, tmp_path / "out")
+    assert len(table) == 4 and table.run.nunique() == 4
+    numbers = ["clean_loss", "clean_err", "robust_loss", "robust_err"]
+    assert len(table[numbers].drop_duplicates()) == 1
+    assert table.checkpoint_digest.nunique() == 1
+
+
+def test_other_weights_get_another_digest():
+    model = _one_model()
+    before = checkpoints.state_digest(model.state_dict())
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6
+    assert checkpoints.state_digest(model.state_dict()) != before
+    renamed = {f"module.{k}": v for k, v in model.state_dict().items()}
+    assert checkpoints.state_digest(renamed) != checkpoints.state_digest(model.state_dict())
+
+
+def test_saves_are_byte_for_byte_deterministic(tmp_path):
+    """The same weights and metadata give the same bytes: the safetensors header in sorted
+    order (its writer orders the metadata map anew each time), a .pt whatever its name."""
+    import json
+    import struct
+
+    model = _one_model()
+    config = {"zeta": 1, "alpha": 2, "method": "at"}
+    saved = [
+        save_checkpoint(tmp_path / f"r{i}" / "epoch_0001.safetensors", model, "tiny", {},
+                        "digits", 1, config=config).read_bytes()
+        for i in range(6)
+    ]
+    assert len(set(saved)) == 1
+    (size,) = struct.unpack("<Q", saved[0][:8])
+    header = json.loads(saved[0][8 : 8 + size])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == ["flatcli", "format"]
+    pts = [
+        save_checkpoint(tmp_path / name, model, "tiny", {}, "digits", 1, config=config).read_bytes()
+        for name in ("one/epoch_0001.pt", "another-name/model_1.pt")
+    ]
+    assert pts[0] == pts[1]

@@ -187,7 +187,7 @@ def test_registries_are_the_cli_choices_and_defaults_are_the_configs():
     assert [m.value for m in cli_landscape.Kind] == list(registries.DIRECTIONS)
     assert [m.value for m in cli_landscape.NormalizationName] == list(registries.NORMALIZATIONS)
     defaults = LandscapeConfig()
-    assert defaults.normalization == "layer" and defaults.adversarial_loss == "clean"
+    assert defaults.normalization == "layer" and defaults.adversarial_loss == "robust-fixed"
     fields = set(defaults.__dataclass_fields__)
     for name, param in inspect.signature(cli_landscape.landscape).parameters.items():
         if name in fields and name not in ("eps", "step_size", "scale", "range", "to", "data_dir"):
@@ -284,7 +284,7 @@ def test_cli_2d_grid_has_steps_squared_rows_and_a_contour(run_dir, tmp_path, cap
 def test_cli_adversarial_and_hessian_directions(run_dir, tmp_path, capsys):
     ckpt = run_dir / "at" / "epoch_0002.safetensors"
     cases = [
-        ("adversarial", 0.025, "clean", []),  # the paper's length, the code's clean weight attack
+        ("adversarial", 0.025, "clean", []),  # the paper's length, the clean-loss weight attack
         ("adversarial", 0.01, "robust", ["--normalization", "layer-maxabs"]),  # the code's s
         ("hessian", 1.0, None, []),
     ]
@@ -371,3 +371,49 @@ def test_landscape_uses_the_shared_modules_not_flatness_internals():
     tree = ast.parse(inspect.getsource(landscape))
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert "flatness" not in imported and {"hessian", "worst_case"} <= imported
+
+
+def test_adversarial_directions_attack_the_weights_at_pgd10_points_fixed_at_w(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    """The paper's code's adversarial landscape direction (VisualizeAdversarialWeights1D on an
+    AdversarialDataset): the weight attack on the cross-entropy at PGD-10 points computed once
+    at w, not at clean inputs. Written out: the inputs the weight attack gets are PGD-10's points
+    at w (starts from the landscape's own generator), inside the ball, the same for every
+    direction; the rows say `robust-fixed`."""
+    from flatcli import checkpoints, evaluation
+    from flatcli.config import LandscapeConfig
+
+    ckpt = run_dir / "at" / "epoch_0002.safetensors"
+    seen = []
+    real = landscape.adversarial_direction
+
+    def spy(model, x, y, *args):
+        seen.append(x.detach().clone())
+        return real(model, x, y, *args)
+
+    monkeypatch.setattr(landscape, "adversarial_direction", spy)
+    out = tmp_path / "fixed"
+    code, _, _ = flatcli(
+        capsys, "landscape", ckpt, "--out", out, *FAST, "--directions", "adversarial",
+        "--n-directions", "2", "--adversarial-iterations", "2", "--plot", "none",
+    )  # fmt: skip
+    assert code == 0
+    df = pd.read_parquet(out / "landscape")
+    assert (df.adversarial_loss == "robust-fixed").all() and len(seen) == 2
+    assert torch.equal(seen[0], seen[1])  # computed once per checkpoint
+    model, _ = checkpoints.load_model(ckpt)
+    model.eval()
+    x, y = data.load_split("digits", "test", 16)
+    eps = float(df.eps.iloc[0])
+    config = LandscapeConfig(eps=eps)
+    pgd10 = evaluation.eval_attack(config, "pgd10")
+    keys = evaluation.seed_keys(config, checkpoints.discover([ckpt])[0])
+    gen = runtime.generator(*keys, "landscape", "fixed-points")
+    expected = landscape.fixed_points(model, x, y, pgd10, gen)
+    assert torch.allclose(seen[0], expected, atol=1e-6)
+    assert (seen[0] - x).abs().max() <= eps + 1e-6 and not torch.allclose(seen[0], x)
+    with torch.no_grad():
+        at_points = nn.functional.cross_entropy(model(seen[0]), y)
+        clean = nn.functional.cross_entropy(model(x), y)
+    assert at_points > clean  # the robust loss at fixed points, not the clean loss

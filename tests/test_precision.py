@@ -1,5 +1,5 @@
 """--precision: the attack's search in tf32/bf16, every reported number re-evaluated in fp32
-(issue 11's CPU-testable part: the same code path runs on CUDA)."""
+with TF32 off (CPU-testable: the same code path and switches run on CUDA)."""
 
 from pathlib import Path
 
@@ -20,7 +20,7 @@ SAMPLE = ROOT / "sample_checkpoints" / "at" / "epoch_0025.safetensors"
 
 
 def test_bf16_search_with_fp32_evaluation_matches_fp32_on_a_trained_checkpoint():
-    """Issue 11's bar: robust error within 0.5 points, robust loss within 1 % of fp32."""
+    """The bar: robust error within 0.5 points, robust loss within 1 % of fp32."""
     model = load_model(SAMPLE)
     x, y = data.load_split("digits", "test", 400)
     results = {}
@@ -41,9 +41,11 @@ def test_the_reported_loss_is_the_fp32_loss_at_the_returned_points():
     out = attack(model, x, y, attack.draw_starts(x, torch.Generator().manual_seed(0)))
     with torch.no_grad():
         logits = model(out.points)
+        broken = model(out.broken_points).argmax(1) != y
     expected = torch.nn.functional.cross_entropy(logits, y, reduction="none")
     torch.testing.assert_close(out.loss, expected)
-    assert out.loss.dtype == torch.float32 and torch.equal(out.correct, logits.argmax(1) == y)
+    assert out.loss.dtype == torch.float32
+    assert torch.equal(out.correct, (logits.argmax(1) == y) & ~broken)
 
 
 def test_precision_is_part_of_the_configuration_and_fp32_keeps_old_hashes():
@@ -56,7 +58,7 @@ def test_precision_is_part_of_the_configuration_and_fp32_keeps_old_hashes():
 
 def test_apgd_ce_in_bf16_reports_fp32_at_its_points_within_the_bar_of_fp32():
     """APGD-CE returns the point behind each example's loss, so it searches in bf16 too: the
-    loss reported is the fp32 loss there, and error and loss stay within issue 11's bar."""
+    loss reported is the fp32 loss there, and error and loss stay within the bar."""
     from flatcli.attacks.apgd import APGDCE
     from flatcli.attacks.precision import with_precision
 
@@ -133,3 +135,90 @@ def test_a_device_without_bf16_searches_in_fp32_and_says_so(tmp_path, capsys, mo
     code, _, err = _flatcli(capsys, "attack", *common, "-q")  # fp32: the same work, skipped
     rows = pd.read_parquet(tmp_path / "attack")
     assert code == 0 and rows.dtype.tolist() == ["float32"]
+
+
+# ------------------------------------------------------------------ true labels: fp32 is IEEE fp32
+
+
+def _switches() -> tuple:
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision())
+
+
+@pytest.fixture
+def cuda_defaults():
+    """TF32 on, as PyTorch leaves cudnn on CUDA (and matmuls under 'high'); restored after."""
+    saved = _switches()
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    yield (True, True, "high")
+    torch.set_float32_matmul_precision(saved[2])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_fp32_sets_tf32_off_while_measuring_and_restores_it(cuda_defaults, precision, monkeypatch):
+    """The CUDA switches, run on CPU: every reported number is computed with TF32 off; a tf32
+    search turns it on for its own steps only; the caller's switches come back after."""
+    from flatcli import api
+    from flatcli.attacks.pgd import PGD
+
+    seen = {}
+    measure, search = engine.robust_losses, PGD.__call__
+
+    def spy_measure(*args, **kwargs):
+        seen["measure"] = _switches()
+        return measure(*args, **kwargs)
+
+    def spy_search(self, *args, **kwargs):
+        seen["search"] = _switches()
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "robust_losses", spy_measure)
+    monkeypatch.setattr(PGD, "__call__", spy_search)
+    rows = api.attack(SAMPLE, attacks="pgd2", n_examples=8, precision=precision, device="cpu")
+    assert seen["measure"] == (False, False, "highest")
+    assert seen["search"] == ((True, True, "high") if precision == "tf32" else seen["measure"])
+    assert _switches() == cuda_defaults
+    assert rows.dtype.tolist() == ["float32" if precision == "fp32" else "tf32"]
+
+
+@pytest.mark.parametrize("name", ["pgd4x2", "apgd-ce"])
+def test_the_least_margin_point_is_misclassified_exactly_where_an_example_is_broken(name):
+    """In fp32 robust error counts any point tried; `broken_points` is misclassified exactly
+    there, so the fp32 re-check after a low-precision search counts the same points."""
+    model = load_model(SAMPLE)
+    x, y = data.load_split("digits", "test", 96)
+    attack = build_attack(name, "linf", 0.15, None, 0)
+    out = attack(model, x, y, attack.draw_starts(x, torch.Generator().manual_seed(0)),
+                 keep_points=True)
+    with torch.no_grad():
+        broken = model(out.broken_points).argmax(1) != y
+        at_loss = model(out.points).argmax(1) != y
+    assert torch.equal(~out.correct, broken)
+    assert (broken | ~at_loss).all() and broken.any()
+
+
+def test_a_low_precision_search_counts_any_point_it_broke_rechecked_in_fp32():
+    """Under bf16 an example whose worst-loss point is classified right but another point it
+    tried is misclassified (in fp32) counts as broken, as in fp32."""
+    from flatcli.attacks.base import AttackOutcome
+
+    model = load_model(SAMPLE)
+    x, y = data.load_split("digits", "test", 32)
+    with torch.no_grad():
+        right = model(x).argmax(1) == y
+    wrong_x = torch.roll(x, 1, 0)  # other digits: misclassified wherever their label differs
+    with torch.no_grad():
+        wrong = model(wrong_x).argmax(1) != y
+
+    class Fixed:
+        name, steps, restarts, returns_points = "fixed", 1, 1, True
+
+        def __call__(self, model, x, y, starts, **options):
+            assert options.get("keep_points")
+            return AttackOutcome(loss=torch.zeros(len(y)), correct=torch.ones_like(y, dtype=bool),
+                                 points=x, broken_points=wrong_x)
+
+    out = LowPrecisionSearch(Fixed(), "bf16")(model, x, y, None)
+    assert torch.equal(out.correct, right & ~wrong) and (right & wrong).any()

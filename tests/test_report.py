@@ -4,6 +4,7 @@ scipy.stats on the same numbers, missing tables, a self-contained HTML page, and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -286,28 +287,60 @@ def test_unreadable_parts_and_run_json_are_skipped_and_named(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "losses, verdict",
+    "losses, se, verdict",
     [
-        ([1.0, 0.6, 0.8], "robust overfitting"),
-        ([1.0, 0.6, 0.61], "a small rise (under 5 %)"),
-        ([1.0, 0.8, 0.6], "did not rise afterwards"),
+        ([1.0, 0.6, 0.8], 0.05, "robust overfitting (one-sided z-test"),  # z = 2.83
+        ([1.0, 0.6, 0.61], 0.05, "no rise beyond noise"),
+        ([1.0, 0.6, 0.8], 0.2, "no rise beyond noise"),
+        # z = 1.8: p = 0.036 alone, but 0.072 after Bonferroni over the 2 earlier epochs
+        ([1.0, 0.6, 0.8], 0.2 / (1.8 * 2**0.5), "no rise beyond noise"),
+        ([1.0, 0.6, 0.8], None, "no standard errors, so no verdict"),
+        ([1.0, 0.8, 0.6], 0.05, "did not rise afterwards"),
     ],
 )
-def test_overfitting_finding_follows_the_test_robust_loss(losses, verdict):
+def test_overfitting_finding_follows_the_test_robust_loss(losses, se, verdict):
     group = pd.DataFrame(
         {
             "epoch": [1, 2, 3],
             "test_robust_loss": losses,
+            "test_robust_loss_se": [se] * 3,
             "train_robust_loss": [0.9, 0.5, 0.3],
             "rce_gap": [a - b for a, b in zip(losses, [0.9, 0.5, 0.3], strict=True)],
             "test_robust_err": [0.5, 0.4, 0.45],
+            "test_robust_err_se": [0.01, 0.01, 0.0101],
             "is_best": [False, True, False],
+            "is_last": [False, False, True],
         }
     )
     text = report.overfitting_finding("r", group)
     assert verdict in text
     assert f"to its minimum {min(losses):.3g} at epoch {losses.index(min(losses)) + 1}" in text
     assert "Early stopping (held-out robust error) picks epoch 2" in text
+    assert "test robust error 40.0 ± 1.0 % there vs 45.0 ± 1.0 % at the last epoch" in text
+    assert "(-5.0 ± 1.4 points: lower, beyond 2 SE)" in text
+    if "robust overfitting (" not in verdict:
+        assert "robust overfitting (" not in text and "rose to" not in text
+    (record, *_) = [f for f in report.finding_records(group.assign(run="r", **_empty()), *_none())]
+    assert record.topic == "Robust overfitting" and record.text == text
+    if se is not None and losses[2] > losses[1]:
+        rise_se = se * 2**0.5
+        assert record.value == pytest.approx(losses[2] - losses[1])
+        assert record.se == pytest.approx(rise_se)
+        z = (losses[2] - losses[1]) / rise_se
+        assert record.p == pytest.approx(min(1, 2 * 0.5 * math.erfc(z / 2**0.5)))
+        assert record.beyond_noise == ("robust overfitting (" in verdict)
+    else:
+        assert record.beyond_noise in (None, False) and "Bonferroni" not in text
+
+
+def _empty() -> dict:
+    """Report columns the headline reads that a hand-made group may lack."""
+    return {c: None for c in tables.columns("report") if c.startswith(("flatness_", "lambda",
+            "hessian", "landscape_"))}  # fmt: skip
+
+
+def _none():
+    return pd.DataFrame(columns=tables.columns("correlations")), "last"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +400,7 @@ def test_mixed_eps_is_named_and_refuses_the_comparison(tmp_path, capsys):
     assert set(corr.scope) == {"within run"}
 
 
-def test_a_checkpoint_measured_twice_uses_its_latest_setting_and_says_so(tmp_path):
+def test_a_checkpoint_measured_twice_uses_the_setting_of_most_checkpoints_and_says_so(tmp_path):
     out = write_study(tmp_path, _numbers())
     again = {"run": "at", "epoch": 3, "checkpoint": _ckpt(tmp_path, "at", 3), "split": "test"}
     again |= {"attack": "pgd20x10", "n_examples": 50, "eps": 0.1, "robust_err": 0.9}
@@ -376,11 +409,11 @@ def test_a_checkpoint_measured_twice_uses_its_latest_setting_and_says_so(tmp_pat
     tables.write_part(out, "attack", "at__e0003", "e" * 16, [again])
     result = report.build([out], how="last", figures=False)
     row = result.table.query("run == 'at' and epoch == 3").iloc[0]
-    assert row.test_robust_loss == 9.0 and row.test_n == 50  # not the max over both settings
-    note = "at epoch 3 was measured more than once with different examples; the report uses"
+    original = _numbers()[("at", 3)]
+    assert row.test_n == 400 and row.test_robust_loss == pytest.approx(original["test_loss"])
+    note = "also measured with examples 50 (used: 400) on 1 checkpoint (at); not merged"
     assert any(note in w for w in result.warnings), result.warnings
-    differs = "examples differs: 400 (at epochs 1, 2; at-ls; at-wd; awp; trades); 50 (at epoch 3)"
-    assert any(differs in w for w in result.warnings), result.warnings
+    assert not any("examples differs" in w for w in result.warnings), result.warnings
 
 
 @pytest.mark.parametrize(

@@ -228,6 +228,7 @@ def test_awp_perturbation_has_the_relative_size_per_layer_and_is_removed():
         assert nu.norm().item() == pytest.approx(gamma * w.norm().item(), rel=1e-4)
     # finding the offset changed nothing (weights, BN statistics)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert net.training  # back in the mode it came in
 
     def grads_at(model):
         model.zero_grad()
@@ -250,6 +251,54 @@ def test_awp_perturbation_has_the_relative_size_per_layer_and_is_removed():
         with weights.perturbed(net, offset):
             up = torch.nn.functional.cross_entropy(net(x), y).item()
     assert up > base
+
+
+def test_awp_offset_is_computed_in_eval_mode_by_default_as_the_codes():
+    """The code's AWP computes the weight perturbation with the model in eval mode: the offset
+    is the normalized gradient of the CE at the BN running statistics, written out here;
+    `mode="train"` (batch statistics) gives another one."""
+    torch.manual_seed(0)
+    net = models.build("small-cnn", 10, 1)
+    with torch.no_grad():  # running statistics unlike the batch's
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.train()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    gamma = 0.01
+    found = weights.layers(net)
+    net.eval()
+    net.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    net.train()
+    expected = [
+        gamma * p.detach().norm() * p.grad / p.grad.norm() if p.dim() > 1 else torch.zeros_like(p)
+        for _, p in found
+    ]
+    offset = methods.awp_offset(net, x, y, gamma)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(offset, expected, strict=True))
+    train_mode = methods.awp_offset(net, x, y, gamma, mode="train")
+    assert not torch.allclose(train_mode[0], expected[0], atol=1e-4)
+    assert resolve_config(TrainConfig(method="awp")).awp_mode == "eval"
+
+
+def test_weight_clipping_clamps_every_trainable_parameter_by_default_as_the_codes():
+    """The code's BoxProjection clamps every trainable parameter, BN scale and shift included;
+    `weights` keeps to the layers."""
+    net = models.build("small-cnn", 10, 1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    everything = regularizers.clipped(net, "all")
+    assert len(everything) == len([p for p in net.parameters() if p.requires_grad])
+    regularizers.clip_weights(everything, 0.05)
+    assert all(p.abs().max() <= 0.05 for p in net.parameters())
+    layers = regularizers.clipped(net, "weights")
+    assert len(layers) == len(weights.layers(net)) < len(everything)
+    config = TrainConfig(weight_clip=0.05)
+    assert resolve_config(config).weight_clip_layers == "all"
+    assert resolve_config(TrainConfig()).weight_clip_layers is None
 
 
 def test_entropy_sgd_restores_weights_and_leaves_a_gradient():
@@ -311,6 +360,44 @@ def test_entropy_sgd_outer_step_on_a_quadratic_equals_the_reference_update():
     expected = w0 - lr * (g + mom * g)  # torch's first Nesterov step: buffer = g
     assert torch.allclose(param.detach(), expected, atol=1e-6)
     assert not torch.allclose(expected, w0 - lr * (w0 - mu) / (llr * L), atol=1e-4)
+
+
+def test_entropy_sgd_without_momentum_by_default_equals_the_codes_update():
+    """The code's get_entropy_optimizer reads the module-global momentum, 0: the Langevin steps
+    and the outer step on w - mu are plain (no momentum buffer, no Nesterov)."""
+    config = resolve_config(TrainConfig(optimizer="entropy-sgd", arch="tiny"))
+    assert config.entropy_momentum == 0.0
+    torch.manual_seed(1)
+    a = torch.diag(torch.tensor([1.0, 3.0, 0.5, 2.0]))
+    b = torch.randn(3, 4)
+    w0 = torch.randn(4)
+    param = torch.nn.Parameter(w0.clone())
+
+    def closure(i):
+        param.grad = None
+        (0.5 * (param - b[i % 3]) @ a @ (param - b[i % 3])).backward()
+        return i, None
+
+    c = config
+    esgd = regularizers.EntropySGD.from_config([param], c)
+    assert (esgd.momentum, esgd.nesterov) == (0.0, False)
+    from flatcli.training.config import momentum_of
+
+    momentum, nesterov = momentum_of(c)
+    opt = torch.optim.SGD([param], lr=c.lr, momentum=momentum, nesterov=nesterov,
+                          weight_decay=c.weight_decay)  # fmt: skip
+    esgd.gradient(closure, torch.Generator().manual_seed(3))
+    opt.step()
+    gen = torch.Generator().manual_seed(3)
+    w, mu, llr, wd = w0.clone(), w0.clone(), c.entropy_lr, c.weight_decay
+    for i in range(c.entropy_steps):
+        noise = c.entropy_noise / math.sqrt(0.5 * llr) * torch.randn(4, generator=gen)
+        w = w - llr * (a @ (w - b[i % 3]) + wd * w + c.entropy_gamma * (w - w0) + noise)
+        mu = c.entropy_alpha * mu + (1 - c.entropy_alpha) * w
+    expected = w0 - c.lr * ((w0 - mu) + wd * w0)
+    assert torch.allclose(param.detach(), expected, atol=1e-6)
+    old = resolve_config(TrainConfig(optimizer="entropy-sgd", entropy_momentum=0.9))
+    assert momentum_of(old) == (0.9, True)
 
 
 def test_entropy_sgd_defaults_follow_the_code_and_equalize_compute():
@@ -378,6 +465,52 @@ def test_extra_data_fraction_defaults_to_the_codes(tmp_path):
     npz = tmp_path / "extra.npz"
     np.savez(npz, x=np.zeros((4, 8, 8, 1), np.uint8), y=np.zeros(4, np.int64))
     assert resolve_config(TrainConfig(extra_data=str(npz))).extra_fraction == 0.7
+    resolved = resolve_config(TrainConfig(extra_data=str(npz)))
+    assert resolved.extra_steps == "same" and resolve_config(TrainConfig()).extra_steps is None
+
+
+def _code_sampler_batches(n_sup: int, n_unsup: int, batch: int, fraction: float) -> list[int]:
+    """The paper's code's SemiSupervisedSampler (common/datasets.py), as used by
+    experiments/iccv/common.py, written out: int(batch * fraction) extra examples drawn with
+    replacement, the rest labelled from a shuffled pass, ceil(n_sup / batch) batches; returns
+    the labelled count of each batch."""
+    unsup = int(batch * fraction)
+    sup = batch - unsup
+    labelled, k = [], 0
+    while len(labelled) < math.ceil(n_sup / batch):
+        labelled.append(len(range(n_sup)[k : k + sup]))
+        k = k + sup if k + sup < n_sup else 0
+    return labelled
+
+
+def test_extra_data_batches_follow_the_codes_sampler(tmp_path):
+    """89 extra + 39 labelled of 128 at 0.7, as many steps as without extra data (the train log
+    says so), extra drawn with replacement; `labelled-pass` keeps one pass over the labelled."""
+    from flatcli.training.batches import extra_draws
+    from flatcli.training.config import extra_per_batch
+
+    assert extra_per_batch(0.7, 128, "same") == 89
+    assert extra_per_batch(0.7, 128, "labelled-pass") == 90
+    assert _code_sampler_batches(1000, 5000, 128, 0.7) == [39] * 8
+    assert len(_code_sampler_batches(50000, 500000, 128, 0.7)) == 391  # CIFAR-10
+    drawn = extra_draws(10, 50, torch.Generator().manual_seed(0), replace=True)
+    assert len(drawn) == 50 and len(set(drawn.tolist())) < 10 + 1
+    assert torch.bincount(drawn, minlength=10).max() > 5  # repeats within a set-sized window
+    passes = extra_draws(10, 20, torch.Generator().manual_seed(0), replace=False)
+    assert sorted(passes[:10].tolist()) == list(range(10))
+    npz = _extra_npz(tmp_path)
+    base = {**FAST, "epochs": 1, "heldout_attack": "pgd2", "extra_fraction": 0.7}
+    steps = {}
+    for name, extra in {
+        "none": {"extra_fraction": None},
+        "same": dict(extra_data=npz),
+        "pass": dict(extra_data=npz, extra_steps="labelled-pass"),
+    }.items():
+        train(TrainConfig(**{**base, **extra}), tmp_path / name)
+        steps[name] = tables.read_table(tmp_path / name, "train_log").steps.item()
+    # 96 labelled, batch 32: 3 steps with or without extra data; one labelled pass: 96 / 10
+    assert steps == {"none": 3, "same": 3, "pass": math.ceil(96 / (32 - 22))}
+    assert len(_code_sampler_batches(96, 100, 32, 0.7)) == steps["same"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,10 +836,13 @@ def test_device_resident_training_reproduces_the_host_path_bitwise(tmp_path, cas
     extra = {
         "at": {},
         "trades-noise": dict(method="trades", label_noise=0.2, train_examples=90),  # short batch
-        "mart-entropy": dict(method="mart", optimizer="entropy-sgd", entropy_steps=2),
-        "awp-extra-clip": dict(
-            method="awp", extra_data=_extra_npz(tmp_path), extra_fraction=0.25, weight_clip=0.05
+        "mart-entropy": dict(
+            method="mart", optimizer="entropy-sgd", entropy_steps=2, entropy_momentum=0.9
         ),
+        "awp-extra-clip": dict(  # the options that keep the recorded (earlier default) behaviour
+            method="awp", extra_data=_extra_npz(tmp_path), extra_fraction=0.25, weight_clip=0.05,
+            extra_steps="labelled-pass", weight_clip_layers="weights", awp_mode="train",
+        ),  # fmt: skip
         "at-bf16": dict(amp="bf16"),
         "clean-cnn": dict(method="clean", arch="small-cnn", train_examples=80, epochs=1),
     }[case]
@@ -873,7 +1009,7 @@ def test_inductor_compiled_training_step_equals_the_eager_step():
         net = models.build("tiny", 10, 1).train()
         sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         step = Step(net, net, methods.build("clean"), sgd, None, policy, torch.device("cpu"),
-                    16, (0.0, "weights"))  # fmt: skip
+                    16, (0.0, "weights", "eval"))  # fmt: skip
         losses = []
         for k in range(3):
             loss, _, _ = step.gradient(x[k], y[k], y[k], None)

@@ -16,6 +16,7 @@ from flatcli.attacks.base import (
     AttackOutcome,
     BallAttack,
     ce_per_example,
+    margin,
     padded_index,
     slice_starts,
 )
@@ -77,9 +78,9 @@ def _apgd(
     loss_fn: LossFn,
     target: torch.Tensor | None = None,
     examples: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One APGD run from `delta0` on the rows of `x`; returns (best loss [B], misclassified [B],
-    the perturbation of the best loss [B, ...]).
+    the perturbation of the best loss [B, ...], (the least margin [B], its perturbation)).
 
     First step z = P(x_0 + eta step(grad)) with eta = 2 eps; then z = P(x_k + eta step(grad)),
     x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})), alpha = 0.75 (`step`, `P`:
@@ -98,7 +99,7 @@ def _apgd(
     n = len(y)
     if n == 0:
         empty = torch.full((0,), -torch.inf, device=x.device)
-        return empty, y.new_zeros(0, dtype=torch.bool), torch.zeros_like(x)
+        return empty, y.new_zeros(0, dtype=torch.bool), torch.zeros_like(x), (empty, x)
 
     def evaluate(delta):
         with torch.enable_grad():
@@ -106,11 +107,13 @@ def _apgd(
             logits = model(x + d)
             loss = loss_fn(logits, y, target)
             (grad,) = torch.autograd.grad(loss.sum(), d)
-        return loss.detach().float(), logits.detach().argmax(1) != y, grad.detach()
+        return loss.detach().float(), margin(logits.detach(), y), grad.detach()
 
     delta = threat.project(delta0.to(x.dtype), x)
-    loss, wrong, grad = evaluate(delta)
+    loss, low_margin, grad = evaluate(delta)
+    wrong = low_margin < 0
     best_loss, best_delta, best_grad = loss.clone(), delta.clone(), grad.clone()
+    low_delta = delta.clone()
     delta_prev = delta
     eta = torch.full((n, *([1] * (x.dim() - 1))), 2.0 * threat.eps, dtype=x.dtype, device=x.device)
     history = torch.empty(steps + 1, n, device=x.device)
@@ -127,8 +130,11 @@ def _apgd(
             z = threat.project(threat.step(delta, grad, eta), x)
             moved = delta + alpha * (z - delta) + (1 - alpha) * (delta - delta_prev)
             delta_prev, delta = delta, threat.project(moved, x)
-            loss, now_wrong, grad = evaluate(delta)
-            wrong |= now_wrong & active
+            loss, now_margin, grad = evaluate(delta)
+            wrong |= (now_margin < 0) & active
+            lower = (now_margin < low_margin) & active
+            low_margin = torch.where(lower, now_margin, low_margin)
+            low_delta = torch.where(_rowwise(lower, delta), delta, low_delta)
             history[i + 1] = loss
             improved = (loss > best_loss) & active
             best_loss = torch.where(improved, loss, best_loss)
@@ -154,7 +160,7 @@ def _apgd(
                 last_check = i + 1
                 if examples is not None and not active.any():
                     break
-    return best_loss, wrong, best_delta
+    return best_loss, wrong, best_delta, (low_margin, low_delta)
 
 
 def _check(norm: str, eps: float, steps: int, restarts: int) -> None:
@@ -213,17 +219,23 @@ class APGDCE(_APGD):
             clean_loss = ce_per_example(clean_logits, y)
             clean_wrong = clean_logits.argmax(1) != y
         xr, yr, delta0 = _restart_rows(x, y, starts, r)
-        best, wrong, best_delta = _apgd(model, xr, yr, delta0, self.threat, self.steps, _ce)
+        best, wrong, best_delta, (low_margin, low_delta) = _apgd(
+            model, xr, yr, delta0, self.threat, self.steps, _ce
+        )
         attacked, pick = best.view(r, b).max(0)  # per example: the restart with the largest loss
-        points = None
+        points = broken = None
         if keep_points:
-            rows = pick * b + torch.arange(b, device=x.device)
+            index = torch.arange(b, device=x.device)
             clean_wins = (clean_loss > attacked).view(-1, *([1] * (x.dim() - 1)))
-            points = torch.where(clean_wins, x, (xr + best_delta)[rows])
+            points = torch.where(clean_wins, x, (xr + best_delta)[pick * b + index])
+            least, lowest = low_margin.view(r, b).min(0)  # the restart of the least margin
+            clean_less = (margin(clean_logits, y) < least).view(-1, *([1] * (x.dim() - 1)))
+            broken = torch.where(clean_less, x, (xr + low_delta)[lowest * b + index])
         return AttackOutcome(
             loss=torch.maximum(attacked, clean_loss),
             correct=~(wrong.view(r, b).any(0) | clean_wrong),
             points=points,
+            broken_points=broken,
         )
 
 
@@ -267,7 +279,7 @@ class APGDT(_APGD):
             sub_starts = None if starts is None else starts[:, rows]
             xr, yr, delta0 = _restart_rows(x[rows], y[rows], sub_starts, r)
             target = ranked[rows, t].repeat(r)
-            _, wrong, _ = _apgd(
+            _, wrong, _, _ = _apgd(
                 model, xr, yr, delta0, self.threat, self.steps, _dlr_t, target, len(rows)
             )
             fooled = wrong.view(r, -1).any(0)[: len(idx)]

@@ -22,11 +22,15 @@ class AttackOutcome:
              loss); NaN where the attack does not estimate it (targeted DLR, AutoAttack).
     correct: bool [B], True where no point tried was misclassified.
     points:  the adversarial inputs behind `loss` (PGD with `keep_points=True`), else None.
+    broken_points: with `keep_points`, per example the point tried with the smallest margin
+             (true logit minus the largest other): a misclassified one wherever any was, for
+             the fp32 re-check of `correct` after a low-precision search.
     """
 
     loss: torch.Tensor
     correct: torch.Tensor
     points: torch.Tensor | None = None  # x + delta [B, ...] behind `loss`, when asked for
+    broken_points: torch.Tensor | None = None  # x + delta [B, ...] of the smallest margin
 
 
 class Attack(Protocol):
@@ -93,6 +97,14 @@ def tile_starts(starts: Any, copies: int) -> Any:
     if isinstance(starts, (list, tuple)):
         return [tile_starts(s, copies) for s in starts]
     return starts.repeat_interleave(copies, 1)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """True-class logit minus the largest other one, fp32 [B]: negative where misclassified."""
+    logits = logits.float()
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], -torch.inf)
+    return true - others.max(1).values
 
 
 def ce_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,15 @@ import torch
 from torch import nn
 
 from flatcli.attacks.ascent import Variable, ascend
-from flatcli.attacks.base import AttackOutcome, BallAttack, ce_per_example
+from flatcli.attacks.base import AttackOutcome, BallAttack, ce_per_example, margin
 
 
 @dataclass(frozen=True)
 class PGD(BallAttack):
-    """Robust loss of an example: the largest loss over every iterate of every restart (each a
-    point of the ball); broken if any of them is misclassified."""
+    """Robust loss of an example: each restart keeps its iterate of largest loss (a point of the
+    ball); of those, the restart with the largest wrong-class probability there (`wrong-class`,
+    the paper's code's evaluation) or the largest loss (`loss`). Broken if any iterate of any
+    restart is misclassified."""
 
     name: str
     norm: str
@@ -26,6 +28,7 @@ class PGD(BallAttack):
     step_size: float
     restarts: int = 1
     random_start: bool = True
+    restart_choice: str = "wrong-class"  # registries.RESTART_CHOICES
     estimates_loss: bool = field(default=True, init=False)
     keeps_rows: bool = field(default=True, init=False)  # every step attacks every row
     returns_points: bool = field(default=True, init=False)  # keep_points gives x + delta
@@ -48,10 +51,11 @@ class PGD(BallAttack):
         """Attack the batch x [B, ...] (labels y [B]) from `starts` ([R, B, ...] or None).
 
         `loss_fn(logits, y) -> [B]` is the objective ascended and reported (cross-entropy by
-        default; training passes its own, e.g. TRADES' KL). `loss` is its per-example maximum
-        over every iterate of every restart; with `final`, over the restarts' final iterates
-        only (the point plain PGD-AT trains on). `keep_points` also returns `points`, x + delta
-        where that loss was reached. `correct` is over every iterate either way.
+        default; training passes its own, e.g. TRADES' KL). `loss` is, per example, its value
+        at the chosen restart's kept iterate (the largest over its iterates; with `final`, its
+        final iterate, the point plain PGD-AT trains on). `keep_points` also returns `points`,
+        x + delta where that loss was reached, and `broken_points`, the iterate of the smallest
+        margin. `correct` is over every iterate either way.
         """
         r, b = self.restarts, len(y)
         xr = x.repeat(r, *([1] * (x.dim() - 1)))  # [R*B, ...], restart-major
@@ -60,6 +64,10 @@ class PGD(BallAttack):
         best = torch.full((r * b,), -torch.inf, device=x.device)
         wrong = torch.zeros(r * b, dtype=torch.bool, device=x.device)
         best_delta = delta0.clone() if keep_points else None
+        low_margin = torch.full((r * b,), torch.inf, device=x.device) if keep_points else None
+        low_delta = delta0.clone() if keep_points else None
+        by_wrong = self.restart_choice == "wrong-class" and r > 1
+        wrong_p = torch.full((r * b,), -torch.inf, device=x.device) if by_wrong else None
         current = {}
 
         def objective(delta):
@@ -69,10 +77,17 @@ class PGD(BallAttack):
 
         def keep_worst(loss, logits):
             wrong.logical_or_(logits.argmax(1) != yr)
+            better = torch.ones_like(wrong) if final else loss > best
             if keep_points:
-                better = torch.ones_like(wrong) if final else loss > best
                 mask = better.view(-1, *([1] * (xr.dim() - 1)))
                 torch.where(mask, current["delta"].detach(), best_delta, out=best_delta)
+                now = margin(logits.detach(), yr)
+                lower = (now < low_margin).view(-1, *([1] * (xr.dim() - 1)))
+                torch.where(lower, current["delta"].detach(), low_delta, out=low_delta)
+                torch.minimum(low_margin, now, out=low_margin)
+            if by_wrong:
+                torch.where(better, wrong_class_probability(logits.detach(), yr), wrong_p,
+                            out=wrong_p)  # fmt: skip
             if final:
                 best.copy_(loss)
             else:
@@ -82,8 +97,21 @@ class PGD(BallAttack):
             objective, [Variable(delta0, self.threat, xr, self.step_size)], self.steps, keep_worst
         )
         loss, pick = best.view(r, b).max(0)  # per example: the restart with the largest loss
-        points = None
+        if by_wrong:  # ... or with the largest wrong-class probability at its kept iterate
+            pick = wrong_p.view(r, b).argmax(0)
+            loss = best.view(r, b).gather(0, pick[None])[0]
+        points = broken = None
         if keep_points:
-            rows = pick * b + torch.arange(b, device=x.device)
-            points = (xr + best_delta)[rows]
-        return AttackOutcome(loss=loss, correct=~wrong.view(r, b).any(0), points=points)
+            index = torch.arange(b, device=x.device)
+            points = (xr + best_delta)[pick * b + index]
+            lowest = low_margin.view(r, b).argmin(0)  # per example: the restart of the least margin
+            broken = (xr + low_delta)[lowest * b + index]
+        return AttackOutcome(
+            loss=loss, correct=~wrong.view(r, b).any(0), points=points, broken_points=broken
+        )
+
+
+def wrong_class_probability(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{k != y} softmax(logits)_k per row (fp32) [B]."""
+    p = torch.softmax(logits.float(), 1)
+    return p.scatter(1, y[:, None], -1.0).max(1).values

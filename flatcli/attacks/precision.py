@@ -1,5 +1,6 @@
-"""The precision an attack searches in (fp32 | tf32 | bf16); what it reports is always fp32,
-re-evaluated at its worst point per example. Weights stay fp32 (docs/method.md, issue 11).
+"""The precision an attack searches in (fp32 | tf32 | bf16); what it reports is always IEEE fp32
+(TF32 off), re-evaluated at its worst point and its least-margin point per example. Weights
+stay fp32 (docs/method.md).
 """
 
 from __future__ import annotations
@@ -54,24 +55,50 @@ def usable(config, device: torch.device, field: str = "precision"):
 
 
 @contextlib.contextmanager
+def fp32_numerics(allow_tf32: bool = False):
+    """CUDA's TF32 switches for convolutions and matmuls (`cudnn.allow_tf32`,
+    `cuda.matmul.allow_tf32`, `float32_matmul_precision`) off (or on) while the block runs,
+    restored after. PyTorch's default runs fp32 convolutions in TF32 on CUDA: `--precision fp32`
+    means IEEE fp32. The switches exist (and are set) on CPU-only builds too."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+    matmul.allow_tf32 = cudnn.allow_tf32 = allow_tf32
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[2])
+        matmul.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
+
+
+def in_fp32(measure):
+    """`measure(unit) -> rows` computed under `fp32_numerics()`: whatever the search precision,
+    every reported number is IEEE fp32 (a tf32 search turns TF32 on for its own steps only)."""
+
+    def measured(unit):
+        with fp32_numerics():
+            return measure(unit)
+
+    return measured
+
+
+@contextlib.contextmanager
 def search_context(device: torch.device, precision: str):
-    """Autocast (bf16) or TF32 switches (tf32, CUDA only) around an attack's search."""
+    """Autocast (bf16) or TF32 switches (tf32 on, fp32 off) around an attack's search."""
     if precision == "bf16":
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
         return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    try:
+    with fp32_numerics(allow_tf32=precision == "tf32"):
         yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @dataclass(frozen=True)
 class LowPrecisionSearch:
-    """`attack` searching in `precision`; loss and correctness re-evaluated in fp32 at its worst
-    point per example (so an example counts as broken only if fp32 misclassifies that point).
+    """`attack` searching in `precision`; reported in fp32: the loss at its worst point per
+    example, and robust error as in fp32, any point tried that is misclassified: the attack's
+    worst point and its point of least margin (misclassified in the search wherever any was)
+    are re-checked in fp32, an example broken if fp32 misclassifies either.
     Everything else (name, steps, restarts, starts) is the wrapped attack's: the same random
     starts as its fp32 run."""
 
@@ -89,6 +116,10 @@ class LowPrecisionSearch:
             found = self.attack(model, x, y, starts, **options)
         with torch.no_grad(), search_context(x.device, "fp32"):
             logits = model(found.points).float()
+            correct = logits.argmax(1) == y
+            if found.broken_points is not None:
+                correct &= model(found.broken_points).float().argmax(1) == y
         return AttackOutcome(
-            loss=ce_per_example(logits, y), correct=logits.argmax(1) == y, points=found.points
+            loss=ce_per_example(logits, y), correct=correct, points=found.points,
+            broken_points=found.broken_points,
         )

@@ -70,22 +70,25 @@ def build_attack(
     step_size: float | None = None,
     seed: int = 0,
     precision: str = "fp32",
+    restart_choice: str = "wrong-class",
 ):
     """An attack object (the `flatcli.attacks.base.Attack` protocol) for preset `name`.
 
     `step_size` (absolute) overrides a PGD preset's relative step. `precision` (fp32 | tf32 |
     bf16): what the search runs in; the reported numbers are fp32 (`attacks.precision`).
+    `restart_choice` (PGD with restarts): wrong-class | loss (`flatcli.attacks.pgd.PGD`).
     """
     if precision != "fp32":
         from flatcli.attacks.precision import with_precision
 
-        return with_precision(build_attack(name, norm, eps, step_size, seed), precision)
+        inner = build_attack(name, norm, eps, step_size, seed, restart_choice=restart_choice)
+        return with_precision(inner, precision)
     p = preset(name)
     if p.kind == "pgd":
         from flatcli.attacks.pgd import PGD
 
         step = step_size if step_size is not None else p.step_ratio * eps
-        return PGD(name, norm, eps, p.steps, step, p.restarts)
+        return PGD(name, norm, eps, p.steps, step, p.restarts, restart_choice=restart_choice)
     from flatcli.attacks import apgd
 
     if p.kind == "apgd-ce":

@@ -1,7 +1,7 @@
-"""Checkpoints: finding them (discover, names), reading them without running code (safe_load),
-fitting foreign state dicts (state_dict, zoos), flatcli's own format (format) and `load_model`
-(load). Importing this package does not import torch. Design: docs/method.md, "Implementation
-notes"."""
+"""Checkpoints: finding them (discover, names), their identity (identity: a digest of the
+tensors), reading them without running code (safe_load), fitting foreign state dicts
+(state_dict, zoos), flatcli's own format (format) and `load_model` (load). Importing this
+package does not import torch. Design: docs/method.md, "Implementation notes"."""
 
 from flatcli.checkpoints.discover import (
     CHECKPOINT_PATTERNS,
@@ -18,6 +18,7 @@ from flatcli.checkpoints.format import (
     save_checkpoint,
     sidecar_path,
 )
+from flatcli.checkpoints.identity import state_digest, tensor_digest
 from flatcli.checkpoints.load import DEFAULT_FOREIGN_DATASET, load_model, parse_normalize
 from flatcli.checkpoints.names import checkpoint_name, checkpoint_stem, epoch_from_name, safe_name
 from flatcli.checkpoints.state_dict import NORMALIZATION_KEYS, PREFIXES, WRAPPER_KEYS
@@ -44,4 +45,6 @@ __all__ = [
     "safe_name",
     "save_checkpoint",
     "sidecar_path",
+    "state_digest",
+    "tensor_digest",
 ]

@@ -4,7 +4,6 @@ chosen: docs/method.md, "Implementation notes"."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import zipfile
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flatcli.checkpoints.format import read_sidecar
+from flatcli.checkpoints.identity import tensor_digest
 from flatcli.checkpoints.names import (
     _EXT_RE,
     checkpoint_stem,
@@ -69,30 +69,13 @@ class CheckpointRef:
 
 
 DIGEST_CHARS = 8  # of the digest in keys and part names; the full digest is in every row
-_digests: dict[tuple, str] = {}
 
 
 def content_digest(path: str | os.PathLike) -> str:
-    """sha256 (hex) of the whole file; "" when it cannot be read (loading then says why).
-
-    The whole file, not size + first/last MiB: retraining a fixed architecture in place keeps
-    the size and the safetensors header, and fine-tuning may leave the first and last layers'
-    bytes as they were, so a partial hash can call two models the same. Reading the file costs
-    what loading it does once; results are cached per (file, size, mtime) for this process.
+    """The checkpoint's identity: sha256 of its tensors (`identity.tensor_digest`), "" when the
+    file cannot be read (loading then says why). Metadata, format, path and name do not enter it.
     """
-    try:
-        stat = os.stat(path)
-        real = os.path.realpath(path)
-    except OSError:
-        return ""
-    cache_key = (real, stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if cache_key not in _digests:
-        try:
-            with open(real, "rb") as fh:
-                _digests[cache_key] = hashlib.file_digest(fh, "sha256").hexdigest()
-        except OSError:
-            return ""
-    return _digests[cache_key]
+    return tensor_digest(path)
 
 
 def _ignored(name: str) -> bool:

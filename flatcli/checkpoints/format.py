@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import io
 import json
 import math
 import os
@@ -172,14 +173,28 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        header = {"format": "pt", FORMAT: json.dumps(meta)}
-        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
+        header = {"format": "pt", FORMAT: json.dumps(meta, sort_keys=True)}
+        raw = canonical_safetensors(save(state, metadata=header))
     else:
-        atomic_write(path, lambda tmp: torch.save({FORMAT: meta, "state_dict": state}, tmp))
+        buffer = io.BytesIO()  # a file name would enter the archive's folder name
+        torch.save({FORMAT: meta, "state_dict": state}, buffer)
+        raw = buffer.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_bytes(raw))
     atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def canonical_safetensors(raw: bytes) -> bytes:
+    """A safetensors file's bytes with its JSON header written in sorted key order (the writer
+    orders `__metadata__` differently from run to run): the same tensors and metadata give the
+    same bytes. The tensor data, and the offsets into it, are kept as they are."""
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as the writer keeps it
+    return struct.pack("<Q", len(text)) + text + raw[8 + size :]
 
 
 def _class_count(model: Classifier) -> int | None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -137,7 +139,32 @@ for _name, (_function, _short) in COMMANDS.items():
 
 EXIT_INTERRUPTED = 130
 INTERRUPTED = "interrupted; rerun the same command to resume"
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what Slurm sends at a time limit or on preemption
+TERMINATED = "terminated (SIGTERM); finished work is kept, rerun the same command to resume"
 EXIT_INTERNAL = 3
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM: unwinds like Ctrl-C (open progress closed, finished
+    parts kept, the part in hand never half-written), past the sweep's error handling."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises `Terminated` while the command runs (main thread only); the previous
+    handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_click_error(err: BaseException) -> bool:
@@ -157,14 +184,19 @@ def _usage_line(err) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: exit 0 done, 1 some checkpoints failed, 2 bad usage/input, 130 interrupted,
-    3 internal error (a bug: traceback with FLATCLI_DEBUG=1)."""
+    """Entry point: exit 0 done, 1 some checkpoints failed (or a file could not be written),
+    2 bad usage/input, 130 interrupted, 143 terminated (SIGTERM), 3 internal error (a bug:
+    traceback with FLATCLI_DEBUG=1, or in the log file a stopped sweep names)."""
     # Non-standalone: Typer returns exit codes (Ctrl-C -> 130) and raises click's usage errors,
     # which are printed here as one line like every other bad input.
     try:
-        code = app(args=argv, prog_name="flatcli", standalone_mode=False)
+        with _sigterm_unwinds():
+            code = app(args=argv, prog_name="flatcli", standalone_mode=False)
     except KeyboardInterrupt:  # outside the command (Typer maps one inside it to 130)
         code = EXIT_INTERRUPTED
+    except Terminated:
+        print(f"flatcli: {TERMINATED}", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
     except FlatcliError as err:
         error(str(err))
         sys.exit(err.exit_code)

@@ -360,10 +360,13 @@ class Progress:
         if self.outer is not None and total:  # the outer ETA counts the unit's share done
             self.live.update(self.outer, partial=min(done / total, 0.999))
 
-    def summary(self, done: int, skipped: int, failed: int) -> None:
-        """The closing line: `N done, N skipped, N failed (Xs)`."""
+    def summary(self, done: int, skipped: int, failed: int, recomputed: int = 0) -> None:
+        """The closing line: `N done, N skipped, N failed (Xs)`; `N done (K recomputed: older
+        estimator version)` when rows of older code were replaced."""
         seconds = time.perf_counter() - self.started
-        self.log(f"{self.label}: {done} done, {skipped} skipped, {failed} failed ({seconds:.1f}s)")
+        again = f" ({recomputed} recomputed: older estimator version)" if recomputed else ""
+        self.log(f"{self.label}: {done} done{again}, {skipped} skipped, {failed} failed "
+                 f"({seconds:.1f}s)")
 
     def log(self, message: str) -> None:
         if not self.quiet:

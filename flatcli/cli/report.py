@@ -148,4 +148,6 @@ def report(
             markup=False,
         )
     chosen = core.records(core.select(result.table, select.value))
+    if fmt.value == "table":  # for reading: errors in %, each with ± its standard error
+        chosen = [core.with_uncertainty(row) for row in chosen]
     render(chosen, list(result.table.columns), fmt.value, core.SUMMARY)

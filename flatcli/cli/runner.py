@@ -105,5 +105,6 @@ def run_command(
     if after is not None:
         after(summary.rows, progress)
     render(summary.rows, tables.columns(table), args.fmt.value, summary_columns)
-    progress.summary(len(summary.done), len(summary.skipped), len(summary.failed))
+    progress.summary(len(summary.done), len(summary.skipped), len(summary.failed),
+                     len(summary.recomputed))
     raise Exit(summary.exit_code)

@@ -9,9 +9,18 @@ from flatcli.models import register
 
 @register("tiny", "test model: one conv + BN + linear (a few hundred parameters)")
 def tiny(num_classes: int = 10, in_channels: int = 1, width: int = 4) -> nn.Module:
+    return _tiny(num_classes, in_channels, width, nn.BatchNorm2d(width))
+
+
+@register("tiny-nobn", "test model: tiny without BN (a DDP step equals one process's step)")
+def tiny_nobn(num_classes: int = 10, in_channels: int = 1, width: int = 4) -> nn.Module:
+    return _tiny(num_classes, in_channels, width, nn.Identity())
+
+
+def _tiny(num_classes: int, in_channels: int, width: int, norm: nn.Module) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(width),
+        norm,
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),

@@ -25,12 +25,16 @@ from flatcli.report.columns import (
 )
 from flatcli.report.figures import write_figures
 from flatcli.report.findings import (
+    TOPICS,
+    Finding,
     across_runs_finding,
     compare,
+    finding_records,
     findings,
     flatness_finding,
     fmt_p,
     overfitting_finding,
+    with_uncertainty,
 )
 from flatcli.report.join import (
     chosen_xi,
@@ -46,6 +50,8 @@ from flatcli.report.stats import correlation, correlations, holm
 
 __all__ = [
     "ALPHA",
+    "TOPICS",
+    "Finding",
     "FLATNESS_COLUMNS",
     "FLATNESS_LABELS",
     "HESSIAN",
@@ -66,6 +72,7 @@ __all__ = [
     "findings",
     "flatness_finding",
     "fmt_p",
+    "finding_records",
     "holm",
     "load_sources",
     "only_runs",
@@ -76,6 +83,7 @@ __all__ = [
     "render_markdown",
     "run_table",
     "select",
+    "with_uncertainty",
     "write_figures",
 ]
 
@@ -123,11 +131,12 @@ def build(
     drawn, captions = {}, {}
     if figures:
         drawn, captions = write_figures(table, sources.landscape, directory / PLOTS, how, corr)
+    found = finding_records(table, corr, how, measured.refused)
     report = Report(
         table=table,
         correlations=corr,
         runs=run_table(table),
-        findings=findings(table, corr, how, measured.refused),
+        findings={topic: [f.text for f in found if f.topic == topic] for topic in TOPICS},
         missing=sources.missing(),
         figures=drawn,
         written=[],
@@ -135,6 +144,7 @@ def build(
         settings=measured.lines,
         captions=captions,
         headline=headline.sentences(table, corr, how, measured.refused),
+        found=found,
     )
     report.written = _write(report, directory, how, outs, html_page)
     return report

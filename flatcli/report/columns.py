@@ -63,6 +63,28 @@ SUMMARY = [
 ]
 
 
+# columns that define the threat model: runs that differ here are not comparable at all
+THREAT = ["dataset", "eps", "norm"]
+# how a setting's column is named in the report's sentences
+SETTING_NAMES = {
+    "n_examples": "examples",
+    "weight_lr": "weight lr",
+    "direction_kind": "kind",
+    "step_size": "step size",
+    "estimator_version": "estimator version",
+    "conv_scale": "conv scale",
+}
+
+
+def show(value) -> str:
+    """A setting as the report prints it: floats to 4 significant digits, missing as n/a."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def is_missing(value) -> bool:
     """None, pd.NA or NaN: a value the tables do not have."""
     if value is None or value is pd.NA:

@@ -16,11 +16,10 @@ from flatcli.report.columns import (
     TARGETS,
     is_missing,
 )
-from flatcli.report.findings import compare, compared, fmt, fmt_p
+from flatcli.report.findings import compare, compared, fmt, fmt_p, overfitting_record
 from flatcli.report.join import select
 from flatcli.report.stats import correlation
 
-OVERFIT = 0.05  # a rise of the test robust loss by this share of its minimum: "overfitting"
 PM = "±"
 
 
@@ -109,58 +108,51 @@ TABLE_NOTE = (
 )
 
 
-def _rise(group: pd.DataFrame):
-    """(min row, last row, relative rise) of a run's test robust loss; None below 2 epochs."""
-    g = group.dropna(subset=["test_robust_loss"]).sort_values("epoch")
-    if len(g) < 2:
-        return None
-    low = g.loc[g.test_robust_loss.idxmin()]
-    last = g.iloc[-1]
-    return low, last, (last.test_robust_loss - low.test_robust_loss) / low.test_robust_loss
-
-
-def _beyond_noise(low, last) -> bool | None:
-    """Whether the rise exceeds 2 standard errors of the difference; None without SEs."""
-    a, b = _se(low, "test_robust_loss"), _se(last, "test_robust_loss")
-    if a is None or b is None:
-        return None
-    return bool(last.test_robust_loss - low.test_robust_loss > 2 * math.hypot(a, b))
-
-
 def _rises(df: pd.DataFrame) -> dict:
-    return {run: r for run, g in df.groupby("run", sort=False) if (r := _rise(g)) is not None}
+    """run -> (min row, last row, relative rise, its Finding record) of the test robust loss."""
+    out = {}
+    for run, group in df.groupby("run", sort=False):
+        g = group.dropna(subset=["test_robust_loss"]).sort_values("epoch")
+        record = overfitting_record(run, group)
+        if len(g) < 2 or record is None:
+            continue
+        low, last = g.loc[g.test_robust_loss.idxmin()], g.iloc[-1]
+        rel = (last.test_robust_loss - low.test_robust_loss) / low.test_robust_loss
+        out[run] = (low, last, rel, record)
+    return out
 
 
 def overfit_runs(df: pd.DataFrame) -> list[str]:
-    """The runs whose test robust loss rose by OVERFIT or more after its minimum (and beyond 2
-    standard errors, when the table has them)."""
-    return [
-        run
-        for run, (low, last, rel) in _rises(df).items()
-        if rel >= OVERFIT and low.epoch < last.epoch and _beyond_noise(low, last) is not False
-    ]
+    """The runs whose last test robust loss lies above the minimum beyond noise
+    (`findings.overfitting_test`: a one-sided z-test, Bonferroni over the earlier epochs)."""
+    return [run for run, (*_, record) in _rises(df).items() if record.beyond_noise]
 
 
 def overfitting_sentence(df: pd.DataFrame) -> str | None:
-    """Robust overfitting (the test robust loss rising after its minimum) in which runs."""
+    """Robust overfitting (the test robust loss rising after its minimum beyond noise) in which
+    runs, each with its test."""
     rises = _rises(df)
     if not rises:
         return None
-    found = overfit_runs(df)
+    found = [run for run, (*_, record) in rises.items() if record.beyond_noise]
     if not found:
-        run, (low, last, rel) = max(rises.items(), key=lambda kv: kv[1][2])
+        run, (low, last, rel, record) = max(rises.items(), key=lambda kv: kv[1][2])
+        untested = all(r.beyond_noise is None for *_, r in rises.values())
+        why = ("no standard errors of the robust loss, so no test" if untested else
+               "a one-sided z-test of the last epoch against the minimum, Bonferroni over the "
+               "earlier epochs")
         largest = (
             f"largest rise: `{run}`, {100 * rel:+.1f} %"
             if rel > 0
             else "each run's test robust loss was lowest at its last epoch"
         )
         return (
-            f"No robust overfitting: in none of the {len(rises)} runs did the test robust loss "
-            f"rise by {100 * OVERFIT:g} % or more after its minimum ({largest})."
+            f"No robust overfitting beyond noise: in none of the {len(rises)} runs did the last "
+            f"epoch's test robust loss lie above the minimum beyond noise ({why}; {largest})."
         )
     parts = []
     for run in found[:3]:
-        low, last, rel = rises[run]
+        low, last, rel, record = rises[run]
         text = (
             f"`{run}`'s test robust loss rose from its minimum {number(low, 'test_robust_loss')} "
             f"at epoch {int(low.epoch)} to {number(last, 'test_robust_loss')} at epoch "
@@ -172,19 +164,11 @@ def overfitting_sentence(df: pd.DataFrame) -> str | None:
                 f" while its train robust loss fell ({fmt(group.train_robust_loss.iloc[0])} to "
                 f"{fmt(group.train_robust_loss.iloc[-1])})"
             )
-        parts.append(text)
-    noise = [_beyond_noise(*rises[run][:2]) for run in found]
-    test = (
-        "beyond 2 standard errors of the difference"
-        if all(n is True for n in noise)
-        else "no standard error for the robust loss, so no test"
-    )
+        parts.append(f"{text} ({record.test})")
     others = len(rises) - len(found)
-    rest = f" The other {others} run(s) rose by under {100 * OVERFIT:g} %." if others else ""
-    return (
-        f"Robust overfitting in {len(found)} of {len(rises)} runs: " + "; ".join(parts)
-        + f" (threshold: a rise of {100 * OVERFIT:g} % of the minimum; {test})." + rest
-    )
+    rest = f" The other {others} run(s) show no rise beyond noise." if others else ""
+    lead = f"Robust overfitting in {len(found)} of {len(rises)} runs: "
+    return lead + "; ".join(parts) + "." + rest
 
 
 def flatness_sentence(df: pd.DataFrame) -> str | None:

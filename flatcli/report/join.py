@@ -13,8 +13,10 @@ from flatcli import tables
 from flatcli.errors import UsageError
 from flatcli.report.capacity import capacity
 from flatcli.report.columns import HESSIAN, MEASURES, SELECTIONS
-from flatcli.report.settings import THREAT, latest_setting
+from flatcli.report.repeats import ATTACK_VALUES, attack_rows, measure_rows
+from flatcli.report.settings import MEASURE_NAMES
 from flatcli.report.sources import Sources
+from flatcli.uncertainty import difference_se
 
 # run.json config fields that describe how a run was regularized, with their "off" value
 _REGULARIZERS = {
@@ -56,21 +58,23 @@ def describe_regularizers(config: dict) -> str:
 
 
 def _attack_side(attack: pd.DataFrame, split: str, notes: list[str]) -> pd.DataFrame:
-    """Per (run, epoch) on one split: errors as the strongest attack's, loss as the largest,
-    over the rows of one setting (threat model and examples; the latest when measured twice)."""
-    rows = attack[attack.split == split]
-    rows = latest_setting(rows, [*THREAT, "n_examples"], notes, f"Attack, {split} split")
+    """Per (run, epoch) on one split, over the attack rows of one setting with seed repeats
+    averaged (`repeats.attack_rows`): each error and loss the strongest attack's (the largest
+    over the attacks), with that attack's standard errors."""
+    rows = attack_rows(attack, split, notes)
     if rows.empty:
         return pd.DataFrame(columns=["run", "epoch"])
-    grouped = rows.groupby(["run", "epoch"], dropna=False)
-    side = grouped.agg(
-        attacks=("attack", lambda s: ",".join(sorted(set(s)))),
-        n=("n_examples", "max"),
-        clean_err=("clean_err", "max"),
-        clean_loss=("clean_loss", "max"),
-        robust_err=("robust_err", "max"),
-        robust_loss=("robust_loss", "max"),
-    ).reset_index()
+    side = []
+    for (run, epoch), group in rows.groupby(["run", "epoch"], dropna=False, sort=False):
+        row = {"run": run, "epoch": epoch, "attacks": ",".join(sorted(set(group.attack)))}
+        row |= {"n": group.n_examples.max(), "n_seeds": group.n_seeds.max()}
+        for value in ATTACK_VALUES:
+            numbers = pd.to_numeric(group[value], errors="coerce")
+            top = group.loc[numbers.idxmax()] if numbers.notna().any() else None
+            for column in (value, f"{value}_se", f"{value}_seed_se"):
+                row[column] = None if top is None else top[column]
+        side.append(row)
+    side = pd.DataFrame(side)
     keep = ["run", "epoch"]
     renamed = {c: f"{split}_{c}" for c in side.columns if c not in keep}
     return side.rename(columns=renamed)
@@ -115,7 +119,7 @@ def flatness_rows(flatness: pd.DataFrame) -> pd.DataFrame:
     return flatness[flatness.split == split].sort_values("created_at")
 
 
-def _flatness_side(flatness: pd.DataFrame) -> pd.DataFrame:
+def _flatness_side(flatness: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     """One column per measure (test split preferred; latest row per checkpoint)."""
     rows = flatness_rows(flatness)
     if rows.empty:
@@ -126,14 +130,16 @@ def _flatness_side(flatness: pd.DataFrame) -> pd.DataFrame:
         xi = chosen_xi(mine, paper_xi)
         if xi is None:
             continue
-        mine = mine[np.isclose(mine.xi, xi)].groupby(["run", "epoch"], dropna=False).last()
+        mine = measure_rows(mine[np.isclose(mine.xi, xi)], MEASURE_NAMES[measure], notes)
+        mine = mine.set_index(["run", "epoch"])
         part = pd.DataFrame(
             {
                 column: mine.flatness,
                 f"{column}_std": mine.flatness_std,
-                # standard error of a mean over `samples` offsets (average case only)
-                f"{column}_se": mine.flatness_std / np.sqrt(mine.samples.astype(float)),
+                f"{column}_se": mine.flatness_se,  # flatcli.uncertainty, with the seeds' share
                 f"{column}_xi": xi,
+                f"{column}_seed_se": mine.flatness_seed_se,
+                f"{column}_n_seeds": mine.n_seeds,
             }
         ).reset_index()
         side = part if side is None else side.merge(part, on=["run", "epoch"], how="outer")
@@ -213,7 +219,7 @@ def per_epoch(sources: Sources, notes: list[str] | None = None) -> pd.DataFrame:
     parts = [
         _attack_side(sources.attack, "test", notes),
         _attack_side(sources.attack, "train", notes),
-        _flatness_side(sources.flatness),
+        _flatness_side(sources.flatness, notes),
         _landscape_side(sources.landscape),
     ]
     log = sources.train_log
@@ -237,6 +243,11 @@ def per_epoch(sources: Sources, notes: list[str] | None = None) -> pd.DataFrame:
             df[column] = None
     df["rce_gap"] = df.test_robust_loss - df.train_robust_loss
     df["rerr_gap"] = df.test_robust_err - df.train_robust_err
+    for gap, value in (("rce_gap", "robust_loss"), ("rerr_gap", "robust_err")):
+        df[f"{gap}_se"] = [  # test and train examples are independent samples
+            difference_se(a, b)
+            for a, b in zip(df[f"test_{value}_se"], df[f"train_{value}_se"], strict=True)
+        ]
     identity = _identity(sources).astype({"epoch": "Int64"})
     df = _run_columns(df.drop(columns=_IDENTITY).merge(identity, on=keys, how="left"), sources)
     return df.sort_values(keys).reset_index(drop=True)[tables.columns("report")]

@@ -35,6 +35,7 @@ class Report:
     settings: list[str] = field(default_factory=list)  # how each table was measured
     captions: dict[str, str] = field(default_factory=dict)
     headline: list[str] = field(default_factory=list)  # the first screen's sentences
+    found: list = field(default_factory=list)  # findings.Finding records (value, se, test)
 
 
 def _cell(value) -> str:

@@ -9,15 +9,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from flatcli.report.columns import MEASURES
+from flatcli.report.columns import MEASURES, SETTING_NAMES, THREAT, show
+from flatcli.report.repeats import attack_rows, measure_rows, seeds_line
 
-# columns that define the threat model: runs that differ here are not comparable at all
-THREAT = ["dataset", "eps", "norm"]
-ATTACK = [*THREAT, "n_examples", "attacks"]
-FLATNESS = [*THREAT, "n_examples", "xi", "samples", "iterations", "restarts", "attack", "weight_lr"]
+ATTACK = [*THREAT, "n_examples", "dtype", "attacks"]
+FLATNESS = [
+    *THREAT, "n_examples", "xi", "samples", "iterations", "restarts", "attack", "weight_lr",
+    "estimator", "dtype",
+]  # fmt: skip
+STRONGEST = (
+    "robust error and loss per checkpoint are the strongest attack's (the largest over these "
+    "attacks, all of one setting)"
+)
 LANDSCAPE = [*THREAT, "n_examples", "direction_kind", "directions", "normalization", "scale"]
-_NAMES = {"n_examples": "examples", "weight_lr": "weight lr", "direction_kind": "kind"}
-_MEASURE_NAMES = {
+_NAMES = SETTING_NAMES
+MEASURE_NAMES = {
     "average": "Average-case flatness",
     "worst": "Worst-case flatness",
     "clean-average": "Average-case flatness of the clean loss",
@@ -33,43 +39,6 @@ class Settings:
     lines: list[str] = field(default_factory=list)  # "Test split: attacks ..., eps ..."
     differences: list[str] = field(default_factory=list)  # one sentence per differing setting
     refused: str | None = None  # why runs cannot be compared (a differing threat model)
-
-
-def show(value) -> str:
-    """A setting as the report prints it: floats to 4 significant digits, missing as n/a."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def latest_setting(rows: pd.DataFrame, keys: list[str], notes: list[str], what: str):
-    """Per (run, epoch), the rows of the setting (`keys`) of its newest row; the others dropped
-    and named in `notes`."""
-    if rows.empty:
-        return rows
-    rows = rows.assign(_setting=rows[keys].map(show).agg(" ".join, axis=1))
-    newest = (
-        rows.sort_values("created_at", na_position="first")
-        .groupby(["run", "epoch"], dropna=False)
-        .tail(1)
-    )
-    merged = rows.merge(
-        newest[["run", "epoch", "_setting", *keys]],
-        on=["run", "epoch"],
-        how="left",
-        suffixes=("", "_new"),
-    )
-    keep = (merged._setting == merged._setting_new).to_numpy()
-    for (run, epoch), group in merged[~keep].groupby(["run", "epoch"], dropna=False):
-        old = group.iloc[0]
-        differ = [_NAMES.get(k, k) for k in keys if show(old[k]) != show(old[f"{k}_new"])]
-        notes.append(
-            f"{what}: {run} epoch {epoch} was measured more than once with different "
-            f"{', '.join(differ)}; the report uses the latest."
-        )
-    return rows[keep].drop(columns="_setting")
 
 
 def _where(rows: pd.DataFrame, every: pd.DataFrame) -> str:
@@ -111,24 +80,25 @@ def _line(what: str, per_checkpoint: pd.DataFrame, columns: list[str]) -> str:
     return f"{what}: {', '.join(parts)}."
 
 
+def _described(row) -> str:
+    if row.attack == "worst":
+        return f"worst (per example, of {row['worst of']})"
+    return f"{row.attack} ({show(row.steps)} steps x {show(row.restarts)} restarts)"
+
+
 def _attack_checkpoints(attack: pd.DataFrame, split: str) -> pd.DataFrame:
-    rows = latest_setting(attack[attack.split == split], [*THREAT, "n_examples"], [], "")
+    """One row per checkpoint: the setting of the attack rows the report uses on `split`."""
+    rows = attack_rows(attack, split, [])
     if rows.empty:
         return rows
-    described = rows.assign(
-        attacks=rows.attack
-        + " ("
-        + rows.steps.map(show)
-        + " steps x "
-        + rows.restarts.map(show)
-        + " restarts)"
-    )
+    described = rows.assign(attacks=rows.apply(_described, axis=1))
     return (
         described.groupby(["run", "epoch"], dropna=False)
         .agg(
             {
-                **{k: "first" for k in THREAT + ["n_examples"]},
+                **{k: "first" for k in THREAT + ["n_examples", "dtype"]},
                 "attacks": lambda s: ", ".join(sorted(set(s))),
+                "n_seeds": "max",
             }
         )
         .reset_index()
@@ -147,8 +117,12 @@ def _per_checkpoint(attack: pd.DataFrame, flatness: pd.DataFrame, xis: dict[str,
         if xi is not None:
             rows = rows[np.isclose(rows.xi, xi)]
         if not rows.empty:
-            per = rows.sort_values("created_at").groupby(["run", "epoch"], dropna=False).last()
-            yield _MEASURE_NAMES.get(measure, measure), per.reset_index(), FLATNESS
+            what = MEASURE_NAMES.get(measure, measure)
+            if measure == "hessian":
+                per = rows.sort_values("created_at").groupby(["run", "epoch"], dropna=False).last()
+                yield what, per.reset_index(), FLATNESS
+            else:
+                yield what, measure_rows(rows, what, []), FLATNESS
 
 
 def _landscape_checkpoints(landscape: pd.DataFrame) -> pd.DataFrame:
@@ -174,7 +148,10 @@ def settings_of(
     result = Settings()
     threat = []
     for what, per, columns in _per_checkpoint(attack, flatness, xis):
-        result.lines.append(_line(what, per, columns))
+        line = _line(what, per, columns)
+        extra = [STRONGEST] if what.startswith("Attack") else []
+        extra += [s for s in [seeds_line(per)] if s]
+        result.lines.append(line[:-1] + "; " + "; ".join(extra) + "." if extra else line)
         result.differences += differences(what, per, columns)
         threat += differences(what, per, THREAT)
     if not landscape.empty:

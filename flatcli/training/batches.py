@@ -3,6 +3,7 @@ from data resident on the training device (docs/method.md, training)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,14 @@ def shard_order(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.T
     )
     sampler.set_epoch(epoch)
     return torch.tensor(list(sampler), dtype=torch.int64)
+
+
+def extra_draws(m: int, count: int, generator: torch.Generator, replace: bool) -> torch.Tensor:
+    """`count` indices into the m extra examples (int64, CPU): drawn with replacement (the paper's
+    code: each batch's extra part uniform over the set), or passes of random permutations."""
+    if replace:
+        return torch.randint(m, (count,), generator=generator)
+    return torch.cat([torch.randperm(m, generator=generator) for _ in range(math.ceil(count / m))])
 
 
 class Batches:

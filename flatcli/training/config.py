@@ -15,7 +15,10 @@ from flatcli.fields import require
 from flatcli.training import schedules
 from flatcli.training.registry import METHODS
 
-ENTROPY_FIELDS = ("entropy_steps", "entropy_lr", "entropy_gamma", "entropy_noise", "entropy_alpha")
+ENTROPY_FIELDS = (
+    "entropy_steps", "entropy_lr", "entropy_gamma", "entropy_noise", "entropy_alpha",
+    "entropy_momentum",
+)  # fmt: skip
 
 
 def _flag(name: str) -> str:
@@ -44,6 +47,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         )
     augment = defaults.augment if c.augment is None else c.augment
     extra_fraction = _extra_fraction(c)
+    extra_steps = None
+    if c.extra_data is not None:
+        extra_steps = c.extra_steps or METHOD_DEFAULTS["extra_steps"]
+    clip_layers = None
+    if c.weight_clip is not None:
+        clip_layers = c.weight_clip_layers or METHOD_DEFAULTS["weight_clip_layers"]
     heldout_every = defaults.heldout_every if c.heldout_every is None else c.heldout_every
     _data_and_evaluation(c, eps)
     resolved = dataclasses.replace(
@@ -56,6 +65,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         milestones=milestones,
         augment=augment,
         extra_fraction=extra_fraction,
+        extra_steps=extra_steps,
+        weight_clip_layers=clip_layers,
         heldout_every=heldout_every,
         **owned,
         **entropy,
@@ -140,10 +151,17 @@ def _extra_fraction(c: TrainConfig) -> float | None:
     fraction = METHOD_DEFAULTS["extra_fraction"] if c.extra_fraction is None else c.extra_fraction
     per_rank = c.batch_size // c.world_size
     require(
-        round(fraction * per_rank) < per_rank,
+        extra_per_batch(fraction, per_rank, c.extra_steps or METHOD_DEFAULTS["extra_steps"])
+        < per_rank,
         "--extra-fraction leaves no labelled example in a batch",
     )
     return fraction
+
+
+def extra_per_batch(fraction: float, per_rank: int, steps: str) -> int:
+    """Extra examples in a batch of `per_rank`: int(fraction * batch), as the paper's code's
+    SemiSupervisedSampler (89 of 128 at 0.7); `labelled-pass` rounds (90 of 128)."""
+    return round(fraction * per_rank) if steps == "labelled-pass" else int(fraction * per_rank)
 
 
 def _data_and_evaluation(c: TrainConfig, eps: float) -> None:
@@ -164,6 +182,13 @@ def _data_and_evaluation(c: TrainConfig, eps: float) -> None:
         )
     build_attack(c.heldout_attack, c.norm, eps, None, c.seed)  # unknown names fail here
     runtime.resolve_device(c.device)
+
+
+def momentum_of(c: TrainConfig) -> tuple[float, bool]:
+    """(momentum, nesterov) of the SGD steps: Entropy-SGD's own momentum (the paper's code: 0)
+    for its Langevin and outer steps, else --momentum; Nesterov only with momentum."""
+    momentum = c.entropy_momentum if c.optimizer == "entropy-sgd" else c.momentum
+    return momentum, bool(c.nesterov and momentum > 0)
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -21,8 +21,8 @@ from flatcli.attacks import precision
 from flatcli.config import TrainConfig, config_hash
 from flatcli.errors import FlatcliError
 from flatcli.training import methods, regularizers, rundir, schedules
-from flatcli.training.batches import Batches, Resident
-from flatcli.training.config import config_dict, resolve_config
+from flatcli.training.batches import Batches, Resident, extra_draws
+from flatcli.training.config import config_dict, extra_per_batch, momentum_of, resolve_config
 from flatcli.training.distributed import (
     Distributed,
     all_reduce,
@@ -135,12 +135,9 @@ class _Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(net, device_ids=ids)
+        momentum, nesterov = momentum_of(c)
         self.optimizer = torch.optim.SGD(
-            net.parameters(),
-            lr=c.lr,
-            momentum=c.momentum,
-            nesterov=c.nesterov,
-            weight_decay=c.weight_decay,
+            net.parameters(), c.lr, momentum, weight_decay=c.weight_decay, nesterov=nesterov
         )
         self.method = methods.from_config(c, self.amp_dtype)
         self.heldout_attack = build_attack(c.heldout_attack, c.norm, c.eps, None, c.seed)
@@ -151,7 +148,7 @@ class _Trainer:
             None if c.augment == "none" else regularizers.Augmenter(c.augment, self.spec.image_size)
         )
         n_lab, n_extra, _ = self._steps()
-        awp = (c.awp_gamma, c.awp_layers)
+        awp = (c.awp_gamma, c.awp_layers, c.awp_mode)
         self.step = Step(
             net, self.model, self.method, self.optimizer, self.amp_dtype, c.compile,
             self.device, n_lab + n_extra, awp,
@@ -234,12 +231,14 @@ class _Trainer:
         return f"{b['epoch']} (held-out robust error {b['heldout_robust_err']:.4f})"
 
     def _steps(self) -> tuple[int, int, int]:
-        """(labelled per step, extra per step, steps per epoch) for this process."""
-        per_rank = self.config.batch_size // self.dist.world
-        n_extra = round(self.config.extra_fraction * per_rank) if self.config.extra_data else 0
+        """(labelled per step, extra per step, steps per epoch) for this process: with extra data
+        as many steps as without (`same`, the paper's code) or one pass over the labelled shard."""
+        c, per_rank = self.config, self.config.batch_size // self.dist.world
+        n_extra = extra_per_batch(c.extra_fraction, per_rank, c.extra_steps) if c.extra_data else 0
         n_lab = per_rank - n_extra
         shard = math.ceil(len(self.data.y) / self.dist.world)
-        return n_lab, n_extra, math.ceil(shard / n_lab)
+        per_step = n_lab if c.extra_steps == "labelled-pass" else per_rank
+        return n_lab, n_extra, math.ceil(shard / per_step)
 
     def _lr(self, epoch: int, step: int, steps: int) -> float:
         c = self.config
@@ -269,9 +268,8 @@ class _Trainer:
         extra_order = None
         if n_extra:
             g = runtime.generator(c.seed, "extra", epoch, rank)
-            m = len(self.data.extra[1])
-            need = math.ceil(passes * steps * n_extra / m)
-            extra_order = torch.cat([torch.randperm(m, generator=g) for _ in range(need)])
+            extra_order = extra_draws(len(self.data.extra[1]), passes * steps * n_extra, g,
+                                      c.extra_steps == "same")  # fmt: skip
         augment = self._generator("augment", epoch, rank)
         batches = Batches(
             self, self.data, epoch, passes, steps, n_lab, n_extra, extra_order, augment
@@ -291,7 +289,7 @@ class _Trainer:
         if self.dist.main:
             held = self._heldout(done)
             path = self._save_checkpoint(done)
-            row = self._row(done, lr, stats, held, path, train_time, time.perf_counter() - t0)
+            row = self._row(done, (lr, steps), stats, held, path, train_time, t0)
             tables.write_part(
                 self.run_dir, LOG_TABLE, rundir.log_key(self.run_name, done), self.chash, [row]
             )
@@ -322,11 +320,9 @@ class _Trainer:
     def _train_epoch(self, epoch, batches, steps, gens) -> Tally:
         """One epoch of `steps` updates; returns its totals, still on the device (the batches'
         losses and correct counts at the weights they were trained at)."""
-        from flatcli import weights
-
         c, net = self.config, self.net
         awp = c.method == "awp" and epoch >= c.awp_warmup
-        clip_params = [p for _, p in weights.layers(net)] if c.weight_clip else None
+        clip_params = regularizers.clipped(net, c.weight_clip_layers) if c.weight_clip else None
         tally = Tally(steps, self.device)
         net.train()
 
@@ -415,8 +411,9 @@ class _Trainer:
             path, self.net, c.arch, arch_kwargs(c), c.dataset, epoch, self._checkpoint_config()
         )
 
-    def _row(self, epoch, lr, stats, held, path, train_time, wall) -> dict:
-        c, extra = self.config, self.data.extra
+    def _row(self, epoch, lr_steps, stats, held, path, train_time, t0) -> dict:
+        c, extra, (lr, steps) = self.config, self.data.extra, lr_steps
+        wall = time.perf_counter() - t0
         loss_sum, n, clean_right, robust_right = stats
         return {
             "run": self.run_name,
@@ -436,6 +433,7 @@ class _Trainer:
             "created_at": runtime.now_iso(),
             "method": c.method,
             "lr": lr,
+            "steps": steps,
             "train_loss": loss_sum / n,
             "train_clean_err": 1.0 - clean_right / n,
             "train_robust_err": None if c.method == "clean" else 1.0 - robust_right / n,

@@ -213,13 +213,15 @@ def awp_offset(
     gamma: float,
     amp_dtype: torch.dtype | None = None,
     which: str = "weights",
+    mode: str = "eval",
 ) -> list[torch.Tensor]:
     """AWP's adversarial weight offset v for the batch: one ascent step from v = 0, one tensor
     per layer of `weights.layers(model)` (zero on layers `which` excludes).
 
     Per perturbed layer v_l = gamma * ||w_l|| * g_l / ||g_l||, g the gradient of the training
-    cross-entropy on the adversarial examples (model in train mode as AWP's proxy, BN statistics
-    left unchanged): the one ascent loop over `RelativeL2Ball(gamma)`.
+    cross-entropy on the adversarial examples, the model in `mode`: eval (BN running statistics,
+    as the paper's code) or train (batch statistics, BN statistics left unchanged); the one
+    ascent loop over `RelativeL2Ball(gamma)`. The model returns to the mode it came in.
     """
     from flatcli import weights
 
@@ -234,7 +236,12 @@ def awp_offset(
             logits = weights.call_perturbed(model, nu, x_adv, names, w)
         return ce_per_example(logits, target), logits
 
-    with frozen_buffers(model):
-        (nu,) = ascend(objective, [Variable(weights.zeros_like(w), ball, w, gamma)], 1)
+    was_training = model.training
+    model.train(mode == "train")
+    try:
+        with frozen_buffers(model):
+            (nu,) = ascend(objective, [Variable(weights.zeros_like(w), ball, w, gamma)], 1)
+    finally:
+        model.train(was_training)
     by_name = dict(zip(names, nu, strict=True))
     return [by_name[n] if n in by_name else torch.zeros_like(p) for n, p in found]

@@ -31,7 +31,7 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo(
             "awp",
             "AT-AWP: AT at an adversarial weight offset of relative size gamma",
-            options=("awp_gamma", "awp_warmup", "awp_layers"),
+            options=("awp_gamma", "awp_warmup", "awp_layers", "awp_mode"),
         ),
     )
 }

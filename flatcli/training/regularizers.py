@@ -106,6 +106,17 @@ def noisy_labels(
     return torch.where(flip, drawn, y)
 
 
+def clipped(net: torch.nn.Module, which: str) -> list[torch.Tensor]:
+    """The parameters weight clipping clamps: `all` trainable ones (the paper's code's
+    BoxProjection, normalization layers' scale and shift included) or `weights` (the layers of
+    `flatcli.weights.layers`: weights and biases, normalization layers not)."""
+    from flatcli import weights
+
+    if which == "weights":
+        return [p for _, p in weights.layers(net)]
+    return [p for p in net.parameters() if p.requires_grad]
+
+
 def clip_weights(params: Sequence[torch.Tensor], bound: float) -> None:
     """Clamp every element to [-bound, bound] in place (the layers: weights and biases)."""
     with torch.no_grad():
@@ -145,8 +156,11 @@ class EntropySGD:
 
     @classmethod
     def from_config(cls, params: Sequence[torch.nn.Parameter], c) -> EntropySGD:
-        """Entropy-SGD with a resolved `TrainConfig`'s settings (its momentum and weight decay
-        apply to the Langevin steps too, as in the paper's code)."""
+        """Entropy-SGD with a resolved `TrainConfig`'s settings (its momentum, `entropy_momentum`,
+        and the weight decay apply to the Langevin steps too, as in the paper's code)."""
+        from flatcli.training.config import momentum_of
+
+        momentum, nesterov = momentum_of(c)
         return cls(
             params,
             c.entropy_steps,
@@ -155,8 +169,8 @@ class EntropySGD:
             c.entropy_noise,
             c.entropy_alpha,
             c.weight_decay,
-            c.momentum,
-            c.nesterov,
+            momentum,
+            nesterov,
         )
 
     def gradient(self, closure: Callable[[int], tuple], generator: torch.Generator) -> tuple:

@@ -32,7 +32,7 @@ class Step:
     def __init__(self, net, model, method, optimizer, amp_dtype, policy, device, full, awp):
         self.net, self.model, self.method, self.optimizer = net, model, method, optimizer
         self.amp_dtype, self.full = amp_dtype, full
-        self.awp_gamma, self.awp_layers = awp  # (gamma, layers) of `methods.awp_offset`
+        self.awp = awp  # (gamma, layers, mode) of `methods.awp_offset`
         self.fast_net = compilation.compiled(net, policy, device)
         self.compiled = self.fast_net is not net
         self.fast_model = (
@@ -57,8 +57,9 @@ class Step:
             self.net.train()
         offset = None
         if awp:
+            gamma, layers, mode = self.awp
             offset = methods.awp_offset(
-                self.net, x_adv, target, self.awp_gamma, self.amp_dtype, self.awp_layers
+                self.net, x_adv, target, gamma, self.amp_dtype, layers, mode
             )
         self.optimizer.zero_grad(set_to_none=True)
         with weights.perturbed(self.net, offset) if offset else contextlib.nullcontext():
