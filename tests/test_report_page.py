@@ -244,7 +244,8 @@ def test_page_in_headless_chromium(study, tmp_path):
 
 @pytest.mark.parametrize(
     "losses, se, expected",
-    [([0.9, 0.7, 0.6], 0.01, "each run's test robust loss was lowest at its last epoch"),
+    [([0.9, 0.7, 0.6], 0.01, "No robust overfitting: in each of the 1 runs the test robust "
+                             "loss was lowest at the last epoch."),
      ([0.9, 0.6, 0.62], 0.05, "no rise"),
      ([0.9, 0.6, 0.66], None, "no standard errors of the robust loss, so no test"),
      ([0.9, 0.6, 0.66], 0.005, "Robust overfitting in 1 of 1 runs: `a`'s test robust loss rose "

@@ -141,11 +141,12 @@ def overfitting_sentence(df: pd.DataFrame) -> str | None:
         why = ("no standard errors of the robust loss, so no test" if untested else
                "a one-sided z-test of the last epoch against the minimum, Bonferroni over the "
                "earlier epochs")
-        largest = (
-            f"largest rise: `{run}`, {100 * rel:+.1f} %"
-            if rel > 0
-            else "each run's test robust loss was lowest at its last epoch"
-        )
+        if rel <= 0:
+            return (
+                f"No robust overfitting: in each of the {len(rises)} runs the test robust loss "
+                "was lowest at the last epoch."
+            )
+        largest = f"largest rise: `{run}`, {100 * rel:+.1f} %"
         return (
             f"No robust overfitting beyond noise: in none of the {len(rises)} runs did the last "
             f"epoch's test robust loss lie above the minimum beyond noise ({why}; {largest})."
