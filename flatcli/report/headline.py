@@ -16,7 +16,7 @@ from flatcli.report.columns import (
     TARGETS,
     is_missing,
 )
-from flatcli.report.findings import compare, compared, fmt, fmt_p, overfitting_record
+from flatcli.report.findings import compare, compared, fmt, overfitting_record, p_is
 from flatcli.report.join import select
 from flatcli.report.stats import correlation
 
@@ -247,16 +247,16 @@ def across_sentence(df: pd.DataFrame, corr: pd.DataFrame, how: str, refused: str
             text = (
                 f"Across the {n} {unit} ({at}), flatter runs had a {side} "
                 f"{'robust error' if r.target == 'test_robust_err' else 'gap'}: Kendall tau "
-                f"{fmt(r.kendall, 2)} between {what(r)} (p = {fmt_p(r.kendall_p)}, "
-                f"Holm-adjusted p = {fmt_p(r.kendall_p_holm)} over {tests} tests)."
+                f"{fmt(r.kendall, 2)} between {what(r)} (p {p_is(r.kendall_p)}, "
+                f"Holm-adjusted p {p_is(r.kendall_p_holm)} over {tests} tests)."
             )
         else:
             r = rows.loc[rows.kendall_p.astype(float).idxmin()]
             text = (
                 f"Across the {n} {unit} ({at}), no relation between flatness and robust error or "
                 f"the gap survives Holm's correction over {tests} tests (strongest: {what(r)}, "
-                f"Kendall tau {fmt(r.kendall, 2)}, p = {fmt_p(r.kendall_p)}, Holm-adjusted p = "
-                f"{fmt_p(r.kendall_p_holm)})."
+                f"Kendall tau {fmt(r.kendall, 2)}, p {p_is(r.kendall_p)}, Holm-adjusted p "
+                f"{p_is(r.kendall_p_holm)})."
             )
     sizes = df.drop_duplicates("run").n_params.dropna()
     if len(sizes) > 1 and sizes.nunique() > 1:
