@@ -65,6 +65,12 @@ def pct(value) -> str:
     return "n/a" if is_missing(value) else f"{100 * value:.1f} %"
 
 
+def p_is(p) -> str:
+    """`= 0.03` or `< 0.001`, to follow "p " in a sentence (never "p = < 0.001")."""
+    text = fmt_p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def fmt_p(p) -> str:
     """A p-value as read: 2 significant digits, `< 0.001` below that, never 0."""
     if is_missing(p):
@@ -106,7 +112,7 @@ def overfitting_test(last, low, earlier: int) -> dict:
     p = min(1.0, earlier * z_one_sided_p(z))
     test = (
         f"one-sided z-test of the last epoch against the minimum, z = {z:.2f}, "
-        f"Bonferroni-adjusted p = {fmt_p(p)} over {earlier} earlier epoch"
+        f"Bonferroni-adjusted p {p_is(p)} over {earlier} earlier epoch"
         + ("s" if earlier > 1 else "")
     )
     return {"rise": rise, "se": se, "z": z, "p": p, "beyond": p < ALPHA, "test": test}
@@ -290,7 +296,7 @@ def _relation(r, what: str, target: str, how: str) -> str:
         )
     adjusted = r.kendall_p_holm
     tested = (
-        f"p = {fmt_p(r.kendall_p)}, Holm-adjusted p = {fmt_p(adjusted)} over {int(r.tests)} tests"
+        f"p {p_is(r.kendall_p)}, Holm-adjusted p {p_is(adjusted)} over {int(r.tests)} tests"
     )
     if is_missing(adjusted) or adjusted >= ALPHA or r.kendall == 0:
         return (

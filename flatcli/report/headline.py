@@ -16,7 +16,7 @@ from flatcli.report.columns import (
     TARGETS,
     is_missing,
 )
-from flatcli.report.findings import compare, compared, fmt, fmt_p, overfitting_record
+from flatcli.report.findings import compare, compared, fmt, overfitting_record, p_is
 from flatcli.report.join import select
 from flatcli.report.stats import correlation
 
@@ -137,20 +137,19 @@ def overfitting_sentence(df: pd.DataFrame) -> str | None:
     found = [run for run, (*_, record) in rises.items() if record.beyond_noise]
     if not found:
         run, (low, last, rel, record) = max(rises.items(), key=lambda kv: kv[1][2])
-        largest = (
-            f"largest rise: `{run}`, {100 * rel:+.1f} %"
-            if rel > 0
-            else "each run's test robust loss was lowest at its last epoch"
-        )
-        if record.beyond_noise is None and rel > 0:  # the largest rise had no SE to test
+        untested = all(r.beyond_noise is None for *_, r in rises.values())
+        why = ("no standard errors of the robust loss, so no test" if untested else
+               "a one-sided z-test of the last epoch against the minimum, Bonferroni over the "
+               "earlier epochs")
+        if rel <= 0:
             return (
-                "Robust overfitting not tested: no standard error for the robust loss, so no "
-                f"test ({largest})."
+                f"No robust overfitting: in each of the {len(rises)} runs the test robust loss "
+                "was lowest at the last epoch."
             )
+        largest = f"largest rise: `{run}`, {100 * rel:+.1f} %"
         return (
             f"No robust overfitting beyond noise: in none of the {len(rises)} runs did the last "
-            f"epoch's test robust loss lie above the minimum beyond noise (a one-sided z-test, "
-            f"Bonferroni over the earlier epochs; {largest})."
+            f"epoch's test robust loss lie above the minimum beyond noise ({why}; {largest})."
         )
     parts = []
     for run in found[:3]:
@@ -248,16 +247,16 @@ def across_sentence(df: pd.DataFrame, corr: pd.DataFrame, how: str, refused: str
             text = (
                 f"Across the {n} {unit} ({at}), flatter runs had a {side} "
                 f"{'robust error' if r.target == 'test_robust_err' else 'gap'}: Kendall tau "
-                f"{fmt(r.kendall, 2)} between {what(r)} (p = {fmt_p(r.kendall_p)}, "
-                f"Holm-adjusted p = {fmt_p(r.kendall_p_holm)} over {tests} tests)."
+                f"{fmt(r.kendall, 2)} between {what(r)} (p {p_is(r.kendall_p)}, "
+                f"Holm-adjusted p {p_is(r.kendall_p_holm)} over {tests} tests)."
             )
         else:
             r = rows.loc[rows.kendall_p.astype(float).idxmin()]
             text = (
                 f"Across the {n} {unit} ({at}), no relation between flatness and robust error or "
                 f"the gap survives Holm's correction over {tests} tests (strongest: {what(r)}, "
-                f"Kendall tau {fmt(r.kendall, 2)}, p = {fmt_p(r.kendall_p)}, Holm-adjusted p = "
-                f"{fmt_p(r.kendall_p_holm)})."
+                f"Kendall tau {fmt(r.kendall, 2)}, p {p_is(r.kendall_p)}, Holm-adjusted p "
+                f"{p_is(r.kendall_p_holm)})."
             )
     sizes = df.drop_duplicates("run").n_params.dropna()
     if len(sizes) > 1 and sizes.nunique() > 1:

@@ -190,7 +190,7 @@ _STYLE = (
     "line-height:1.45;color:#222}"
     "table{border-collapse:collapse;font-size:13px;margin:.5em 0}"
     "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
-    "td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}"
+    "td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}th{background:#f3f3f3}"
     "img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{font-size:14px;color:#444}"
     "code{background:#f3f3f3;padding:0 3px;border-radius:3px}"
     "details{margin:.3em 0}summary{cursor:pointer;font-weight:600}"
