@@ -113,6 +113,17 @@ def _in_process(args, command: list[str]) -> tuple[float, float, list[dict]]:
     return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rows
 
 
+def cpu_model() -> str:
+    """/proc/cpuinfo's model name (Linux), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def data_args(args) -> list[str]:
     return ["--dataset", args.dataset] + (["--data-dir", args.data_dir] if args.data_dir else [])
 
@@ -168,7 +179,7 @@ def measure(args, on_row=lambda header, table: None) -> tuple[dict, list[dict]]:
     """(header, rows); `on_row(header, rows so far)` after every row."""
     args.out.mkdir(parents=True, exist_ok=True)
     header = {"dataset": args.dataset, "arch": None, "device": args.device,
-              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "cpu": cpu_model(), "cores": os.cpu_count(),
               "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
               "command": shlex.join(["benchmarks/study.py", *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%d"), "load_average": round(os.getloadavg()[0], 1)}
