@@ -805,8 +805,11 @@ def test_train_help_has_examples_and_imports_no_torch():
 # speed without changing results: data on the device, no per-step host syncs, bf16, compile
 
 # (train_loss, train_robust_err) of epochs 1 and 2 as recorded with the host-side data path
-# (main at fba36f0, one CPU thread) before the data moved to the device; the resident path must
-# reproduce them bitwise.
+# (main at fba36f0, one CPU thread) before the data moved to the device. The resident path
+# reproduced them bitwise on the CPU they were recorded on; another CPU model's kernels round the
+# last bits of some sums differently (measured: up to 1e-6 relative after two epochs), so the
+# losses must agree to 1e-5 relative and the error rates exactly; a change of what is trained
+# moves the loss by orders of magnitude more.
 RECORDED = {
     "at": ((2.4162023067474365, 0.9166666666666666), (2.4167333443959556, 0.90625)),
     "trades-noise": (
@@ -834,7 +837,7 @@ def _extra_npz(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(RECORDED))
-def test_device_resident_training_reproduces_the_host_path_bitwise(tmp_path, case):
+def test_device_resident_training_reproduces_the_recorded_host_path(tmp_path, case):
     extra = {
         "at": {},
         "trades-noise": dict(method="trades", label_noise=0.2, train_examples=90),  # short batch
@@ -849,7 +852,10 @@ def test_device_resident_training_reproduces_the_host_path_bitwise(tmp_path, cas
         "clean-cnn": dict(method="clean", arch="small-cnn", train_examples=80, epochs=1),
     }[case]
     rows = train(TrainConfig(**{**FAST, **extra}), tmp_path / "run").rows
-    assert tuple((r["train_loss"], r["train_robust_err"]) for r in rows) == RECORDED[case]
+    assert [r["train_robust_err"] for r in rows] == [err for _, err in RECORDED[case]]
+    assert [r["train_loss"] for r in rows] == pytest.approx(
+        [loss for loss, _ in RECORDED[case]], rel=1e-5
+    )
 
 
 def test_crop_flip_and_cutout_are_batched_draws_of_the_documented_transforms():
