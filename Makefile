@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo_out
 
-.PHONY: install test lint bench demo sample-checkpoints clean
+.PHONY: install test lint bench demo demo-snapshot sample-checkpoints clean
 
 install: $(VENV)/.installed
 
@@ -79,6 +79,11 @@ demo: install
 	@$(BIN)/flatcli report $(DEMO_OUT) --html
 	@sed -n '/^## Findings/,/^## Settings/p' $(DEMO_OUT)/report.md | sed '$$d'
 	@echo "report: $(DEMO_OUT)/report.md, $(DEMO_OUT)/report.html; tables: $(DEMO_OUT)/{attack,flatness,landscape,report,correlations}"
+
+# The demo's tables and run logs, committed for the README test of the demo's quoted findings:
+# run after `make demo` whenever the demo changes, then update the README's quotes.
+demo-snapshot: install
+	$(BIN)/python tests/data/demo_snapshot.py $(DEMO_OUT) tests/data/demo
 
 sample-checkpoints: install
 	rm -rf sample_checkpoints/at sample_checkpoints/at-ls sample_checkpoints/trades

@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,25 @@ def test_readme_names_every_table_column():
         assert f"`{name}`" in text, name
         for column in schema.names:
             assert column in text, (name, column)
+
+
+def demo_quotes() -> list[str]:
+    """The lines the README quotes from `make demo`'s report (`> ` lines of the Set up section)."""
+    setup = (ROOT / "README.md").read_text().split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return [line[2:].strip() for line in setup.splitlines() if line.startswith("> ")]
+
+
+def test_the_readme_demo_quotes_are_what_the_demo_tables_report(tmp_path, capsys):
+    """The demo's findings in the README are what `flatcli report` says of the demo's tables
+    (a committed copy of a fresh `make demo`'s tables and run logs, `tests/data/demo`, written by
+    `make demo-snapshot`: rerun it and update the quotes whenever the demo changes)."""
+    out = tmp_path / "demo_out"
+    shutil.copytree(ROOT / "tests" / "data" / "demo", out)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(out), "--quiet"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    report_md = " ".join((out / "report.md").read_text().split())
+    quotes = demo_quotes()
+    assert len(quotes) >= 3
+    for quote in quotes:
+        assert quote in report_md, quote
