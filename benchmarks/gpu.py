@@ -1,4 +1,4 @@
-"""One command that shows the engine on a GPU (issue 11): one table, flatcli vs its peers.
+"""One command that shows the engine on a GPU: one table, flatcli vs its peers.
 
     python benchmarks/gpu.py --device cuda --out out/gpu     # < 5 min on one H100/H200
     python benchmarks/gpu.py --smoke --out /tmp/gpu          # CPU, tiny model, 32 examples
@@ -55,7 +55,7 @@ from flatcli.errors import one_line  # noqa: E402
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILES = ("off", "on", "auto")
 ALL_VARIANTS = "fp32:off,fp32:on,bf16:off,bf16:on"
-# Issue 11's targets on an H100/H200, and its fp32 training figure (img/s, H200, batch 128).
+# The GPU targets on an H100/H200, and its fp32 training figure (img/s, H200, batch 128).
 TARGET_PEER_RATIO = 3.0
 ISSUE_TRAIN_FP32 = 2506.0
 TARGET_TRAIN_RATIO = 2.0
@@ -587,7 +587,7 @@ def markdown(header: dict, rows: list[dict]) -> str:
 
 
 def ratios(rows: list[dict]) -> list[str]:
-    """The comparisons against the peers and issue 11's targets, one line each."""
+    """The comparisons against the peers and the GPU targets, one line each."""
     lines = []
     for row in rows:
         if row.get("peer_ratio") is not None:

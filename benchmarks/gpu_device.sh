@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run benchmarks/gpu.py on a lent GPU machine (issue 11), the table to $OUT.
+# Run benchmarks/gpu.py on a lent GPU machine, the table to $OUT.
 #
 # Here, once, in the repository root (a machine with pip and the internet): fetch the two peers
 # as wheels into .whl/ (ignored by git: .gitignore has /.whl/), dropping the 45 MB example

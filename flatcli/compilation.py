@@ -1,4 +1,4 @@
-"""The compile policy (issue 11): when `torch.compile` wraps a model, decided in one place.
+"""The compile policy: when `torch.compile` wraps a model, decided in one place.
 
 `auto` compiles on CUDA only (on CPU the one-off compile, tens of seconds, outweighs what the
 small models of the tests and the demo gain); `on` on any device; `off` never. Results equal

@@ -1,6 +1,6 @@
 """The robust-loss engine: per-example clean and robust loss and correctness of a model, in
 batches on its device, eager or compiled (`flatcli.compilation`). Random starts are drawn once
-per work unit and moved to the device once; results do not depend on the batch size (DESIGN.md).
+per work unit and moved to the device once; results do not depend on the batch size.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def load_for_eval(ref, config, device: torch.device):
 class SharedModels:
     """One model instance per architecture (its class, names, shapes and dtypes of every
     parameter and buffer, device): each checkpoint's weights are copied into it in place, so
-    compiled code and the compile's caches serve every checkpoint of an architecture (issue 11).
+    compiled code and the compile's caches serve every checkpoint of an architecture.
     For callers that use one checkpoint at a time: loading the next overwrites the previous."""
 
     def __init__(self, on_note=None):

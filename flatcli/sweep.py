@@ -86,7 +86,7 @@ class SweepSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when everything is done or skipped, 1 when some checkpoint failed (DESIGN.md)."""
+        """0 when everything is done or skipped, 1 when some checkpoint failed."""
         return 1 if self.failed else 0
 
 

@@ -16,7 +16,7 @@ from flatcli.files import atomic_write
 SCHEMA_VERSION = 3  # 2: checkpoint_digest, flatness estimator/errors, landscape, report se, Holm p
 # 3: estimator_version; checkpoint_digest over the tensors
 
-# Key and provenance columns shared by every table (DESIGN.md), in order.
+# Key and provenance columns shared by every table, in order.
 COMMON = [
     pa.field("run", pa.string()),
     pa.field("checkpoint", pa.string()),

@@ -1,4 +1,4 @@
-"""Weight-space geometry shared by flatness, landscapes and AWP (docs/method.md, DESIGN.md).
+"""Weight-space geometry shared by flatness, landscapes and AWP (docs/method.md).
 
 A layer is every weight or bias tensor outside normalization layers (`layers`); an offset `nu`
 is a float32 list aligned with it. Relative balls (`RelativeL2Ball`, `RelativeLinfBall`) have
@@ -287,7 +287,7 @@ def call_stacked(
     parameters and buffers shared). Everything entering the vmapped call is made
     contiguous_format: a channels_last weight or input makes the activations channels_last
     inside vmap, and CUDA's batch norm then asks `is_contiguous(channels_last)` of a batched
-    tensor, which vmap does not implement (issue 11). G = 1 is a plain functional call.
+    tensor, which vmap does not implement. G = 1 is a plain functional call.
     """
     g = len(params[0])
     if len(x) % g:

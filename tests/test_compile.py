@@ -1,4 +1,4 @@
-"""The compiled path (issue 11): equal to eager up to rounding, compiled once per architecture,
+"""The compiled path: equal to eager up to rounding, compiled once per architecture,
 static shapes (padded last batch), channels_last.
 
 One inductor compile in the file (module fixture, two graphs: with and without autograd);

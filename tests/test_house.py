@@ -176,3 +176,24 @@ def test_readme_layout_lists_every_package_and_module():
         words = set(re.findall(r"[A-Za-z_]+", entries[package]))
         modules = (m.stem for m in (PACKAGE / package).glob("*.py") if m.stem != "__init__")
         assert [m for m in modules if m not in words] == [], package
+
+
+# Notes outside the repository (planning documents, tracker numbers) mean nothing to a reader.
+_OUTSIDE = re.compile(r"\b(?:DESIGN|PAPER)\.md\b|\b[Ii]ssue\s+#?\d+")
+
+
+def test_nothing_cites_notes_outside_the_repository():
+    root = Path(flatcli.__file__).resolve().parent.parent
+    texts = [root / "README.md", root / "Makefile"] + [
+        p
+        for folder in ("flatcli", "tests", "benchmarks", "docs", "examples")
+        for p in sorted((root / folder).rglob("*"))
+        if p.suffix in (".py", ".md", ".sh", ".sbatch") and p != Path(__file__).resolve()
+    ]
+    cited = [
+        f"{p.relative_to(root)}:{n}: {line.strip()}"
+        for p in texts
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if _OUTSIDE.search(line)
+    ]
+    assert not cited, "\n".join(cited)

@@ -344,7 +344,7 @@ def _none():
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics that claim only what they support (issue 12)
+# Statistics that claim only what they support
 
 
 def test_holm_step_down_equals_the_closed_form():
@@ -447,7 +447,7 @@ def test_p_values_are_never_printed_as_zero():
 
 
 # ---------------------------------------------------------------------------------------------
-# Experiments kept apart (issue 14)
+# Experiments kept apart
 
 
 def _two_experiments(tmp_path):
@@ -488,7 +488,7 @@ def test_cli_label_needs_one_per_out(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# The page (issue 14)
+# The page
 
 
 def test_page_puts_findings_settings_and_runs_first_and_renders_markdown(study):

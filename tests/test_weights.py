@@ -275,7 +275,7 @@ def test_scale_conv_keeps_a_bn_network_and_reports_a_changed_one():
 def _cudnn_batch_norm_query(module, inputs):
     """What CUDA's batch norm asks of its input before choosing cuDNN: is it contiguous in its
     suggested memory format? Inside vmap that query is not implemented for channels_last (the
-    `NYI: querying is_contiguous inside of vmap` of `--point-batch` on CUDA, issue 11); asked here
+    `NYI: querying is_contiguous inside of vmap` of `--point-batch` on CUDA); asked here
     so that the CPU takes the path that failed there."""
     t = inputs[0]
     t.is_contiguous(memory_format=suggest_memory_format(t))

@@ -1,6 +1,6 @@
 """What every input-space attack returns, its ball and random starts, and how starts travel
 with the examples: drawn once per work unit for the whole set, then sliced per batch, so results
-do not depend on batch size, shard or resume point (DESIGN.md, docs/method.md).
+do not depend on batch size, shard or resume point (docs/method.md).
 """
 
 from __future__ import annotations
