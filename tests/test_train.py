@@ -105,6 +105,7 @@ def test_each_method_trains_two_epochs_and_writes_loadable_checkpoints(tmp_path,
     assert len(frame) == 2 and set(frame.method) == {method}
     run = read_run(run_dir)
     assert run["status"] == "done" and run["epochs_done"] == 2
+    assert run["arch_kwargs"] == {"width": 4}  # tiny's default width, written out for readers
     assert run["best"]["epoch"] in (1, 2)
     assert run["best"]["checkpoint"] == f"epoch_{run['best']['epoch']:04d}.safetensors"
     # run.json alone rebuilds the model

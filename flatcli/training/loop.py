@@ -20,6 +20,7 @@ from flatcli import checkpoints, data, runtime, tables
 from flatcli.attacks import precision
 from flatcli.config import TrainConfig, config_hash
 from flatcli.errors import FlatcliError
+from flatcli.models import arch_defaults
 from flatcli.training import methods, regularizers, rundir, schedules
 from flatcli.training.batches import Batches, Resident, extra_draws
 from flatcli.training.config import config_dict, extra_per_batch, momentum_of, resolve_config
@@ -492,5 +493,7 @@ def _better(a: dict, b: dict) -> bool:
 
 
 def arch_kwargs(config) -> dict:
-    """Architecture keyword arguments a run's model is built with (stored in every checkpoint)."""
-    return {} if config.width is None else {"width": config.width}
+    """Architecture keyword arguments a run's model is built with (stored in every checkpoint);
+    the width is written even where it is the architecture's default, so readers see it."""
+    width = config.width if config.width is not None else arch_defaults(config.arch).get("width")
+    return {} if width is None else {"width": width}
