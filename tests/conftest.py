@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -61,3 +67,24 @@ def trained_digits_model() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def digits_test() -> tuple[torch.Tensor, torch.Tensor]:
     return data.load_split("digits", "test")
+
+
+def probed_title(page: str, script: str, tmp_path: Path, window: str = "1280,1000") -> str:
+    """Open `page` (HTML) in headless Chromium with `script` (JavaScript that sets
+    document.title on load) before </body>; return that title. Skips where no Chromium is
+    installed, except under CI, which installs it (.ci/run)."""
+    browser = next(
+        (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
+    if browser is None:
+        assert not os.environ.get("CI"), "CI installs Chromium (.ci/run); the browser test must run"
+        pytest.skip("no headless Chromium installed")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", f"<script>{script}</script></body>"))
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={window}",
+         "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    title = re.search(r"<title>([^<]*)</title>", done.stdout).group(1)
+    return title.replace("&quot;", '"').replace("&amp;", "&")

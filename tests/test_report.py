@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import probed_title
 from scipy import stats
 
 from flatcli import report, tables
@@ -518,30 +518,14 @@ def test_figures_are_sized_for_the_page(study):
 def test_page_in_headless_chromium(study, tmp_path):
     """Opens report.html in a real browser when one is installed (skipped otherwise): every
     figure loads and is displayed at its natural width (text is never scaled down)."""
-    import shutil
-    import subprocess
-
-    browser = next(
-        (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
-    )
-    if browser is None:
-        assert not os.environ.get("CI"), "CI installs Chromium (.ci/run); the browser test must run"
-        pytest.skip("no headless Chromium installed")
     root, out, _ = study
     report.build([out], how="last", html_page=True)
-    page = (out / "report.html").read_text()
-    probe = (
-        "<script>window.onload=()=>{const i=[...document.images];document.title="
+    script = (
+        "window.onload=()=>{const i=[...document.images];document.title="
         "i.length+':'+i.filter(x=>x.complete&&x.naturalWidth>0&&x.width==x.naturalWidth)"
-        ".length+':'+document.body.scrollWidth}</script>"
+        ".length+':'+document.body.scrollWidth}"
     )
-    (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
-    done = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
-         "--dump-dom", (tmp_path / "probe.html").as_uri()],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    title = re.search(r"<title>([^<]*)</title>", done.stdout).group(1)
+    title = probed_title((out / "report.html").read_text(), script, tmp_path, "1280,900")
     images, shown, width = (int(v) for v in title.split(":"))
     assert images == 4 and shown == images and width <= 1280, title
 
