@@ -223,7 +223,22 @@ def eta_column():
     return Eta()
 
 
-class EpochProgress:
+class _LiveBars:
+    """A context that starts and stops `self.live` (rich bars, on a TTY) when there is one."""
+
+    live = None
+
+    def __enter__(self):
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+
+class EpochProgress(_LiveBars):
     """Training on stderr: on a TTY a bar over the current epoch's steps with its ETA, the
     epoch lines printed above it; otherwise the epoch lines only; nothing with `quiet`."""
 
@@ -247,15 +262,6 @@ class EpochProgress:
                 transient=True,
             )
 
-    def __enter__(self):
-        if self.live is not None:
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.live is not None:
-            self.live.__exit__(*exc)
-
     def step(self, epoch: int, epochs: int, step: int, steps: int) -> None:
         """Step `step` of `steps` of epoch `epoch` (1-based) of `epochs` is done."""
         if self.live is None:
@@ -274,7 +280,7 @@ class EpochProgress:
             self.console.print(message, markup=False)
 
 
-class Progress:
+class Progress(_LiveBars):
     """Renders a sweep on stderr: rich bars on a TTY (checkpoints, and inside the current one
     whatever `on_batch(done, total, label)` reports, with ETA), one plain line per checkpoint
     otherwise, nothing with `quiet` but failures and warnings."""
@@ -303,15 +309,6 @@ class Progress:
             )
             self.outer = None
             self.inner = None
-
-    def __enter__(self):
-        if self.live is not None:
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.live is not None:
-            self.live.__exit__(*exc)
 
     def __call__(self, event) -> None:
         """A sweep event: start | done | skipped | failed | warning."""
