@@ -413,10 +413,7 @@ class FlatnessConfig(EvalConfig):
 
     def validate(self) -> None:
         validate_fields(self)
-        require(
-            self.worst_estimator != "paper" or self.weight_norm == "l2",
-            "--worst-estimator paper uses the l2 ball; use --weight-norm l2",
-        )
+        registries.require_paper_ball(self.worst_estimator, self.weight_norm)
 
 
 LANDSCAPE_SCALE = {"random": 0.5, "adversarial": 0.025}  # paper: relative direction lengths

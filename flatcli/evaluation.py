@@ -17,6 +17,7 @@ from flatcli.attacks.precision import DTYPE_COLUMN
 from flatcli.attacks.presets import build_attack, preset
 from flatcli.config import AttackConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
+from flatcli.sweep import ref_of
 
 
 def check_eps(eps: float, norm: str, dataset: str) -> float:
@@ -126,7 +127,7 @@ def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
     return {
         "run": ref.run,
         "checkpoint": str(ref.path),
-        "checkpoint_digest": seed_ref(ref).digest or None,
+        "checkpoint_digest": ref_of(ref).digest or None,
         "epoch": ref.epoch,
         "dataset": config.dataset,
         "arch": info.arch,
@@ -142,16 +143,11 @@ def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
     }
 
 
-def seed_ref(unit):
-    """The checkpoint ref behind a work unit (landscape units wrap one as `.ref`)."""
-    return getattr(unit, "ref", unit)
-
-
 def seed_keys(config, ref) -> tuple:
     """What a work unit's random draws (starts, directions) derive from: the configured seed and
     the checkpoint's content digest, so the same file gives the same numbers under any run name
     or path, and a retrained file gets fresh draws."""
-    return (config.seed, seed_ref(ref).digest)
+    return (config.seed, ref_of(ref).digest)
 
 
 def load_for_eval(ref, config, device: torch.device):

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from flatcli.errors import WriteError
+from flatcli.errors import UsageError, WriteError
 
 # The causes a user fixes outside flatcli (space, quota, permissions, a read-only mount, a bad
 # disk): one line naming the path, never an internal error.
@@ -68,3 +68,15 @@ def storage_errno(err: OSError) -> int | None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def ensure_writable(out) -> None:
+    """Create the directory `out` or fail with one line (UsageError) before any work starts."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"--out {out}: not writable ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out}: not writable")

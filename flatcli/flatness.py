@@ -253,8 +253,7 @@ def worst_flatness(
     attacks = [attack] if robust else []
     reference = engine.robust_losses(model, x, y, attacks, ascent.seed_keys, batch_size)
     ref = reference.robust[attack.name] if robust else reference.clean_loss
-    if estimator == "paper" and weight_norm != "l2":
-        raise UsageError("--worst-estimator paper uses the l2 ball; use --weight-norm l2")
+    registries.require_paper_ball(estimator, weight_norm)
     result = _estimate(model, x, y, xi, ref, estimator, weight_norm, attack, ascent)
     if not robust:
         result.err = engine.error_rate(reference.clean_correct)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flatcli.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -116,3 +118,9 @@ LABEL_NOISE_CLASSES: dict[str, Choice] = _table(
 def describe(registry: dict) -> str:
     """'name: help; name: help' for a `--help` text."""
     return "; ".join(f"{name}: {entry.help}" for name, entry in registry.items())
+
+
+def require_paper_ball(estimator: str, weight_norm: str) -> None:
+    """The paper's worst-case estimator is defined on the relative l2 ball only."""
+    if estimator == "paper" and weight_norm != "l2":
+        raise UsageError("--worst-estimator paper uses the l2 ball; use --weight-norm l2")

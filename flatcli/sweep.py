@@ -131,7 +131,7 @@ def plan(
                 result.outdated.append(ref)
             else:
                 notes.append(f"unreadable part {part} ({reason}); recomputing it")
-        note = getattr(_ref_of(ref), "note", "")
+        note = getattr(ref_of(ref), "note", "")
         if note and note not in said:
             said.add(note)
             notes.append(note)
@@ -161,7 +161,7 @@ def _outdated(table: str, part) -> bool:
     return versions.outdated(table, rows)
 
 
-def _ref_of(unit):
+def ref_of(unit):
     """The checkpoint ref behind a work unit (landscape units wrap one as `.ref`)."""
     return getattr(unit, "ref", unit)
 
@@ -169,7 +169,7 @@ def _ref_of(unit):
 def _digest8(unit) -> str:
     from flatcli.checkpoints import DIGEST_CHARS
 
-    return (getattr(_ref_of(unit), "digest", "") or "")[:DIGEST_CHARS]
+    return (getattr(ref_of(unit), "digest", "") or "")[:DIGEST_CHARS]
 
 
 def _written_for(part) -> str:
@@ -267,7 +267,7 @@ def _stopped(err: Exception, unit, table: str, out, done: int) -> SweepStopped:
     """The one line of an unexpected error, its traceback written to OUT/logs/ first."""
     stamp = runtime.now_iso().replace(":", "").replace("-", "")[:15]
     log = os.path.join(os.fspath(out), "logs", f"{table}-{stamp}-{os.getpid()}.log")
-    text = (f"flatcli {table}: stopped while measuring {_ref_of(unit).path} ({unit.key})\n"
+    text = (f"flatcli {table}: stopped while measuring {ref_of(unit).path} ({unit.key})\n"
             + "".join(traceback.format_exception(err)))
     try:
         atomic_write_text(log, text)
@@ -275,6 +275,6 @@ def _stopped(err: Exception, unit, table: str, out, done: int) -> SweepStopped:
     except (OSError, WriteError):  # the log's own disk is full
         where = "the traceback could not be written (set FLATCLI_DEBUG=1 to see it)"
     return SweepStopped(
-        f"stopped at {_ref_of(unit).path}: {one_line(err, 300)} (not a problem of the checkpoint: "
+        f"stopped at {ref_of(unit).path}: {one_line(err, 300)} (not a problem of the checkpoint: "
         f"{done} finished checkpoint(s) kept; {where})"
     )

@@ -233,7 +233,6 @@ def test_foreign_whole_classifier_state_dict(tmp_path):
     assert info.meta["target"] == "model" and info.mean == pytest.approx((0.2,))
 
 
-@pytest.mark.skipif("cifar10" not in DATASETS, reason="cifar10 not registered yet")
 def test_foreign_defaults_to_cifar10(tmp_path):
     spec = DATASETS["cifar10"]
     model = models.build("tiny", spec.num_classes, spec.in_channels)

@@ -11,7 +11,7 @@ import typer
 
 from flatcli.cli import options as o
 from flatcli.cli.output import err_console, render
-from flatcli.cli.runner import ensure_writable
+from flatcli.files import ensure_writable
 
 
 class Select(str, Enum):

@@ -3,30 +3,15 @@ dry-run, sweep with progress on stderr, print the rows, exit with the sweep's co
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from typer import Exit
 
+from flatcli import files
 from flatcli.cli import options as o
 from flatcli.cli.output import Progress, render
-from flatcli.errors import UsageError
 
 PLAN_COLUMNS = ["run", "epoch", "key", "status", "checkpoint"]
-
-
-def ensure_writable(out) -> None:
-    """Create OUT or fail with one line before any work starts."""
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(f"--out {out}: not writable ({err.strerror or err})") from None
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"--out {out}: not writable")
 
 
 def examples_line(config) -> str:
@@ -85,7 +70,7 @@ def run_command(
         ]
         render(rows, PLAN_COLUMNS, args.fmt.value, PLAN_COLUMNS)
         raise Exit(0)
-    ensure_writable(args.out)
+    files.ensure_writable(args.out)
     progress = Progress(args.quiet, table)
     if precision_note is not None:
         progress.log(precision_note)

@@ -8,7 +8,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import torch
 from flatcli import __version__, data, runtime, tables
 from flatcli.config import TrainConfig, hashed_fields
 from flatcli.errors import UsageError
-from flatcli.files import atomic_write, atomic_write_text
+from flatcli.files import atomic_write, atomic_write_text, ensure_writable
 from flatcli.training.config import config_dict
 
 RUN_FILE = "run.json"
@@ -90,12 +89,7 @@ def prepare(run_dir: Path, config: TrainConfig, chash: str, force: bool) -> dict
     """Create/validate the run directory: same config -> resume; the same run with more epochs
     -> extend it (returns {"from_epochs", "from_config_hash"}); another config -> refuse, saying
     why (or, with `force`, discard the old run's files and start over)."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(f"--out {run_dir}: not writable ({err.strerror or err})") from None
+    ensure_writable(run_dir)
     run_file = run_dir / RUN_FILE
     if not run_file.exists():
         others = [p.name for p in run_dir.iterdir() if not p.name.startswith(".")]
