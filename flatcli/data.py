@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from flatcli.data_files import (
+    LAYOUTS,
     NPZ_KEYS,
     RawData,
     image_geometry,
@@ -92,30 +93,29 @@ _GREY_DEFAULTS = dict(in_channels=1, image_size=28, mean=(0.0,), std=(1.0,),
 register(DatasetSpec(
     name="cifar10", num_classes=10, **_RGB_DEFAULTS,
     mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616),
-    layout="cifar-10-batches-py/{data_batch_1..data_batch_5,test_batch} (torchvision CIFAR10)",
+    layout=LAYOUTS["cifar10"],
     read=functools.partial(read_cifar, "cifar10"),
 ))
 register(DatasetSpec(
     name="cifar100", num_classes=100, **_RGB_DEFAULTS,
     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-    layout="cifar-100-python/{train,test} (torchvision CIFAR100)",
+    layout=LAYOUTS["cifar100"],
     read=functools.partial(read_cifar, "cifar100"),
 ))
 register(DatasetSpec(
     name="svhn", num_classes=10, **_RGB_DEFAULTS,
     mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
-    layout="{train_32x32.mat,test_32x32.mat} (torchvision SVHN; also accepted under svhn/)",
+    layout=LAYOUTS["svhn"],
     read=read_svhn,
 ))
 register(DatasetSpec(
     name="mnist", num_classes=10, eps=0.3, **_GREY_DEFAULTS,
-    layout="MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (torchvision MNIST)",
+    layout=LAYOUTS["mnist"],
     read=functools.partial(read_mnist, "mnist", "MNIST"),
 ))
 register(DatasetSpec(
     name="fashion-mnist", num_classes=10, eps=0.1, **_GREY_DEFAULTS,
-    layout="FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] "
-           "(torchvision FashionMNIST)",
+    layout=LAYOUTS["fashion-mnist"],
     read=functools.partial(read_mnist, "fashion-mnist", "FashionMNIST"),
 ))
 

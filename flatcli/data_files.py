@@ -30,10 +30,16 @@ class RawData:
     y_test: np.ndarray
 
 
-def _layout(name: str) -> str:
-    from flatcli.data import DATASETS
-
-    return DATASETS[name].layout
+# What a user puts under the data directory for each dataset read from disk (error messages and
+# `--help` quote it through each DatasetSpec's `layout`).
+LAYOUTS = {
+    "cifar10": "cifar-10-batches-py/{data_batch_1..data_batch_5,test_batch} (torchvision CIFAR10)",
+    "cifar100": "cifar-100-python/{train,test} (torchvision CIFAR100)",
+    "svhn": "{train_32x32.mat,test_32x32.mat} (torchvision SVHN; also accepted under svhn/)",
+    "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (torchvision MNIST)",
+    "fashion-mnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] "
+    "(torchvision FashionMNIST)",
+}
 
 
 def read_digits(_: Path | None) -> RawData:
@@ -165,7 +171,7 @@ def _cifar_official_md5(name: str) -> dict[str, str]:
 def read_cifar(name: str, directory: Path | None) -> RawData:
     """CIFAR-10 (`labels`) or CIFAR-100 (`fine_labels`) batches as uint8 NHWC."""
     folder, train_files, test_files, label_key, official = _CIFAR[name]
-    layout = _layout(name)
+    layout = LAYOUTS[name]
     base = _root(name, layout, directory) / folder
     for file in train_files + test_files:
         if not (base / file).is_file():
@@ -217,7 +223,7 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_svhn(directory: Path | None) -> RawData:
     """SVHN's train and test `.mat` files as uint8 NHWC, label 10 read as 0."""
-    layout = _layout("svhn")
+    layout = LAYOUTS["svhn"]
     root = _root("svhn", layout, directory)
     base = next((d for d in (root, root / "svhn") if (d / "train_32x32.mat").is_file()), root)
     out = []
@@ -305,7 +311,7 @@ def _idx_folder(name: str, folder: str, root: Path) -> Path:
 
 def read_mnist(name: str, folder: str, directory: Path | None) -> RawData:
     """MNIST or Fashion-MNIST idx files (gzipped or not) as uint8 NHW."""
-    layout = _layout(name)
+    layout = LAYOUTS[name]
     raw_dir = _idx_folder(name, folder, _root(name, layout, directory))
     arrays: dict[str, np.ndarray] = {}
     for key, (file, ndim) in _IDX_FILES.items():

@@ -197,3 +197,52 @@ def test_nothing_cites_notes_outside_the_repository():
         if _OUTSIDE.search(line)
     ]
     assert not cited, "\n".join(cited)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """flatcli module -> the flatcli modules it imports (function-level imports included)."""
+    files = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def module_of(name: str) -> str:
+        while name not in files:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {module_of(a.name) for a in node.names if a.name.startswith("flatcli")}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                if base.startswith("flatcli"):
+                    edges |= {module_of(f"{base}.{a.name}") for a in node.names}
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_the_modules_import_each_other_without_a_cycle():
+    graph, done, path = _import_graph(), set(), []
+
+    def visit(name: str) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(name):] + [name]))
+        if name in done:
+            return
+        path.append(name)
+        for other in sorted(graph[name]):
+            visit(other)
+        path.pop()
+        done.add(name)
+
+    assert "flatcli.cli" in graph and graph["flatcli.evaluation"]  # the graph is really read
+    for name in sorted(graph):
+        visit(name)

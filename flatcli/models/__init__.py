@@ -7,13 +7,19 @@ the public codebases, so their state dicts load into `model.net` (docs/method.md
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from flatcli.errors import UsageError
+from flatcli.models.registry import ARCHITECTURES, ArchSpec, register  # noqa: F401 (re-exported)
+
+# Each family registers its architectures on import, in this order (the order `--help` lists).
+# isort: off
+from flatcli.models import small  # noqa: F401
+from flatcli.models import preact_resnet, resnet, wide_resnet  # noqa: F401
+# isort: on
 
 
 class Normalize(nn.Module):
@@ -40,26 +46,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    factory: Callable[..., nn.Module]
-    description: str
-
-
-ARCHITECTURES: dict[str, ArchSpec] = {}
-
-
-def register(name: str, description: str):
-    """Decorator: register `factory(num_classes, in_channels, **kwargs) -> nn.Module` as `name`."""
-
-    def wrap(factory):
-        ARCHITECTURES[name] = ArchSpec(name, factory, description)
-        return factory
-
-    return wrap
 
 
 def build(
@@ -118,7 +104,3 @@ def _arch_value(text: str, key: str, value: str, default):
     except ValueError:
         raise UsageError(f"--arch {text}: {key} must be {kind.__name__}, got {value!r}") from None
 
-
-# Each family registers its architectures on import, in this order (the order `--help` lists).
-from flatcli.models import small  # noqa: E402,F401,I001
-from flatcli.models import preact_resnet, resnet, wide_resnet  # noqa: E402,F401

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatcli.models import register
+from flatcli.models.registry import register
 from flatcli.models.stages import cifar_stages, global_pool
 
 

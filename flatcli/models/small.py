@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from flatcli.models import register
+from flatcli.models.registry import register
 
 
 @register("tiny", "test model: one conv + BN + linear (a few hundred parameters)")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flatcli.errors import UsageError
-from flatcli.models import register
+from flatcli.models.registry import register
 from flatcli.models.stages import global_pool
 
 
