@@ -241,8 +241,12 @@ def test_term_then_requeue_resumes_without_recomputing(cluster, tmp_path):
     requeue = cluster.run("scontrol", "requeue", task)
     assert requeue.returncode == 0, requeue.stderr
     cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")  # no requeue delay
+    # the requeue takes effect asynchronously: the queue is empty until the task is back in it
+    _wait(lambda: cluster.states(task)[0] != "FAILED", 60, "the task to be requeued",
+          cluster.folder / "slurmctld.log")
     cluster.wait_idle(180)
-    assert cluster.states(task) == ["COMPLETED"]
+    log = tmp_path / f"flatcli-eval-{job}_0.out"
+    assert cluster.states(task) == ["COMPLETED"], log.read_text()[-3000:]
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts.glob("*.parquet")}
     assert len(after) == 16
     assert {name: after[name] for name in before} == before  # finished parts not rewritten
