@@ -42,6 +42,9 @@ SPLITS = ("train", "test", "heldout")
 PRECISIONS = ("fp32", "tf32", "bf16")  # flatcli.attacks.precision.PRECISIONS
 COMPILE_POLICIES = ("auto", "on", "off")  # flatcli.compilation.COMPILE_CHOICES
 LOSSES = ("robust", "clean", "both")
+EVAL_BATCH = 512  # examples per evaluation batch (halved on out-of-memory)
+SAMPLES = 10  # random offsets per xi (average case); Hutchinson probes (Hessian)
+ITERATIONS = 20  # joint worst-case ascent steps; Lanczos / subspace-iteration steps (Hessian)
 _NEVER = object()  # no value equals it: the field is always hashed
 
 
@@ -124,7 +127,8 @@ class EvalConfig:
     )  # fmt: skip
     data_dir: str | None = _data_dir()
     device: str = _device()
-    batch_size: int = option(512, "Examples per batch (halved automatically on out-of-memory).",
+    batch_size: int = option(EVAL_BATCH, "Examples per batch (halved automatically on "
+                             "out-of-memory).",
                              RUNTIME, runtime=True, metavar="N", low=1, min=1)  # fmt: skip
     precision: str = option(
         "fp32", "What the attack searches in: fp32 (TF32 off); tf32 (CUDA TF32 matmuls/"
@@ -372,7 +376,7 @@ class FlatnessConfig(EvalConfig):
         f"{WORST_XI:g} (worst).", MEASURE, flags=("--xi",), parse="numbers", repeat=True,
         show_default=False,
     )  # fmt: skip
-    samples: int = option(10, "Random offsets per xi (average); Hutchinson probes (hessian).",
+    samples: int = option(SAMPLES, "Random offsets per xi (average); Hutchinson probes (hessian).",
                           MEASURE, low=1)  # fmt: skip
     attack: str = option(
         "pgd20x10", "Attack behind the robust loss at w, RCE(w), that every measure subtracts: "
@@ -383,8 +387,8 @@ class FlatnessConfig(EvalConfig):
         "--attack). Give --attack's name to run it in full.", ATTACK, added=True,
         show_default="--attack with one restart (pgd20x10 -> pgd20, the paper's code)",
     )  # fmt: skip
-    iterations: int = option(20, "Steps of the joint worst-case ascent; Lanczos steps (hessian).",
-                             MEASURE, low=1)  # fmt: skip
+    iterations: int = option(ITERATIONS, "Steps of the joint worst-case ascent; Lanczos steps "
+                             "(hessian).", MEASURE, low=1)  # fmt: skip
     restarts: int = option(10, "Attempts of the worst-case ascent (paper: the max over attempts).",
                            MEASURE, low=1)  # fmt: skip
     weight_lr: float = _weight_lr(
@@ -459,7 +463,7 @@ class LandscapeConfig(EvalConfig):
                          "or apgd-ce.", ATTACK, flags=("--attack", "--attacks"))  # fmt: skip
     to: str | None = option(None, "interpolate: the checkpoint at alpha = 1.", INPUTS,
                             flags=("--to",), parse="path", show_default=False)  # fmt: skip
-    iterations: int = option(20, "hessian: subspace-iteration steps.", MEASURE, low=1)
+    iterations: int = option(ITERATIONS, "hessian: subspace-iteration steps.", MEASURE, low=1)
     weight_lr: float = _weight_lr("adversarial: normalized weight step, relative to ||w_l||.")
     adversarial_loss: str = _named(
         "robust-fixed", registries.ADVERSARIAL_LOSSES, MEASURE, "adversarial: ",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flatcli.config import SPLITS
 from flatcli.data_files import (
     LAYOUTS,
     NPZ_KEYS,
@@ -28,8 +29,6 @@ from flatcli.data_files import (
     read_svhn,
 )
 from flatcli.errors import DataError, UsageError
-
-SPLITS = ("train", "test", "heldout")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from flatcli.attacks.base import (
     slice_starts,
     tile_starts,
 )
+from flatcli.config import EVAL_BATCH
 from flatcli.errors import UsageError
 
 
@@ -58,7 +59,7 @@ def robust_losses(
     y: torch.Tensor,
     attacks: Sequence,
     seed_keys: tuple = (0,),
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     on_batch: Callable[[int, int], None] | None = None,
     *,
     compile: str = "off",
@@ -82,7 +83,7 @@ def robust_losses_at(
     y: torch.Tensor,
     attacks: Sequence,
     seed_keys: tuple = (0,),
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     on_batch: Callable[[int, int], None] | None = None,
     *,
     compile: str = "off",

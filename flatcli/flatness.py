@@ -18,7 +18,7 @@ from torch import nn
 from flatcli import data, engine, evaluation, hessian, registries, runtime, weights, worst_case
 from flatcli.attacks.precision import in_fp32
 from flatcli.attacks.presets import PAPER_STEP_RATIO
-from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig, config_hash
+from flatcli.config import AVERAGE_XI, EVAL_BATCH, SAMPLES, WORST_XI, FlatnessConfig, config_hash
 from flatcli.errors import CheckpointError, UsageError
 from flatcli.uncertainty import average_flatness_se, loss_se, spread
 
@@ -95,10 +95,10 @@ def average_flatness(
     x: torch.Tensor,
     y: torch.Tensor,
     xi: float | Sequence[float],
-    samples: int = 10,
+    samples: int = SAMPLES,
     attack=None,
     seed_keys: tuple = (0,),
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     reference: engine.ExampleLosses | None = None,
     weight_norm: str = "l2",
     on_batch: Callable[[int, int], None] | None = None,
@@ -226,7 +226,7 @@ def worst_flatness(
     xi: float,
     eps: float = 0.0,
     attack=None,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     weight_norm: str = "l2",
     estimator: str = "paper",
     **options,

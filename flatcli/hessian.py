@@ -15,6 +15,7 @@ from torch import nn
 
 from flatcli import runtime, weights
 from flatcli.attacks.base import ce_per_example, slice_starts
+from flatcli.config import EVAL_BATCH, ITERATIONS, SAMPLES
 from flatcli.errors import UsageError
 
 VARIANTS = ("flatcli", "paper")
@@ -45,7 +46,7 @@ def adversarial_points(
     y: torch.Tensor,
     attack,
     seed_keys: tuple = (0,),
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
 ) -> torch.Tensor:
     """x + delta where the one PGD (`attack`, keep_points) found each example's robust loss, with
     the starts the engine draws for `seed_keys`: exactly the points behind RCE. On x's device."""
@@ -152,10 +153,10 @@ def hessian_eigen(
     x: torch.Tensor,
     y: torch.Tensor,
     attack=None,
-    iterations: int = 20,
-    probes: int = 10,
+    iterations: int = ITERATIONS,
+    probes: int = SAMPLES,
     seed_keys: tuple = (0,),
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     variant: str = "flatcli",
     measure: str | None = None,
 ) -> HessianResult:

@@ -29,7 +29,13 @@ from flatcli import (
 )
 from flatcli.attacks.precision import in_fp32
 from flatcli.attacks.presets import PAPER_STEP_RATIO
-from flatcli.config import LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig, config_hash
+from flatcli.config import (
+    EVAL_BATCH,
+    LANDSCAPE_SCALE,
+    LANDSCAPE_SCALE_MAXABS,
+    LandscapeConfig,
+    config_hash,
+)
 from flatcli.errors import CheckpointError, UsageError
 
 KINDS = tuple(registries.DIRECTIONS)
@@ -145,7 +151,7 @@ def adversarial_direction(
     return nu
 
 
-def fixed_points(model, x, y, attack, generator, batch_size: int = 512) -> torch.Tensor:
+def fixed_points(model, x, y, attack, generator, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Adversarial inputs of `attack` at the model's weights w, kept fixed while the weights move
     (`robust-fixed` directions: the paper's code attacks the weights on an AdversarialDataset of
     PGD points computed once). Starts drawn from `generator`; returned on the model's device."""
@@ -178,7 +184,7 @@ def evaluate_grid(
     points: Sequence[tuple[float, ...]],
     attack=None,
     seed_keys: tuple = (0,),
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     on_point: Callable[[int, int], None] | None = None,
     point_batch: int | None = 1,
     compile: str = "off",

@@ -246,3 +246,19 @@ def test_the_modules_import_each_other_without_a_cycle():
     assert "flatcli.cli" in graph and graph["flatcli.evaluation"]  # the graph is really read
     for name in sorted(graph):
         visit(name)
+
+
+# Evaluation defaults written as literals outside config.py drift from the CLI's options.
+_LITERAL_DEFAULTS = re.compile(
+    r"\bbatch_size: int = 512\b|\bsamples: int = 10\b|\biterations: int = 20\b|^SPLITS = ", re.M
+)
+
+
+def test_evaluation_defaults_are_written_only_in_config():
+    written = [
+        f"{path.relative_to(PACKAGE)}: {match.group(0)}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "config.py"
+        for match in _LITERAL_DEFAULTS.finditer(path.read_text())
+    ]
+    assert not written, written
