@@ -23,7 +23,7 @@ from flatcli.attacks.threat import make_threat
 from flatcli.errors import UsageError
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WorstResult:
     """One worst-case estimate at one xi; losses in nats, errors as fractions.
 
@@ -272,9 +272,11 @@ def worst_paper(
     measure = "worst" if eps > 0 else "clean-worst"
     if xi == 0:
         return WorstResult(
-            measure, xi, "paper", loss, loss, 0.0, 0.0, loss, None, err, err, iterations, restarts,
+            measure=measure, xi=xi, estimator="paper", loss=loss, perturbed_loss=loss,
+            flatness=0.0, unclamped=0.0, joint_loss=loss, reattack_loss=None, err=err,
+            perturbed_err=err, iterations=iterations, restarts=restarts,
             loss_se=uncertainty.loss_se(ref_loss),
-        )
+        )  # fmt: skip
     names, w = weights.named_weights(model)
     device = w[0].device
     ball = weights.StackedBall(weights.RelativeL2Ball(xi).around(w))
@@ -310,23 +312,23 @@ def worst_paper(
     note = None if math.isfinite(best_value) and math.isfinite(loss) else "non-finite loss"
     difference = best_value - loss
     return WorstResult(
-        measure,
-        xi,
-        "paper",
-        loss,
-        best_value,
-        difference,
-        difference,
-        best_value,
-        None,
-        err,
-        best_err,
-        iterations,
-        restarts,
-        note,
-        best_nu,
-        [a - loss for a in attempts],
-        uncertainty.loss_se(ref_loss),
+        measure=measure,
+        xi=xi,
+        estimator="paper",
+        loss=loss,
+        perturbed_loss=best_value,
+        flatness=difference,
+        unclamped=difference,
+        joint_loss=best_value,
+        reattack_loss=None,
+        err=err,
+        perturbed_err=best_err,
+        iterations=iterations,
+        restarts=restarts,
+        note=note,
+        nu=best_nu,
+        per_restart=[a - loss for a in attempts],
+        loss_se=uncertainty.loss_se(ref_loss),
     )
 
 
@@ -448,20 +450,20 @@ def worst_per_batch(
     elif bad:
         note = f"non-finite loss after perturbation in {bad} batches"
     return WorstResult(
-        "worst" if robust else "clean-worst",
-        xi,
-        "per-batch",
-        loss,
-        perturbed,
-        perturbed - loss,
-        unclamped,
-        totals["joint"] / n,
-        reattack,
-        _err(ref_correct),
-        totals["wrong"] / n if robust else None,
-        iterations,
-        restarts,
-        note,
+        measure="worst" if robust else "clean-worst",
+        xi=xi,
+        estimator="per-batch",
+        loss=loss,
+        perturbed_loss=perturbed,
+        flatness=perturbed - loss,
+        unclamped=unclamped,
+        joint_loss=totals["joint"] / n,
+        reattack_loss=reattack,
+        err=_err(ref_correct),
+        perturbed_err=totals["wrong"] / n if robust else None,
+        iterations=iterations,
+        restarts=restarts,
+        note=note,
         per_restart=[t / n - loss for t in per_restart],
         loss_se=uncertainty.loss_se(ref_loss),
     )
