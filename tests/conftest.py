@@ -88,3 +88,13 @@ def probed_title(page: str, script: str, tmp_path: Path, window: str = "1280,100
     )  # fmt: skip
     title = re.search(r"<title>([^<]*)</title>", done.stdout).group(1)
     return title.replace("&quot;", '"').replace("&amp;", "&")
+
+
+def flatcli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    from flatcli.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err

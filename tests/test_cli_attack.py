@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import flatcli
 
 from flatcli import models
 from flatcli.checkpoints import save_checkpoint
-from flatcli.cli import main
 
 FAST = ["--attacks", "pgd3x2", "--n-examples", "32", "-q"]
 
@@ -34,13 +34,6 @@ def run_dir(tmp_path) -> Path:
     for e in (1, 2, 3):
         _save(tmp_path / "runs" / "at", e, seed=e)
     return tmp_path / "runs"
-
-
-def flatcli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_attack_writes_table_prints_rows_and_resumes(run_dir, tmp_path, capsys):

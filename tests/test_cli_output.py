@@ -10,21 +10,14 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import flatcli
 from rich.console import Console
 
-from flatcli.cli import main
 from flatcli.cli.output import Progress, as_computed, render, table_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "sample_checkpoints" / "at" / "epoch_0025.safetensors"
 FAST = ["--attacks", "pgd2,pgd3x2", "--n-examples", "16"]
-
-
-def flatcli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def _f32(value: float) -> float:

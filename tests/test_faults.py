@@ -13,10 +13,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import flatcli
 
 from flatcli import engine, files, models, sweep, tables
 from flatcli.checkpoints import save_checkpoint
-from flatcli.cli import main
 from flatcli.errors import SweepStopped, WriteError
 
 FAST = ["--attacks", "pgd2", "--n-examples", "16", "-f", "json", "-q"]
@@ -29,13 +29,6 @@ def runs(tmp_path) -> Path:
         save_checkpoint(tmp_path / "runs" / "at" / f"epoch_{epoch:04d}.safetensors",
                         models.build("tiny", 10, 1), "tiny", {}, "digits", epoch)
     return tmp_path / "runs"
-
-
-def flatcli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def _files(directory: Path) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import quick_adversarial_training
+from conftest import flatcli, quick_adversarial_training
 from torch import nn
 
 from flatcli import (
@@ -34,7 +34,6 @@ from flatcli import (
 )
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
-from flatcli.cli import main
 from flatcli.errors import UsageError
 
 EPS = 0.1
@@ -398,13 +397,6 @@ def run_dir(tmp_path_factory) -> Path:
             root / "at" / f"epoch_{epoch:04d}.safetensors", model, "small-cnn", {}, "digits", epoch
         )
     return root
-
-
-def flatcli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_cli_writes_every_measure_resumes_and_forces(run_dir, tmp_path, capsys):

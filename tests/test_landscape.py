@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import flatcli
 from torch import nn
 
 from flatcli import data, hessian, landscape, models, registries, runtime, tables, weights
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
-from flatcli.cli import main
 
 EPS = 0.1
 SMALL = {"width": 8, "hidden": 32}
@@ -49,13 +49,6 @@ def run_dir(tmp_path_factory) -> Path:
     other = root.parent / "other" / "tiny" / "epoch_0001.safetensors"
     save_checkpoint(other, models.build("tiny", 10, 1), "tiny", {}, "digits", 1)
     return root
-
-
-def flatcli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def _model() -> nn.Module:

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import probed_title
+from conftest import flatcli, probed_title
 from scipy import stats
 
 from flatcli import report, tables
-from flatcli.cli import main
 from flatcli.files import atomic_write_text
 
 RUNS = {  # run -> (method, label smoothing, best epoch)
@@ -225,13 +224,6 @@ def test_html_is_self_contained(study):
     assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<link" not in page and "http" not in page and "<script" not in page
     assert "Robust overfitting" in page and "<table>" in page
-
-
-def flatcli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_cli_prints_one_row_per_run_and_writes_elsewhere(study, capsys):

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import probed_title
+from conftest import flatcli, probed_title
 from safetensors.numpy import save_file
 
 from flatcli import report, tables
-from flatcli.cli import main
 from flatcli.files import atomic_write_text
 from flatcli.report import headline
 
@@ -181,13 +180,6 @@ def test_curves_give_each_run_its_own_scale():
     limits = [ax.get_ylim() for ax in fig.axes if ax.get_visible()]
     assert limits[0] != limits[1] and limits[1][1] - limits[1][0] < 1.0
     plt.close(fig)
-
-
-def flatcli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_report_runs_reports_only_those_and_never_overwrites_the_full_report(study, capsys):

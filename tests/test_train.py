@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import flatcli
 from safetensors.torch import load_file
 
 from flatcli import checkpoints, models, tables, weights
-from flatcli.cli import main
 from flatcli.config import TrainConfig
 from flatcli.training import TrainingDiverged, methods, regularizers, schedules, train
 from flatcli.training.loop import STATE_FILE, read_run, resolve_config
@@ -49,13 +49,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def flatcli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def _same_checkpoint(a: Path, b: Path) -> bool:
