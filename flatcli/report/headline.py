@@ -122,12 +122,6 @@ def _rises(df: pd.DataFrame) -> dict:
     return out
 
 
-def overfit_runs(df: pd.DataFrame) -> list[str]:
-    """The runs whose last test robust loss lies above the minimum beyond noise
-    (`findings.overfitting_test`: a one-sided z-test, Bonferroni over the earlier epochs)."""
-    return [run for run, (*_, record) in _rises(df).items() if record.beyond_noise]
-
-
 def overfitting_sentence(df: pd.DataFrame) -> str | None:
     """Robust overfitting (the test robust loss rising after its minimum beyond noise) in which
     runs, each with its test."""

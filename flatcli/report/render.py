@@ -16,7 +16,14 @@ import pandas as pd
 from flatcli import plots
 from flatcli.report import headline
 from flatcli.report.columns import SHORT_LABELS, TARGETS, is_missing
-from flatcli.report.findings import ACROSS, compared, fmt_p, per_run, statistics_note
+from flatcli.report.findings import (
+    ACROSS,
+    OVERFITTING,
+    compared,
+    fmt_p,
+    per_run,
+    statistics_note,
+)
 from flatcli.report.headline import run_table  # noqa: F401  (flatcli.report exports it)
 
 
@@ -104,7 +111,7 @@ def document(report: Report, how: str, outs: Sequence[Path]) -> list[tuple[str, 
         for name, path in report.figures.items():
             blocks.append(("figure", (path, report.captions.get(name, name))))
     detail = per_run(df)
-    overfit = headline.overfit_runs(df)
+    overfit = {f.run for f in report.found if f.topic == OVERFITTING and f.beyond_noise}
     for title in ("Robust overfitting", "Flatness over training"):
         items = [(run, found[title], run in overfit)
                  for run, found in detail.items() if found[title]]  # fmt: skip
