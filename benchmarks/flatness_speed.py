@@ -4,9 +4,9 @@
     python benchmarks/flatness_speed.py --device cuda --arch preact-resnet18 --n 1000 \
         --samples 10 --steps 20 --restarts 10
 
-flatcli: `flatcli.flatness.average_flatness` (offsets applied in place and restored, the attack
-re-run on every perturbed model by the engine, restarts batched). Peer: the plain loop: per sample
-`copy.deepcopy(model)`, add a per-layer relative offset to every conv/linear weight and bias,
+flatcli: `flatcli.measures.average.average_flatness` (offsets applied in place and restored, the
+attack re-run on every perturbed model by the engine, restarts batched). Peer: the plain loop: per
+sample `copy.deepcopy(model)`, add a per-layer relative offset to every conv/linear weight and bias,
 `torchattacks.PGD` (one restart per call, so R restarts are R calls keeping the per-example worst).
 Both compute RCE(w) once and RCE(w + nu) for every sample with PGD-S (step eps/4) on the same
 examples, at the same xi. Prints the median time over --repeats (after a warm-up), the ratio
@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 import speed  # noqa: E402  (benchmarks/speed.py, beside this script)
 
-from flatcli import data, flatness  # noqa: E402
+from flatcli import data  # noqa: E402
 from flatcli.attacks.pgd import PGD  # noqa: E402
+from flatcli.measures import average  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     attack = PGD(f"pgd{args.steps}x{args.restarts}", "linf", eps, args.steps, alpha, args.restarts)
 
     def ours():
-        results = flatness.average_flatness(
+        results = average.average_flatness(
             model, x.cpu(), y.cpu(), args.xi, args.samples, attack, (args.seed,), batch_size=n
         )
         return next(r.flatness for r in results if r.measure == "average")

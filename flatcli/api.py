@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flatcli import checkpoints, data, fields, tables
-from flatcli.config import AttackConfig, FlatnessConfig, LandscapeConfig, config_hash
+from flatcli.config import config_hash
 from flatcli.errors import CheckpointError, UsageError
 
 PathLike = str | os.PathLike
@@ -119,41 +119,22 @@ def make_config(config_type, **options):
     return fields.make(config_type, options, cli=False)
 
 
-def _command(table: str):
-    """(config type, resolve, units, measure builder) of a measuring command; torch on use."""
-    if table == "attack":
-        from flatcli import evaluation
-
-        return (AttackConfig, evaluation.resolve_attack_config, lambda config, refs: refs,
-                evaluation.attack_measure)  # fmt: skip
-    if table == "flatness":
-        from flatcli import flatness
-
-        return (FlatnessConfig, flatness.resolve_flatness_config, lambda config, refs: refs,
-                flatness.flatness_measure)  # fmt: skip
-    from flatcli import landscape
-
-    return (LandscapeConfig, landscape.resolve_landscape_config,
-            lambda config, refs: landscape.units(refs, config.n_directions),
-            landscape.landscape_measure)  # fmt: skip
-
-
 def _measure(table, paths, out, force, shard, on_event, options):
     """The CLI's runner without the terminal (cli/runner.py): resolve, sweep, rows -> DataFrame."""
-    from flatcli import runtime, sweep
+    from flatcli import measures, runtime, sweep
 
-    config_type, resolve, units_of, measure_of = _command(table)
+    entry = measures.table(table)  # torch on use
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     refs = checkpoints.discover([Path(p) for p in paths])
-    config = resolve(make_config(config_type, **options), refs)
+    config = entry.resolve(make_config(entry.config_type, **options), refs)
     shard_spec = sweep.parse_shard(shard)
     device = runtime.resolve_device(config.device)
     with tempfile.TemporaryDirectory(prefix="flatcli-api-") as scratch:
         summary = sweep.run(
-            units_of(config, refs),
-            measure_of(config, device),
+            entry.units(config, refs),
+            entry.measure(config, device),
             table,
             scratch if out is None else out,
             config_hash(config),

@@ -63,6 +63,7 @@ def robust_losses(
     on_batch: Callable[[int, int], None] | None = None,
     *,
     compile: str = "off",
+    keep_points: bool = False,
 ) -> ExampleLosses:
     """Clean and robust per-example results of `model` (eval mode, on its device) on (x, y).
 
@@ -70,10 +71,15 @@ def robust_losses(
     Each attack draws its random starts for all N examples from its own generator
     `runtime.generator(*seed_keys, attack.name)`, so adding an attack does not change the others.
     `on_batch(done, total)` reports progress in examples. `compile` is the policy (auto | on |
-    off, `compilation.enabled`); a model compiled already is used as it is.
+    off, `compilation.enabled`); a model compiled already is used as it is. `keep_points`: each
+    outcome also holds `points`, the inputs behind its loss ([N, C, H, W] on x's device; attacks
+    that return points: PGD, APGD-CE).
     """
     starts = _starts(x, attacks, seed_keys, _device(model))
-    return _losses(model, x, y, attacks, starts, batch_size, on_batch, compile=compile)
+    return _losses(
+        model, x, y, attacks, starts, batch_size, on_batch, compile=compile,
+        keep_points=keep_points,
+    )  # fmt: skip
 
 
 def robust_losses_at(
@@ -174,6 +180,7 @@ def _losses(
     on_batch: Callable[[int, int], None] | None,
     group: int = 1,
     compile: str = "off",
+    keep_points: bool = False,
 ) -> ExampleLosses:
     """The batch loop: `batch_size` x `group` rows at a time (a group of rows stays together).
 
@@ -190,8 +197,14 @@ def _losses(
     clean_loss = torch.empty(n)
     clean_correct = torch.empty(n, dtype=torch.bool)
     robust = {
-        a.name: AttackOutcome(torch.empty(n), torch.empty(n, dtype=torch.bool)) for a in attacks
+        a.name: AttackOutcome(
+            torch.empty(n),
+            torch.empty(n, dtype=torch.bool),
+            torch.empty_like(x) if keep_points else None,
+        )
+        for a in attacks
     }
+    found = {"keep_points": True} if keep_points else {}  # only attacks that return points
     begin = 0
     while begin < n:
         end = min(n, begin + batch_size * group)
@@ -206,7 +219,7 @@ def _losses(
                 logits = model(xb)
             batch_clean = (ce_per_example(logits, yb), logits.argmax(1) == yb)
             batch_robust = {
-                a.name: a(model, xb, yb, slice_starts(starts[a.name], rows, device))
+                a.name: a(model, xb, yb, slice_starts(starts[a.name], rows, device), **found)
                 for a in attacks
             }
         except RuntimeError as err:
@@ -221,6 +234,8 @@ def _losses(
         for name, outcome in batch_robust.items():
             robust[name].loss[index] = outcome.loss[:m].cpu()
             robust[name].correct[index] = outcome.correct[:m].cpu()
+            if keep_points:
+                robust[name].points[index] = outcome.points[:m].detach().to(x.device)
         begin = end
         if on_batch is not None:
             on_batch(begin, n)

@@ -1,34 +1,23 @@
-"""What every evaluation command shares: resolving a config, the examples, loading checkpoints
-(one shared model per architecture), the key columns of a row, and the `attack` measure (one
-checkpoint -> its attack-table rows). Flatness and landscapes compose the same pieces.
+"""The evaluation context every measure receives: a config resolved against the checkpoints,
+then, built once per sweep (`Evaluation`), the examples, the device, one shared model per
+architecture, and per checkpoint (`Context`) its model, seed keys and key columns. The measures
+(`flatcli.measures`) compute rows from a context.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from flatcli import checkpoints, compilation, data, engine, models, runtime, tables, uncertainty
+from flatcli import checkpoints, compilation, data, models, runtime, tables
 from flatcli.attacks import precision
 from flatcli.attacks.precision import DTYPE_COLUMN
-from flatcli.attacks.presets import build_attack, preset
-from flatcli.config import AttackConfig, config_hash
+from flatcli.attacks.presets import build_attack
+from flatcli.config import config_hash
 from flatcli.errors import CheckpointError, UsageError
-from flatcli.sweep import ref_of
-
-
-def check_eps(eps: float, norm: str, dataset: str) -> float:
-    """eps must be a finite radius inside the [0, 1] box: <= 1 for L-inf, <= sqrt(dim) for L2."""
-    spec = data.get_spec(dataset)
-    limit = 1.0 if norm == "linf" else math.sqrt(spec.in_channels * spec.image_size**2)
-    if not math.isfinite(eps) or eps < 0 or eps > limit:
-        raise UsageError(
-            f"--eps {eps:g} is outside [0, {limit:g}] for {norm} on {dataset} ([0, 1] images)"
-        )
-    return eps
 
 
 def resolve_dataset(refs: Sequence, explicit: str | None) -> str:
@@ -45,17 +34,6 @@ def resolve_dataset(refs: Sequence, explicit: str | None) -> str:
             f"checkpoints come from several datasets ({', '.join(sorted(named))}); pass --dataset"
         )
     raise UsageError("--dataset is needed: these checkpoints carry no flatcli metadata naming one")
-
-
-def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:
-    """Fill the dataset's defaults (dataset, eps, n_examples) and validate everything cheaply."""
-    config.validate()
-    resolved = resolve_common(config, refs)
-    for name in resolved.attacks:  # unknown names and a missing AutoAttack fail before work
-        build_attack(
-            name, resolved.norm, resolved.eps, resolved.step_size, resolved.seed, resolved.precision
-        )
-    return resolved
 
 
 def default_eps(refs: Sequence, norm: str, dataset_eps: float) -> float:
@@ -76,7 +54,7 @@ def resolve_common(config, refs: Sequence):
     dataset = resolve_dataset(refs, config.dataset)
     spec = data.get_spec(dataset)
     eps = config.eps if config.eps is not None else default_eps(refs, config.norm, spec.eps)
-    eps = check_eps(eps, config.norm, dataset)
+    eps = data.check_eps(eps, config.norm, dataset)
     n = config.n_examples or data.default_n_examples(dataset, config.split, config.data_dir)
     data.check_examples(dataset, config.split, n, config.data_dir)  # fails early, no copies
     if config.normalize is not None:
@@ -109,25 +87,12 @@ def loss_attack(config, pgd_only: str | None = None, flag: str = "--attack"):
     return attack
 
 
-def sample_attack_name(config) -> str:
-    """The attack re-run at every average-case offset: `--sample-attack`, else `--attack` with
-    one restart (pgd20x10 -> pgd20: the paper's code runs PGD-20 once per offset and subtracts
-    the PGD-20 x 10 robust loss at w), keeping --attack's step ratio."""
-    if config.sample_attack is not None:
-        return config.sample_attack
-    found = preset(config.attack)
-    if found.kind != "pgd" or found.restarts == 1:
-        return config.attack
-    name = f"pgd{found.steps}"
-    return name if preset(name).step_ratio == found.step_ratio else f"{name}x1"
-
-
 def key_columns(ref, info, config, chash: str, device: torch.device) -> dict:
     """The key and provenance columns of every row (tables.COMMON), but the sweep's timing."""
     return {
         "run": ref.run,
         "checkpoint": str(ref.path),
-        "checkpoint_digest": ref_of(ref).digest or None,
+        "checkpoint_digest": checkpoints.ref_of(ref).digest or None,
         "epoch": ref.epoch,
         "dataset": config.dataset,
         "arch": info.arch,
@@ -147,7 +112,7 @@ def seed_keys(config, ref) -> tuple:
     """What a work unit's random draws (starts, directions) derive from: the configured seed and
     the checkpoint's content digest, so the same file gives the same numbers under any run name
     or path, and a retrained file gets fresh draws."""
-    return (config.seed, ref_of(ref).digest)
+    return (config.seed, checkpoints.ref_of(ref).digest)
 
 
 def load_for_eval(ref, config, device: torch.device):
@@ -235,54 +200,65 @@ def noting_compile(measure, policy: str, device: torch.device, on_note):
     return noted
 
 
-def attack_measure(config: AttackConfig, device: torch.device, on_batch=None, on_note=None):
-    """`measure(ref) -> rows` for the attack table: one row per attack (+ `worst` of several).
-    `on_note(line)` gets the compile-time line when a checkpoint compiled (`--compile`)."""
-    chash = config_hash(config)
-    x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
-    x, y = x.to(device), y.to(device)
-    attacks = [
-        eval_attack(config, a)
-        for a in config.attacks
-    ]
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """One work unit prepared for a measure: the unit (a checkpoint ref, or a landscape's
+    (checkpoint, direction)), its model (eval mode, frozen weights, on `device`: the shared
+    instance of its architecture) and info, the examples (x float [n, C, H, W] in [0, 1], y int64
+    [n]), the seed keys of its random draws (`seed_keys`), the key columns of its rows
+    (`key_columns`), and `on_batch(done, total)`, the progress inside the unit."""
 
-    shared = SharedModels(on_note)
+    unit: object
+    model: torch.nn.Module
+    info: object
+    x: torch.Tensor
+    y: torch.Tensor
+    keys: tuple
+    device: torch.device
+    base: dict
+    on_batch: Callable[[int, int], None] | None = None
 
-    def measure(ref) -> list[dict]:
-        model, info = shared.load(ref, config, device)
-        note = nonfinite_note(model)
-        result = engine.robust_losses(
-            model, x, y, attacks, seed_keys(config, ref), config.batch_size, on_batch,
-            compile=config.compile,
+
+class Evaluation:
+    """What a sweep prepares once for its measure: the resolved config, its hash, the device,
+    the examples (on the device with `examples_on_device`, else kept on the CPU and moved per
+    batch), one shared model per architecture (compiled code reused across checkpoints), and the
+    progress and note callbacks."""
+
+    def __init__(self, config, device: torch.device, on_batch=None, on_note=None, *,
+                 examples_on_device: bool = False):  # fmt: skip
+        self.config = config
+        self.chash = config_hash(config)
+        self.device = device
+        self.on_batch = on_batch
+        self.on_note = on_note
+        x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
+        self.x, self.y = (x.to(device), y.to(device)) if examples_on_device else (x, y)
+        self.models = SharedModels(on_note)
+
+    def context(self, unit) -> Context:
+        """`unit`'s checkpoint loaded into its architecture's shared model, as a `Context`."""
+        ref = checkpoints.ref_of(unit)
+        model, info = self.models.load(ref, self.config, self.device)
+        return Context(
+            unit=unit,
+            model=model,
+            info=info,
+            x=self.x,
+            y=self.y,
+            keys=seed_keys(self.config, unit),
+            device=self.device,
+            base=key_columns(ref, info, self.config, self.chash, self.device),
+            on_batch=self.on_batch,
         )
-        base = key_columns(ref, info, config, chash, device)
-        clean = {
-            "clean_err": engine.error_rate(result.clean_correct),
-            "clean_loss": result.clean_loss.mean().item(),
-            "clean_err_se": uncertainty.error_se(result.clean_correct),
-            "clean_loss_se": uncertainty.loss_se(result.clean_loss),
-        }
-        outcomes = [
-            (a.name, a.steps, a.restarts, getattr(a, "step_size", None), result.robust[a.name])
-            for a in attacks
-        ]
-        if len(attacks) > 1:
-            outcomes.append(("worst", None, None, None, result.worst()))
-        return [
-            {
-                **base,
-                **clean,
-                "attack": name,
-                "steps": steps,
-                "restarts": restarts,
-                "step_size": step,
-                "robust_err": engine.error_rate(o.correct),
-                "robust_loss": o.loss.mean().item(),
-                "robust_err_se": uncertainty.error_se(o.correct),
-                "robust_loss_se": uncertainty.loss_se(o.loss),
-                "note": note,
-            }
-            for name, steps, restarts, step, o in outcomes
-        ]
 
-    return precision.in_fp32(noting_compile(measure, config.compile, device, on_note))
+    def measure(self, rows: Callable[[Context], list[dict]]) -> Callable[[object], list[dict]]:
+        """The sweep's `unit -> rows`: `rows(self.context(unit))`, with TF32 off under fp32
+        (`precision.in_fp32`) and any compile time passed to `on_note`."""
+        return self.measure_units(lambda unit: rows(self.context(unit)))
+
+    def measure_units(self, rows: Callable[[object], list[dict]]) -> Callable[[object], list[dict]]:
+        """`rows(unit)` (a measure that builds its own contexts) wrapped as `measure`."""
+        return precision.in_fp32(
+            noting_compile(rows, self.config.compile, self.device, self.on_note)
+        )

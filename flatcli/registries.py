@@ -1,8 +1,8 @@
 """Names -> help of flatness measures, worst-case estimators, landscape directions,
 normalizations and adversarial losses, and training's schedules, optimizers, augmentations and
 attack options. Torch-free, so `--help` lists them without importing torch; the config fields take
-their choices from here and `flatcli.flatness`, `flatcli.landscape` and `flatcli.training`
-dispatch on them."""
+their choices from here, and `flatcli.measures` and `flatcli.training` dispatch on them (a test
+checks that every flatness measure named here is registered by its module)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flatcli import runtime, tables, versions
+from flatcli import runtime, tables
+from flatcli.checkpoints import DIGEST_CHARS, ref_of
 from flatcli.errors import (
     CheckpointError,
     DataError,
@@ -23,6 +24,7 @@ from flatcli.errors import (
     one_line,
 )
 from flatcli.files import atomic_write_text
+from flatcli.measures import versions
 
 # What fails one checkpoint and lets the sweep go on; anything else stops it (`SweepStopped`).
 CHECKPOINT_ERRORS = (CheckpointError, DataError)
@@ -110,7 +112,7 @@ def plan(
     """This shard's refs, split into those to compute, those already written and those refused.
 
     A unit is done when its part (named by run, epoch and content digest) exists, reads, and
-    holds rows of the current estimator versions (`flatcli.versions`); older rows and an
+    holds rows of the current estimator versions (`flatcli.measures.versions`); older rows and an
     unreadable part are recomputed. A part of the same run and epoch but another digest holds rows
     of another content: when it was written for this very file (retrained in place) it is
     replaced; when for another file that got the same run name and epoch (another directory
@@ -161,14 +163,7 @@ def _outdated(table: str, part) -> bool:
     return versions.outdated(table, rows)
 
 
-def ref_of(unit):
-    """The checkpoint ref behind a work unit (landscape units wrap one as `.ref`)."""
-    return getattr(unit, "ref", unit)
-
-
 def _digest8(unit) -> str:
-    from flatcli.checkpoints import DIGEST_CHARS
-
     return (getattr(ref_of(unit), "digest", "") or "")[:DIGEST_CHARS]
 
 
@@ -197,7 +192,7 @@ def _stamped(rows: list[dict], wall: float) -> list[dict]:
 
 
 def _versioned(table: str, rows: list[dict]) -> list[dict]:
-    """`rows` with the version of the estimator behind each (`flatcli.versions`)."""
+    """`rows` with the version of the estimator behind each (`flatcli.measures.versions`)."""
     return [{**row, "estimator_version": versions.row_version(table, row)} for row in rows]
 
 

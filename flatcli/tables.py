@@ -32,7 +32,7 @@ COMMON = [
     pa.field("seed", pa.int64()),
     pa.field("config_hash", pa.string()),
     pa.field("schema_version", pa.int64()),
-    pa.field("estimator_version", pa.int64()),  # flatcli.versions; null where no estimate
+    pa.field("estimator_version", pa.int64()),  # flatcli.measures.versions; null where no estimate
     pa.field("flatcli_version", pa.string()),
     pa.field("torch_version", pa.string()),
     pa.field("device", pa.string()),

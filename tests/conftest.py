@@ -46,7 +46,7 @@ def quick_adversarial_training(
 
 
 def _adversarial_delta(model, x, y, attack, starts):
-    from flatcli.attacks.ascent import Variable, ascend
+    from flatcli.ascent import Variable, ascend
 
     def objective(delta):
         logits = model(x + delta)

@@ -12,7 +12,8 @@ import pytest
 import scipy.io
 import torch
 
-from flatcli import data, data_files
+from flatcli import data
+from flatcli.data import readers
 from flatcli.errors import DataError, UsageError
 
 N_TRAIN, N_TEST = 24, 510  # the registered datasets hold out the last 500 test examples
@@ -212,7 +213,7 @@ def test_python2_written_batch(tmp_path):
                b"cnumpy\nndarray\nK\x00\x85" + _py2_string("b") + b"\x87R" + array_state
                + _py2_string("labels") + b"](K\x01K\x02eu.")
     (tmp_path / "batch").write_bytes(payload)
-    entry = data_files._unpickle_restricted(tmp_path / "batch")
+    entry = readers._unpickle_restricted(tmp_path / "batch")
     assert entry["labels"] == [1, 2]
     assert entry["data"].dtype == np.uint8 and entry["data"].tolist() == [[1, 2, 3], [4, 5, 255]]
 
@@ -260,8 +261,8 @@ def test_official_sized_file_must_match_torchvision_md5(tmp_path, monkeypatch):
         data.load_split("mnist", "test", directory=tmp_path / "b")
     # the same file passes when its md5 is the published one (stand-in list)
     batch = tmp_path / "a" / "cifar-10-batches-py" / "test_batch"
-    published = {"test_batch": data_files._md5(batch)}
-    monkeypatch.setattr(data_files, "_cifar_official_md5", lambda name: published)
+    published = {"test_batch": readers._md5(batch)}
+    monkeypatch.setattr(readers, "_cifar_official_md5", lambda name: published)
     assert data.split_size("cifar10", "test", tmp_path / "a") == 9500
 
 
@@ -331,8 +332,8 @@ def test_official_count_idx_content_md5_gz_or_not(tmp_path, monkeypatch):
     arrays = _fake_mnist(tmp_path / "a", n_test=10000, flat=True)
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte has the official example count"):
         data.load_split("fashion-mnist", "test", directory=tmp_path / "a")
-    content = {f: data_files.hashlib.md5(_idx_bytes(a)).hexdigest() for f, a in arrays.items()}
-    monkeypatch.setitem(data_files.IDX_CONTENT_MD5, "fashion-mnist", content)
+    content = {f: readers.hashlib.md5(_idx_bytes(a)).hexdigest() for f, a in arrays.items()}
+    monkeypatch.setitem(readers.IDX_CONTENT_MD5, "fashion-mnist", content)
     assert data.split_size("fashion-mnist", "test", tmp_path / "a") == 9500
     _fake_mnist(tmp_path / "b", n_test=10000, flat=True, gz=True)
     assert data.split_size("fashion-mnist", "test", tmp_path / "b") == 9500

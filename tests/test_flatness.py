@@ -23,18 +23,18 @@ from flatcli import (
     checkpoints,
     data,
     engine,
-    flatness,
-    hessian,
     models,
     registries,
     runtime,
     tables,
     weights,
-    worst_case,
 )
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
 from flatcli.errors import UsageError
+from flatcli.measures import average, hessian, worst_estimators
+from flatcli.measures import flatness as flatness_table
+from flatcli.measures import worst as worst_measure
 
 EPS = 0.1
 KEYS = (0, "run", 1)
@@ -77,7 +77,7 @@ def grid(trained, examples):
     """Average-case flatness on the xi grid, computed once (weights checked restored)."""
     x, y = examples
     before = _state_bytes(trained)
-    results = flatness.average_flatness(trained, x, y, [0.0, 0.1, 0.25, 0.5], 4, _pgd(), KEYS)
+    results = average.average_flatness(trained, x, y, [0.0, 0.1, 0.25, 0.5], 4, _pgd(), KEYS)
     assert _state_bytes(trained) == before
     return {(r.measure, r.xi): r for r in results}
 
@@ -106,15 +106,15 @@ def test_per_batch_worst_case_is_at_least_average_case_at_the_same_xi(trained, e
         attack=_pgd(),
         estimator="per-batch",
     )
-    worst = flatness.worst_flatness(trained, x, y, 0.1, eps=EPS, **common)
-    clean = flatness.worst_flatness(trained, x, y, 0.1, eps=0.0, **common)
+    worst = worst_measure.worst_flatness(trained, x, y, 0.1, eps=EPS, **common)
+    clean = worst_measure.worst_flatness(trained, x, y, 0.1, eps=0.0, **common)
     assert _state_bytes(trained) == before
     assert worst.measure == "worst" and clean.measure == "clean-worst"
     assert worst.loss == grid[("average", 0.1)].loss  # the same RCE(w): same attack and starts
     assert worst.flatness >= grid[("average", 0.1)].flatness
     assert clean.flatness >= grid[("clean-average", 0.1)].flatness
     # the paper's tiny xi moves the robust loss a little, never below RCE(w) (nu = 0 is a point)
-    tiny = flatness.worst_flatness(trained, x, y, 0.00075, eps=EPS, **common)
+    tiny = worst_measure.worst_flatness(trained, x, y, 0.00075, eps=EPS, **common)
     assert 0 <= tiny.flatness < worst.flatness
     assert worst.estimator == "per-batch" and worst.reattack_loss is not None
     assert worst.flatness >= worst.unclamped - 1e-12
@@ -176,7 +176,7 @@ def test_paper_worst_case_equals_an_independent_reimplementation(trained, exampl
     x, y = examples[0][:40], examples[1][:40]
     before = _state_bytes(trained)
     common = dict(iterations=3, restarts=2, weight_lr=0.01, weight_batch=16, seed_keys=KEYS)
-    res = flatness.worst_flatness(trained, x, y, 0.02, eps=EPS, input_step=EPS / 4, **common)
+    res = worst_measure.worst_flatness(trained, x, y, 0.02, eps=EPS, input_step=EPS / 4, **common)
     assert _state_bytes(trained) == before
     expected = _reference_paper_worst(trained, x, y, 0.02, EPS, EPS / 4, 3, 2, 0.01, 16, KEYS)
     assert res.estimator == "paper" and res.reattack_loss is None
@@ -186,7 +186,7 @@ def test_paper_worst_case_equals_an_independent_reimplementation(trained, exampl
     assert res.flatness == pytest.approx(expected - res.loss, abs=1e-5)
     assert 0 <= res.err <= 1 and 0 <= res.perturbed_err <= 1
     # xi = 0: the ball is {w}, so flatness is 0 exactly
-    zero = flatness.worst_flatness(trained, x, y, 0.0, eps=EPS, input_step=EPS / 4, **common)
+    zero = worst_measure.worst_flatness(trained, x, y, 0.0, eps=EPS, input_step=EPS / 4, **common)
     assert zero.flatness == 0.0 and zero.perturbed_loss == zero.loss == res.loss
 
 
@@ -194,7 +194,7 @@ def test_paper_worst_case_is_not_clamped_and_stays_negative(trained, examples):
     """One signed step from a random start finds less than PGD-5 per example at w (RCE(w)):
     the paper's estimate is then below RCE(w) and reported as such, not clamped at 0."""
     x, y = examples[0][:40], examples[1][:40]
-    res = flatness.worst_flatness(
+    res = worst_measure.worst_flatness(
         trained, x, y, 1e-6, eps=EPS, iterations=1, restarts=1, seed_keys=KEYS, attack=_pgd(5, 2)
     )
     assert res.flatness < 0 and res.unclamped == res.flatness
@@ -203,8 +203,8 @@ def test_paper_worst_case_is_not_clamped_and_stays_negative(trained, examples):
 
 def test_average_flatness_does_not_depend_on_batch_size(trained, examples):
     x, y = examples[0][:40], examples[1][:40]
-    a = flatness.average_flatness(trained, x, y, 0.3, 2, _pgd(3), KEYS, batch_size=40)
-    b = flatness.average_flatness(trained, x, y, 0.3, 2, _pgd(3), KEYS, batch_size=9)
+    a = average.average_flatness(trained, x, y, 0.3, 2, _pgd(3), KEYS, batch_size=40)
+    b = average.average_flatness(trained, x, y, 0.3, 2, _pgd(3), KEYS, batch_size=9)
     for ra, rb in zip(a, b, strict=True):
         assert ra.measure == rb.measure
         assert ra.flatness == pytest.approx(rb.flatness, abs=1e-5)
@@ -229,8 +229,8 @@ def test_scale_invariance_of_flatness_while_hessian_lambda_max_swings(trained, e
     out = {}
     for factor in (0.5, 1.0, 2.0):
         model = _scaled(trained, factor, x)
-        avg = flatness.average_flatness(model, x, y, 0.25, 2, attack, KEYS)[0]
-        worst = flatness.worst_flatness(
+        avg = average.average_flatness(model, x, y, 0.25, 2, attack, KEYS)[0]
+        worst = worst_measure.worst_flatness(
             model,
             x,
             y,
@@ -333,7 +333,7 @@ def test_average_flatness_agrees_with_a_plain_deepcopy_torchattacks_loop(trained
                         d = torch.randn(p.shape, generator=g)
                         p.add_(xi * p.norm() * d / d.norm())
         theirs.append(robust_loss(model, s) - base)
-    ours = flatness.average_flatness(
+    ours = average.average_flatness(
         trained, x, y, xi, samples, PGD("pgd10", "linf", EPS, steps, alpha), KEYS
     )[0]
     se = math.hypot(ours.flatness_std, statistics.stdev(theirs)) / math.sqrt(samples)
@@ -345,15 +345,15 @@ def test_bad_input_is_a_one_line_usage_error(trained, examples):
     x, y = examples[0][:8], examples[1][:8]
     for bad in (-0.1, math.nan, math.inf):
         with pytest.raises(UsageError, match="--xi"):
-            flatness.average_flatness(trained, x, y, bad, 2, None)
+            average.average_flatness(trained, x, y, bad, 2, None)
         with pytest.raises(UsageError, match="--xi"):
-            flatness.worst_flatness(trained, x, y, bad)
+            worst_measure.worst_flatness(trained, x, y, bad)
     with pytest.raises(UsageError, match="--samples"):
-        flatness.average_flatness(trained, x, y, 0.5, 0, None)
+        average.average_flatness(trained, x, y, 0.5, 0, None)
     norm_only = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten()).eval()
     for call in (
-        lambda: flatness.average_flatness(norm_only, x, y, 0.5, 2, None),
-        lambda: flatness.worst_flatness(norm_only, x, y, 0.5),
+        lambda: average.average_flatness(norm_only, x, y, 0.5, 2, None),
+        lambda: worst_measure.worst_flatness(norm_only, x, y, 0.5),
         lambda: hessian.hessian_eigen(norm_only, x, y),
     ):
         with pytest.raises(UsageError, match="no perturbable layers"):
@@ -369,10 +369,10 @@ def test_nan_after_perturbation_is_a_marked_result_not_a_crash(examples):
     for p in model.parameters():
         p.requires_grad_(False)
     before = _state_bytes(model)
-    results = flatness.average_flatness(model, x, y, 0.5, 2, _pgd(2), KEYS)
+    results = average.average_flatness(model, x, y, 0.5, 2, _pgd(2), KEYS)
     assert all(r.note and "non-finite" in r.note for r in results)
     assert all(not math.isfinite(r.flatness) for r in results)
-    worst = flatness.worst_flatness(model, x, y, 0.5, eps=EPS, iterations=2, restarts=1)
+    worst = worst_measure.worst_flatness(model, x, y, 0.5, eps=EPS, iterations=2, restarts=1)
     assert worst.note and "non-finite" in worst.note
     assert _state_bytes(model) == before
 
@@ -531,7 +531,7 @@ def test_help_lists_every_registered_measure_and_estimator_and_defaults_are_the_
     )
     for name in [*registries.MEASURES, *registries.WORST_ESTIMATORS]:
         assert name in helped.stdout, name
-    assert set(flatness.MEASURES) == set(registries.MEASURES)
+    assert set(flatness_table.MEASURES) == set(registries.MEASURES)
     defaults = FlatnessConfig()
     for name, param in inspect.signature(cli_flatness.flatness).parameters.items():
         if name in {f for f in defaults.__dataclass_fields__} and name not in ("eps", "step_size"):
@@ -583,8 +583,8 @@ def test_stacked_average_samples_equal_one_at_a_time(sample_model, examples):
     same offsets and attack starts per sample, whatever the stacking."""
     x, y = examples[0][:24], examples[1][:24]
     run = dict(samples=3, attack=_pgd(2, 2), seed_keys=KEYS, batch_size=10)
-    one = flatness.average_flatness(sample_model, x, y, [0.25, 0.5], settings_per_pass=1, **run)
-    stacked = flatness.average_flatness(sample_model, x, y, [0.25, 0.5], settings_per_pass=4, **run)
+    one = average.average_flatness(sample_model, x, y, [0.25, 0.5], settings_per_pass=1, **run)
+    stacked = average.average_flatness(sample_model, x, y, [0.25, 0.5], settings_per_pass=4, **run)
     assert len(one) == len(stacked) == 4
     for a, b in zip(one, stacked, strict=True):
         assert (a.measure, a.xi, a.loss, a.err) == (b.measure, b.xi, b.loss, b.err)
@@ -600,10 +600,12 @@ def test_stacked_worst_restarts_equal_one_at_a_time(sample_model, examples, esti
     run = dict(eps=EPS, iterations=2, restarts=3, weight_batch=8, seed_keys=KEYS)
     run.update(norm="linf", input_step=None, weight_lr=0.01)
     extra = {} if estimator == "paper" else {"attack": _pgd(2)}
-    estimate = getattr(worst_case, "worst_paper" if estimator == "paper" else "worst_per_batch")
+    name = "worst_paper" if estimator == "paper" else "worst_per_batch"
+    estimate = getattr(worst_estimators, name)
     results = [
         estimate(
-            sample_model, x, y, 0.01, ref, worst_case.Ascent(**run, restarts_per_pass=k), **extra
+            sample_model, x, y, 0.01, ref,
+            worst_estimators.Ascent(**run, restarts_per_pass=k), **extra,
         )
         for k in (1, 3)
     ]
@@ -636,7 +638,7 @@ def test_average_case_attacks_each_offset_once_and_subtracts_the_full_reference(
     one-restart loss at w + nu (the offsets drawn as average_flatness draws them) minus RCE(w)."""
     x, y = examples[0][:24], examples[1][:24]
     full, once = _pgd(2, 3), _pgd(2, 1)
-    (result,) = flatness.average_flatness(
+    (result,) = average.average_flatness(
         sample_model, x, y, 0.5, samples=2, attack=full, seed_keys=KEYS, sample_attack=once
     )[:1]
     ref = engine.robust_losses(sample_model, x, y, [full], KEYS).robust[full.name].loss.mean()

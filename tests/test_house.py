@@ -262,3 +262,79 @@ def test_evaluation_defaults_are_written_only_in_config():
         for match in _LITERAL_DEFAULTS.finditer(path.read_text())
     ]
     assert not written, written
+
+
+# What the repository's own text names: files (docs/method.md) and dotted flatcli names.
+_REPO_PATH = re.compile(r"(?<![\w/.-])((?:docs|tests|benchmarks|examples|flatcli|\.ci)/[\w/.-]*\w)")
+_DOTTED = re.compile(r"(?<![\w/.-])(flatcli(?:\.\w+)+)")
+_FOREIGN_PATHS = {  # files inside another package's wheel that a script names, not ours
+    "examples/model_test.pt",
+    "examples/tf_model.weight.h5",
+}
+
+
+def _texts(root: Path) -> list[Path]:
+    """README, Makefile and every script and text under the project's folders (not the data and
+    fixtures that tests read, which other codebases wrote)."""
+    folders = ("flatcli", "tests", "benchmarks", "docs", "examples", ".ci")
+    generated = (root / "tests" / "data", root / "tests" / "fixtures")
+    found = [root / "README.md", root / "Makefile"]
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*")):
+            kept = path.is_file() and path.suffix in (".py", ".md", ".sh", ".sbatch", "")
+            if kept and "__pycache__" not in path.parts and not path.is_relative_to(generated[0]) \
+                    and not path.is_relative_to(generated[1]):
+                found.append(path)
+    return found
+
+
+def _resolves(name: str) -> bool:
+    """A dotted name (flatcli.measures.versions.VERSIONS): its longest importable module prefix
+    holds the rest as attributes."""
+    import importlib
+
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attribute in parts[k:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+def test_every_reference_points_into_this_repository():
+    """A file path (docs/method.md) or dotted name (flatcli.measures.versions) in the code, docs,
+    tests, examples or README names a file or an object that exists here."""
+    root = PACKAGE.parent
+    texts = _texts(root)
+    assert root / "docs" / "method.md" in texts and len(texts) > 100  # the texts are really read
+    missing = []
+    for path in texts:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            where = f"{path.relative_to(root)}:{n}"
+            for match in _REPO_PATH.finditer(line):
+                name = match.group(1)
+                if name not in _FOREIGN_PATHS and not (root / name).exists():
+                    missing.append(f"{where}: {name}")
+            missing += [f"{where}: {m.group(1)}" for m in _DOTTED.finditer(line)
+                        if not _resolves(m.group(1))]  # fmt: skip
+    assert not missing, "\n".join(missing)
+
+
+def test_every_flatness_measure_is_registered_beside_its_implementation():
+    """The torch-free names --help lists are the measures' own registrations, one module each."""
+    from flatcli import measures, registries
+
+    registered = measures.registered()
+    assert set(registered) == set(registries.MEASURES)
+    for name, function in registered.items():
+        family = registries.MEASURES[name].family
+        assert function.__module__ == f"flatcli.measures.{family}", name
+    assert {t: measures.table(t).name for t in ("attack", "flatness", "landscape")} == {
+        "attack": "attack", "flatness": "flatness", "landscape": "landscape"
+    }

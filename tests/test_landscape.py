@@ -13,9 +13,10 @@ import torch
 from conftest import flatcli
 from torch import nn
 
-from flatcli import data, hessian, landscape, models, registries, runtime, tables, weights
+from flatcli import data, models, registries, runtime, tables, weights
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
+from flatcli.measures import hessian, landscape
 
 EPS = 0.1
 SMALL = {"width": 8, "hidden": 32}
@@ -363,7 +364,7 @@ def test_landscape_uses_the_shared_modules_not_flatness_internals():
 
     tree = ast.parse(inspect.getsource(landscape))
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert "flatness" not in imported and {"hessian", "worst_case"} <= imported
+    assert "flatness" not in imported and {"hessian", "worst_estimators"} <= imported
 
 
 def test_adversarial_directions_attack_the_weights_at_pgd10_points_fixed_at_w(

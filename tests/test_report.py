@@ -544,8 +544,7 @@ def test_every_relation_the_text_states_is_drawn(study):
 def test_curves_join_the_measured_epochs_of_a_run_evaluated_every_few_epochs(tmp_path):
     """train_log rows between measured epochs (NaN robust loss) must not break the test line
     into nothing: the line holds the measured points (the demo's at-long run showed none)."""
-    from flatcli import plots
-    from flatcli.report import figures
+    from flatcli.report import figures, plots
 
     epochs = list(range(1, 11))
     measured = [e % 5 == 0 for e in epochs]

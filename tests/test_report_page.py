@@ -166,8 +166,7 @@ def test_figures_in_the_papers_style(study):
 
 
 def test_curves_give_each_run_its_own_scale():
-    from flatcli import plots
-    from flatcli.report import figures
+    from flatcli.report import figures, plots
 
     df = pd.DataFrame({
         "run": ["a"] * 3 + ["b"] * 3, "epoch": [1, 2, 3] * 2,

@@ -84,6 +84,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/none
 CredType=cred/none
+# a requeued job starts again cred_expire + 1 s after the requeue (default 120 s)
+AuthInfo=cred_expire=5
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool
 SlurmctldPidFile={folder}/slurmctld.pid
@@ -238,9 +240,11 @@ def test_term_then_requeue_resumes_without_recomputing(cluster, tmp_path):
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts.glob("*.parquet")}
     assert 2 <= len(before) < 16, sorted(before)
 
+    # A requeued task waits cred_expire + 1 s (5 + 1 here, see _conf) before it starts again:
+    # slurmd refuses a launch whose credential is as old as the revocation of the ended run's.
+    # Overriding the wait (scontrol update StartTime=now) raced with that revocation.
     requeue = cluster.run("scontrol", "requeue", task)
     assert requeue.returncode == 0, requeue.stderr
-    cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")  # no requeue delay
     # the requeue takes effect asynchronously: the queue is empty until the task is back in it
     _wait(lambda: cluster.states(task)[0] != "FAILED", 60, "the task to be requeued",
           cluster.folder / "slurmctld.log")

@@ -47,8 +47,9 @@ def test_ten_thousand_examples_are_uint8_until_a_command_uses_them(tmp_path, mon
              x_test=rng.randint(0, 256, (12500, 8, 8, 1), dtype=np.uint8),
              y_test=rng.randint(0, 10, 12500))
     converted = []
-    original = data.as_float_nchw
-    monkeypatch.setattr(data, "as_float_nchw", lambda x: converted.append(len(x)) or original(x))
+    original = data.splits.as_float_nchw
+    counted = lambda x: converted.append(len(x)) or original(x)  # noqa: E731
+    monkeypatch.setattr(data.splits, "as_float_nchw", counted)
     counts = {}
     for n_checkpoints in (1, 3):
         runs = tmp_path / f"runs{n_checkpoints}" / "at"
@@ -64,5 +65,5 @@ def test_ten_thousand_examples_are_uint8_until_a_command_uses_them(tmp_path, mon
         assert done.value.code == 0, capsys.readouterr().err
         counts[n_checkpoints] = list(converted)
     assert counts[1] == counts[3] == [10000]  # one float copy per command, none per checkpoint
-    raw = data._raw(f"npz:{npz}", None)
+    raw = data.splits._raw(f"npz:{npz}", None)
     assert raw.x_test.dtype == np.uint8 and raw.x_test.shape == (12500, 8, 8, 1)

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatcli import checkpoints, data, engine, evaluation, flatness, runtime, uncertainty, weights
+from flatcli import checkpoints, data, engine, evaluation, runtime, uncertainty, weights
 from flatcli.attacks.pgd import PGD
 from flatcli.attacks.presets import build_attack
 from flatcli.config import AttackConfig
-from flatcli.landscape import _grid_row
+from flatcli.measures import attack as attack_table
+from flatcli.measures import average, worst
+from flatcli.measures.landscape import _grid_row
 
 EPS = 0.1
 KEYS = (0, "digest")
@@ -65,8 +67,8 @@ def _pgd():
 def test_attack_rows_carry_binomial_and_per_example_standard_errors(model):
     (ref,) = checkpoints.discover([CHECKPOINT])
     config = AttackConfig(attacks=("pgd2x1", "pgd3x1"), eps=EPS, n_examples=24)
-    config = evaluation.resolve_attack_config(config, [ref])
-    rows = evaluation.attack_measure(config, torch.device("cpu"))(ref)
+    config = attack_table.resolve_attack_config(config, [ref])
+    rows = attack_table.attack_measure(config, torch.device("cpu"))(ref)
     assert [r["attack"] for r in rows] == ["pgd2x1", "pgd3x1", "worst"]
     x, y = data.load_split("digits", "test", 24)
     attacks = [
@@ -89,7 +91,7 @@ def test_attack_rows_carry_binomial_and_per_example_standard_errors(model):
 
 def test_average_flatness_se_is_offsets_and_examples_in_quadrature(model, examples):
     x, y = examples
-    (result, _clean) = flatness.average_flatness(model, x, y, 0.5, 3, _pgd(), KEYS)
+    (result, _clean) = average.average_flatness(model, x, y, 0.5, 3, _pgd(), KEYS)
     assert result.measure == "average"
     w = weights.weights_of(model)
     ball = weights.ball_named("l2")(1.0)
@@ -112,7 +114,7 @@ def test_average_flatness_se_is_offsets_and_examples_in_quadrature(model, exampl
 @pytest.mark.parametrize("estimator", ["paper", "per-batch"])
 def test_worst_case_keeps_each_restart_and_its_spread(model, examples, estimator):
     x, y = examples
-    result = flatness.worst_flatness(
+    result = worst.worst_flatness(
         model, x, y, 0.01, eps=EPS, attack=_pgd(), estimator=estimator, iterations=2,
         restarts=3, weight_batch=8, seed_keys=KEYS,
     )
@@ -121,7 +123,7 @@ def test_worst_case_keeps_each_restart_and_its_spread(model, examples, estimator
         assert max(result.per_restart) == pytest.approx(result.flatness, abs=1e-9)
     else:  # each batch keeps its best restart: at least every restart's set value
         assert result.flatness >= max(result.per_restart) - 1e-9
-    row = flatness._row({}, result, _flatness_config(), None)
+    row = worst._columns(result, _flatness_config())
     assert row["flatness_se"] == pytest.approx(statistics.stdev(result.per_restart))
     assert row["per_sample"] == pytest.approx(result.per_restart)
     assert row["robust_loss_se"] == pytest.approx(result.loss_se) and result.loss_se > 0

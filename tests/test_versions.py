@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from flatcli import api, versions
+from flatcli import api
 from flatcli.attacks.presets import PRESETS
 from flatcli.cli import main
+from flatcli.measures import versions
 from flatcli.registries import MEASURES, WORST_ESTIMATORS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ def pin_failure(key: str, version: int, numbers: list) -> str | None:
         return None
     if pinned_version == version:
         why = (f"{key}: its numbers changed without a version bump; bump "
-               f"flatcli.versions.VERSIONS[{key!r}] to {version + 1} and pin")
+               f"flatcli.measures.versions.VERSIONS[{key!r}] to {version + 1} and pin")
         version += 1
     else:
         why = f"{key}: version {version}, pinned {pinned_version}; pin"
@@ -144,7 +145,7 @@ def test_an_unbumped_numeric_change_fails_its_pin_and_prints_the_new_one(monkeyp
     assert changed != numbers
     failure = pin_failure("attack:pgd", versions.VERSIONS["attack:pgd"], changed)
     version = versions.VERSIONS["attack:pgd"]
-    assert f"bump flatcli.versions.VERSIONS['attack:pgd'] to {version + 1}" in failure
+    assert f"bump flatcli.measures.versions.VERSIONS['attack:pgd'] to {version + 1}" in failure
     assert f"'attack:pgd': ({version + 1}, {changed!r})," in failure
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch._prims_common import suggest_memory_format
 
 from flatcli import models, runtime, weights
-from flatcli.attacks.ascent import Variable, ascend
+from flatcli.ascent import Variable, ascend
 from flatcli.errors import UsageError
 
 SMALL_KWARGS = {"wide-resnet": {"depth": 10, "widen_factor": 1}}

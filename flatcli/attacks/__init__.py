@@ -1,1 +1,1 @@
-"""Input-space attacks: threat models, the shared ascent loop, PGD, APGD, presets."""
+"""Input-space attacks: threat models, PGD and APGD (on `flatcli.ascent`), presets."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flatcli.attacks.ascent import Variable, ascend
+from flatcli.ascent import Variable, ascend
 from flatcli.attacks.base import AttackOutcome, BallAttack, ce_per_example, margin
 
 

@@ -9,6 +9,7 @@ from flatcli.checkpoints.discover import (
     CheckpointRef,
     content_digest,
     discover,
+    ref_of,
 )
 from flatcli.checkpoints.format import (
     FORMAT,
@@ -52,6 +53,7 @@ __all__ = [
     "normalization_warning",
     "parse_normalize",
     "read_sidecar",
+    "ref_of",
     "safe_name",
     "save_checkpoint",
     "sidecar_path",

@@ -71,6 +71,12 @@ class CheckpointRef:
 DIGEST_CHARS = 8  # of the digest in keys and part names; the full digest is in every row
 
 
+def ref_of(unit) -> CheckpointRef:
+    """The checkpoint ref behind a work unit (a landscape's (checkpoint, direction) units wrap
+    one as `.ref`)."""
+    return getattr(unit, "ref", unit)
+
+
 def content_digest(path: str | os.PathLike) -> str:
     """The checkpoint's identity: sha256 of its tensors (`identity.tensor_digest`), "" when the
     file cannot be read (loading then says why). Metadata, format, path and name do not enter it.

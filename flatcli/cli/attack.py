@@ -29,17 +29,13 @@ def attack(config: AttackConfig, sweep: o.Sweep):
 
     Example: flatcli attack sample_checkpoints --out out --attacks pgd20x10 --n-examples 200
     """
-    from flatcli import evaluation
-
     run_command(
         "attack",
         config,
         sweep,
-        resolve=evaluation.resolve_attack_config,
         summary_columns=SUMMARY,
         describe=lambda config, refs, device, n: (
             f"{n} checkpoint(s), {examples_line(config)}, attacks={','.join(config.attacks)}, "
             f"device={device}"
         ),
-        measure=evaluation.attack_measure,
     )

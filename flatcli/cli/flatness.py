@@ -39,7 +39,7 @@ def flatness(config: FlatnessConfig, sweep: o.Sweep):
     Example: flatcli flatness sample_checkpoints --out out --measure average --xi 0.25,0.5
     --samples 5 --attack pgd10x2 --n-examples 300
     """
-    from flatcli import flatness as core
+    from flatcli.measures import flatness as core
 
     def describe(config, refs, device, n):
         xis = ", ".join(
@@ -56,8 +56,6 @@ def flatness(config: FlatnessConfig, sweep: o.Sweep):
         "flatness",
         config,
         sweep,
-        resolve=core.resolve_flatness_config,
         summary_columns=SUMMARY,
         describe=describe,
-        measure=core.flatness_measure,
     )

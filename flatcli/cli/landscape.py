@@ -46,9 +46,9 @@ def landscape(config: LandscapeConfig, sweep: o.Sweep, plot: Plot = "png"):
     Example: flatcli landscape runs/at --out out --directions random --n-directions 5 --steps 21
     --attack pgd10x2
     """
-    from flatcli import landscape as core
-    from flatcli import plots
     from flatcli.errors import UsageError
+    from flatcli.measures import landscape as core
+    from flatcli.report import plots
 
     if plot not in core.PLOT_FORMATS:
         raise UsageError(f"--plot {plot!r}: choose png, svg or none")
@@ -62,8 +62,6 @@ def landscape(config: LandscapeConfig, sweep: o.Sweep, plot: Plot = "png"):
         core.TABLE,
         config,
         sweep,
-        resolve=core.resolve_landscape_config,
-        units=lambda config, refs: core.units(refs, config.n_directions),
         summary_columns=SUMMARY,
         describe=lambda config, refs, device, n: (
             f"{n} unit(s) of {len(refs)} checkpoint(s) x {config.n_directions} "
@@ -72,8 +70,6 @@ def landscape(config: LandscapeConfig, sweep: o.Sweep, plot: Plot = "png"):
             f"{core.scale_for(config):g} ({config.normalization}), {examples_line(config)}, "
             f"loss={config.loss}, attack={config.attack}, device={device}"
         ),
-        measure=lambda config, device, on_batch, on_note: core.landscape_measure(
-            config, device, lambda done, total: on_batch(done, total, "grid points"), on_note
-        ),
+        progress_label="grid points",
         after=write_figures,
     )

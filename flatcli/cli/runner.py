@@ -27,30 +27,28 @@ def run_command(
     config,
     args: o.Sweep,
     *,
-    resolve: Callable,
     summary_columns: Sequence[str],
     describe: Callable[[object, Sequence, object, int], str],
-    measure: Callable[..., Callable],
-    units: Callable[[object, Sequence], Sequence] = lambda config, refs: refs,
+    progress_label: str = "examples",
     after: Callable[[list[dict], Progress], None] | None = None,
 ) -> None:
-    """Resolve `config` against the checkpoints under `args.paths`, then sweep
-    `measure(config, device, on_batch, on_note)` over this shard's `units(config, refs)` into
-    OUT/<table>;
+    """Resolve `config` against the checkpoints under `args.paths`, then sweep the table's
+    registered measure (`flatcli.measures.table`) over this shard's units into OUT/<table>;
     always raises Exit.
 
     `describe(config, refs, device, n_units)` is the one stderr line that says what will run;
-    `on_batch(done, total, label="examples")` reports progress inside a checkpoint. `after(rows,
+    Progress inside a unit is counted in `progress_label` (examples, grid points). `after(rows,
     progress)` may write extras (figures) from the rows before they are printed. Ends with
     `N done, N skipped, N failed (Xs)` on stderr (not with --quiet).
     """
-    from flatcli import checkpoints, runtime, sweep, tables
+    from flatcli import checkpoints, measures, runtime, sweep, tables
     from flatcli.attacks import precision
     from flatcli.config import config_hash
 
+    entry = measures.table(table)
     refs = checkpoints.discover(args.paths)
-    config = resolve(config, refs)
-    units = units(config, refs)
+    config = entry.resolve(config, refs)
+    units = entry.units(config, refs)
     shard_spec = sweep.parse_shard(args.shard)
     device = runtime.resolve_device(config.device)
     config, precision_note = precision.usable(config, device)
@@ -78,7 +76,7 @@ def run_command(
     with progress:
         summary = sweep.run(
             units,
-            measure(config, device, progress.on_batch, progress.log),
+            entry.measure(config, device, _counted(progress, progress_label), progress.log),
             table,
             args.out,
             chash,
@@ -93,3 +91,8 @@ def run_command(
     progress.summary(len(summary.done), len(summary.skipped), len(summary.failed),
                      len(summary.recomputed))
     raise Exit(summary.exit_code)
+
+
+def _counted(progress: Progress, label: str) -> Callable[[int, int], None]:
+    """`on_batch(done, total)` for the measure, counting `label` on the progress bar."""
+    return lambda done, total: progress.on_batch(done, total, label)

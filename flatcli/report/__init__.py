@@ -1,6 +1,6 @@
 """`flatcli report`: `build` reads (sources), states the settings (settings), joins one row per
-(run, epoch) (join), correlates (stats), writes sentences (findings), draws (figures) and renders
-report.md/html (render). Statistics: docs/method.md, "Report statistics"."""
+(run, epoch) (join), correlates (stats), writes sentences (findings), draws (figures, plots) and
+renders report.md/html (render). Statistics: docs/method.md, "Report statistics"."""
 
 from __future__ import annotations
 

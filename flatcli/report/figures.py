@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flatcli import plots
-from flatcli.report import relations
+from flatcli.report import plots, relations
 from flatcli.report.columns import FLATNESS_COLUMNS, SHORT_LABELS
 
 _PER_ROW = 3  # run panels per row of curves.png

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from flatcli import plots
+from flatcli.report import plots
 from flatcli.report.columns import SHARPNESS_COLUMNS, SHORT_LABELS, TARGETS
 from flatcli.report.findings import fmt, fmt_p, significant
 from flatcli.report.join import select

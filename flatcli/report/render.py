@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flatcli import plots
-from flatcli.report import headline
+from flatcli.report import headline, plots
 from flatcli.report.columns import SHORT_LABELS, TARGETS, is_missing
 from flatcli.report.findings import (
     ACROSS,

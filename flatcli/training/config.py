@@ -92,7 +92,7 @@ def _arch(c: TrainConfig) -> str:
 def _attack(c: TrainConfig, eps: float) -> dict:
     """The inner attack's resolved fields (all None for a method without attack)."""
     from flatcli.attacks.presets import build_attack, preset
-    from flatcli.evaluation import check_eps
+    from flatcli.data import check_eps
 
     check_eps(eps, c.norm, c.dataset)
     fields = ("attack", "step_size", "random_start", "attack_point")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flatcli import registries
-from flatcli.attacks.ascent import Variable, ascend
+from flatcli.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example
 from flatcli.training.registry import METHODS as INFO
 

@@ -17,26 +17,18 @@ from torch import nn
 
 from flatcli import (
     checkpoints,
-    data,
     engine,
     evaluation,
-    hessian,
+    measures,
     registries,
     runtime,
     uncertainty,
     weights,
-    worst_case,
 )
-from flatcli.attacks.precision import in_fp32
 from flatcli.attacks.presets import PAPER_STEP_RATIO
-from flatcli.config import (
-    EVAL_BATCH,
-    LANDSCAPE_SCALE,
-    LANDSCAPE_SCALE_MAXABS,
-    LandscapeConfig,
-    config_hash,
-)
+from flatcli.config import EVAL_BATCH, LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig
 from flatcli.errors import CheckpointError, UsageError
+from flatcli.measures import hessian, worst_estimators
 
 KINDS = tuple(registries.DIRECTIONS)
 FIXED_POINTS_ATTACK = "pgd10"  # robust-fixed: the inputs of the weight attack, found at w
@@ -129,8 +121,8 @@ def adversarial_direction(
     weight_lr: float,
     generator: torch.Generator,
 ) -> list[torch.Tensor]:
-    """The weight offset of the weight attack (`worst_case.joint_ascent`): projected ascent over
-    nu in the relative ball ||nu_l|| <= xi ||w_l|| (normalized step `weight_lr`) and, with an
+    """The weight offset of the weight attack (`worst_estimators.joint_ascent`): projected ascent
+    over nu in the relative ball ||nu_l|| <= xi ||w_l|| (normalized step `weight_lr`) and, with an
     `attack`, jointly over the input perturbation (the attack's signed step); without one, of the
     cross-entropy at the inputs x as given (clean, or adversarial points fixed at w: the paper's
     code). Starts drawn from `generator` (nu first); returns the offset of the iterate with the
@@ -145,7 +137,7 @@ def adversarial_direction(
         threat = attack.threat
         step = getattr(attack, "step_size", None) or PAPER_STEP_RATIO * attack.eps
         delta0 = threat.random_start(x.cpu(), generator).to(device)
-    _, nu = worst_case.joint_ascent(
+    _, nu = worst_estimators.joint_ascent(
         model, x.to(device), y.to(device), ball, nu0, weight_lr, iterations, threat, delta0, step
     )
     return nu
@@ -310,125 +302,133 @@ def _check_interpolation(config: LandscapeConfig, refs: Sequence) -> None:
             )
 
 
-def landscape_measure(
-    config: LandscapeConfig,
-    device: torch.device,
-    on_point: Callable[[int, int], None] | None = None,
-    on_note: Callable[[str], None] | None = None,
-):
-    """`measure(unit) -> rows` for the landscape table: the grid of one (checkpoint, direction).
+class LandscapeRows:
+    """`rows(unit)` for the landscape table: the grid of one (checkpoint, direction).
 
     `config` must be resolved (`resolve_landscape_config`). Directions are drawn from the
     generator `(seed, run, epoch, "landscape", kind, k)`, so any unit can be computed alone (a
-    resumed run gets the same directions); the model of the last checkpoint (and its Hessian
-    eigenvectors) is kept between units.
+    resumed run gets the same directions). The units of one checkpoint come one after the other:
+    its context (model loaded, --conv-scale applied), its PGD-10 points fixed at w and its
+    Hessian eigenvectors are kept until the next checkpoint's unit.
     """
-    chash = config_hash(config)
-    x, y = data.load_split(config.dataset, config.split, config.n_examples, config.data_dir)
-    kind = config.directions
-    scale = scale_for(config)
-    robust = config.loss != "clean"
-    needs_attack = (
-        robust
-        or kind == "hessian"
-        or (kind == "adversarial" and config.adversarial_loss == "robust")
-    )
-    attack = (
-        evaluation.eval_attack(config, config.attack)
-        if needs_attack
-        else None
-    )
-    lo, hi = config.range
-    axis = grid(lo, hi, config.steps)
-    points = [(a,) for a in axis] if config.dims == 1 else [(a, b) for b in axis for a in axis]
-    planes = config.dims
-    cache: dict = {}
-    shared = evaluation.SharedModels(on_note)  # compiled code reused across checkpoints
 
-    def load(ref):
-        if cache.get("path") != ref.path:
-            cache.clear()
-            model, info = shared.load(ref, config, device)
-            if not weights.layers(model):
+    def __init__(self, config: LandscapeConfig, evaluation_: evaluation.Evaluation):
+        self.config = config
+        self.evaluation = evaluation_
+        self.kind = config.directions
+        self.scale = scale_for(config)
+        self.robust = config.loss != "clean"
+        needs_attack = (
+            self.robust
+            or self.kind == "hessian"
+            or (self.kind == "adversarial" and config.adversarial_loss == "robust")
+        )
+        self.attack = evaluation.eval_attack(config, config.attack) if needs_attack else None
+        lo, hi = config.range
+        axis = grid(lo, hi, config.steps)
+        self.points = (
+            [(a,) for a in axis] if config.dims == 1 else [(a, b) for b in axis for a in axis]
+        )
+        self.checkpoint: evaluation.Context | None = None  # the last checkpoint's context
+        self.scale_note: str | None = None
+        self.fixed: torch.Tensor | None = None  # robust-fixed: PGD-10 points at w
+        self.eigenvectors: list[list[torch.Tensor]] | None = None
+
+    def context(self, unit: DirectionRef) -> evaluation.Context:
+        """The unit's context: its checkpoint's, loaded once for all of its directions."""
+        if self.checkpoint is None or self.checkpoint.unit.path != unit.path:
+            self.checkpoint = None
+            ctx = self.evaluation.context(unit)
+            if not weights.layers(ctx.model):
                 raise CheckpointError(
-                    f"{ref.path}: no perturbable layers (weights or biases outside normalization)"
+                    f"{unit.path}: no perturbable layers (weights or biases outside normalization)"
                 )
-            change = weights.scale_conv(model, config.conv_scale, x[:64].to(device))
-            scale_note = None
+            probe = ctx.x[:64].to(ctx.device)
+            change = weights.scale_conv(ctx.model, self.config.conv_scale, probe)
+            self.scale_note = None
             if change > 1e-2:  # BN eps is not scaled, so tiny changes are expected
-                scale_note = f"--conv-scale changed the logits by {change:.2g} (relative)"
-            cache.update(path=ref.path, model=model, info=info, note=scale_note)
-        return cache["model"], cache["info"]
+                self.scale_note = f"--conv-scale changed the logits by {change:.2g} (relative)"
+            self.checkpoint, self.fixed, self.eigenvectors = ctx, None, None
+        keys = evaluation.seed_keys(self.config, unit)  # the same as `flatcli attack`
+        return dataclasses.replace(self.checkpoint, unit=unit, keys=keys)
 
-    def directions_of(unit, model, keys) -> list[list[torch.Tensor]]:
+    def directions(self, ctx: evaluation.Context) -> list[list[torch.Tensor]]:
+        """The unit's `dims` directions, each normalized (`normalize_direction`)."""
+        config, kind, model, unit = self.config, self.kind, ctx.model, ctx.unit
         w = weights.weights_of(model)
         if kind == "interpolate":
             to_ref = checkpoints.CheckpointRef("to", None, Path(config.to))
-            target, _ = evaluation.load_for_eval(to_ref, config, device)
+            target, _ = evaluation.load_for_eval(to_ref, config, ctx.device)
             if _layer_shapes(target) != _layer_shapes(model):
                 raise CheckpointError(f"{unit.path} and --to {config.to}: different architectures")
             ends = zip(weights.weights_of(target), w, strict=True)
             return [[t.float() - s.float() for t, s in ends]]
         out = []
-        for i in range(planes):
-            index = unit.direction * planes + i
-            gen = runtime.generator(*keys, "landscape", kind, index)
+        for i in range(config.dims):
+            index = unit.direction * config.dims + i
+            gen = runtime.generator(*ctx.keys, "landscape", kind, index)
             if kind == "random":
                 d = random_direction(w, gen)
             elif kind == "adversarial":
-                inputs = x
-                if config.adversarial_loss == "robust-fixed":  # PGD-10 points at w, computed once
-                    if "fixed" not in cache:
-                        pgd10 = evaluation.eval_attack(config, FIXED_POINTS_ATTACK)
-                        fixed_gen = runtime.generator(*keys, "landscape", "fixed-points")
-                        cache["fixed"] = fixed_points(model, x, y, pgd10, fixed_gen)
-                    inputs = cache["fixed"]
                 d = adversarial_direction(
                     model,
-                    inputs,
-                    y,
+                    self._adversarial_inputs(ctx),
+                    ctx.y,
                     config.adversarial_xi,
-                    attack if config.adversarial_loss == "robust" else None,
+                    self.attack if config.adversarial_loss == "robust" else None,
                     config.adversarial_iterations,
                     config.weight_lr,
                     gen,
                 )
             else:
-                if "hessian" not in cache:
-                    cache["hessian"] = hessian.top_eigenvectors(
-                        model,
-                        x,
-                        y,
-                        attack,
-                        config.n_directions * planes,
-                        config.iterations,
-                        runtime.generator(*keys, "landscape", kind),
-                        keys,
-                        config.batch_size,
-                    )
-                d = cache["hessian"][index]
-            out.append(normalize_direction(d, w, config.normalization, scale))
+                d = self._eigenvectors(ctx)[index]
+            out.append(normalize_direction(d, w, config.normalization, self.scale))
         return out
 
-    def measure(unit) -> list[dict]:
-        model, info = load(unit.ref)
-        model_note = evaluation.nonfinite_note(model) or cache.get("note")
-        keys = evaluation.seed_keys(config, unit)  # the same as `flatcli attack`
-        directions = directions_of(unit, model, keys)
+    def _adversarial_inputs(self, ctx: evaluation.Context) -> torch.Tensor:
+        """x, or for robust-fixed the PGD-10 points at w (computed once per checkpoint)."""
+        if self.config.adversarial_loss != "robust-fixed":
+            return ctx.x
+        if self.fixed is None:
+            pgd10 = evaluation.eval_attack(self.config, FIXED_POINTS_ATTACK)
+            fixed_gen = runtime.generator(*ctx.keys, "landscape", "fixed-points")
+            self.fixed = fixed_points(ctx.model, ctx.x, ctx.y, pgd10, fixed_gen)
+        return self.fixed
+
+    def _eigenvectors(self, ctx: evaluation.Context) -> list[list[torch.Tensor]]:
+        """The checkpoint's top Hessian eigenvectors, every unit's planes (computed once)."""
+        if self.eigenvectors is None:
+            config = self.config
+            self.eigenvectors = hessian.top_eigenvectors(
+                ctx.model,
+                ctx.x,
+                ctx.y,
+                self.attack,
+                config.n_directions * config.dims,
+                config.iterations,
+                runtime.generator(*ctx.keys, "landscape", self.kind),
+                ctx.keys,
+                config.batch_size,
+            )
+        return self.eigenvectors
+
+    def __call__(self, unit: DirectionRef) -> list[dict]:
+        config, kind = self.config, self.kind
+        ctx = self.context(unit)
+        model_note = evaluation.nonfinite_note(ctx.model) or self.scale_note
         values = evaluate_grid(
-            model,
-            x,
-            y,
-            directions,
-            points,
-            attack if robust else None,
-            keys,
+            ctx.model,
+            ctx.x,
+            ctx.y,
+            self.directions(ctx),
+            self.points,
+            self.attack if self.robust else None,
+            ctx.keys,
             config.batch_size,
-            on_point,
+            ctx.on_batch,
             config.point_batch,
             compile=config.compile,
         )
-        base = evaluation.key_columns(unit.ref, info, config, chash, device)
         bad = sum(
             not all(math.isfinite(v) for v in row.values() if isinstance(v, float))
             for row in values
@@ -437,20 +437,39 @@ def landscape_measure(
         note = "; ".join(n for n in (model_note, grid_note) if n)
         return [
             {
-                **base,
+                **ctx.base,
                 "direction_kind": kind,
                 "direction": unit.direction,
                 "alpha": point[0],
                 "beta": point[1] if len(point) > 1 else None,
-                "attack": config.attack if robust else None,
+                "attack": config.attack if self.robust else None,
                 **row,
                 "normalization": "none" if kind == "interpolate" else config.normalization,
-                "scale": scale,
+                "scale": self.scale,
                 "adversarial_loss": config.adversarial_loss if kind == "adversarial" else None,
                 "conv_scale": config.conv_scale,
                 "note": note or None,
             }
-            for point, row in zip(points, values, strict=True)
+            for point, row in zip(self.points, values, strict=True)
         ]
 
-    return in_fp32(evaluation.noting_compile(measure, config.compile, device, on_note))
+
+def landscape_measure(
+    config: LandscapeConfig,
+    device: torch.device,
+    on_point: Callable[[int, int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+):
+    """`measure(unit) -> rows` for the landscape table (`LandscapeRows` over an `Evaluation`);
+    `on_point(done, total)` reports the grid's progress, `on_note(line)` the compile time."""
+    prepared = evaluation.Evaluation(config, device, on_point, on_note)
+    return prepared.measure_units(LandscapeRows(config, prepared))
+
+
+measures.register_table(
+    TABLE,
+    LandscapeConfig,
+    resolve_landscape_config,
+    landscape_measure,
+    lambda config, refs: units(refs, config.n_directions),
+)

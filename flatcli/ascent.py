@@ -53,16 +53,22 @@ def ascend(
     variables: Sequence[Variable],
     steps: int,
     on_iterate: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    *,
+    evaluate_final: bool = True,
 ) -> list:
     """Maximize `objective(*values)` by `steps` projected ascent steps; return the final values.
 
     `objective` returns (per-example loss [B], logits [B, K]); the ascent direction is the gradient
     of the summed loss. `on_iterate(loss, logits)` sees every iterate, the final one included
-    (steps + 1 evaluations), so callers can keep the per-example worst point found.
+    (steps + 1 evaluations), so callers can keep the per-example worst point found; without
+    `evaluate_final` the final iterate is returned unevaluated (steps evaluations: a caller that
+    interleaves single steps over batches, as the paper's worst-case estimator does).
     """
     values = [_map(torch.Tensor.detach, v.value) for v in variables]
     for t in range(steps + 1):
         last = t == steps
+        if last and not evaluate_final:
+            break
         # The last iterate needs no gradient: evaluated without autograd, as every plain
         # evaluation is (under compile: the same graph as those, not one more).
         with torch.enable_grad() if not last else torch.no_grad():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from flatcli import compilation, engine, runtime, uncertainty, weights
-from flatcli.attacks.ascent import Variable, ascend
+from flatcli.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example, restart_starts, slice_starts
 from flatcli.attacks.presets import PAPER_STEP_RATIO
 from flatcli.attacks.threat import make_threat
@@ -77,9 +77,9 @@ class Ascent:
         """`weights.call_stacked`, compiled when `compile` says so on `device`."""
         return compilation.compiled_function(weights.call_stacked, self.compile, device)
 
-    def checked(self) -> tuple[float, int, int, float, int, tuple]:
-        """(eps, iterations, restarts, weight_lr, weight_batch, seed_keys), or a one-line
-        `UsageError` for a count below 1 or a step that is not positive."""
+    def checked(self) -> Ascent:
+        """This ascent, or a one-line `UsageError` for a count below 1 or a step that is not
+        positive."""
         for name, value in [
             ("iterations", self.iterations),
             ("restarts", self.restarts),
@@ -92,14 +92,7 @@ class Ascent:
         per_pass = self.restarts_per_pass
         if per_pass is not None and (isinstance(per_pass, bool) or per_pass < 1):
             raise UsageError(f"restarts per pass must be >= 1, got {per_pass}")
-        return (
-            self.eps,
-            self.iterations,
-            self.restarts,
-            self.weight_lr,
-            self.weight_batch,
-            self.seed_keys,
-        )
+        return self
 
 
 def joint_ascent_stacked(
@@ -265,16 +258,16 @@ def worst_paper(
     over delta is RCE(w) itself, so flatness is 0 exactly and no ascent runs.
     """
     xi = weights.check_xi(xi)
-    eps, iterations, restarts, weight_lr, weight_batch, seed_keys = ascent.checked()
+    ascent = ascent.checked()
     ref_loss, ref_correct = _reference(reference, y)
     loss = ref_loss.mean().item()
     err = _err(ref_correct)
-    measure = "worst" if eps > 0 else "clean-worst"
+    measure = "worst" if ascent.eps > 0 else "clean-worst"
     if xi == 0:
         return WorstResult(
             measure=measure, xi=xi, estimator="paper", loss=loss, perturbed_loss=loss,
             flatness=0.0, unclamped=0.0, joint_loss=loss, reattack_loss=None, err=err,
-            perturbed_err=err, iterations=iterations, restarts=restarts,
+            perturbed_err=err, iterations=ascent.iterations, restarts=ascent.restarts,
             loss_se=uncertainty.loss_se(ref_loss),
         )  # fmt: skip
     names, w = weights.named_weights(model)
@@ -282,24 +275,25 @@ def worst_paper(
     ball = weights.StackedBall(weights.RelativeL2Ball(xi).around(w))
     model.eval()
     n = len(y)
-    batches = [slice(b, min(n, b + weight_batch)) for b in range(0, n, weight_batch)]
+    batches = [slice(b, min(n, b + ascent.weight_batch)) for b in range(0, n, ascent.weight_batch)]
     threat, step, starts = _input_ascent(ascent, x)
     call = ascent.call(device)
     best: dict = {}
     attempts: list[float] = []  # each restart's value, in order
     for chunk in _passes(model, x, ascent):
         g = len(chunk)
-        gens = [runtime.generator(*seed_keys, "worst-weights", r) for r in chunk]
+        gens = [runtime.generator(*ascent.seed_keys, "worst-weights", r) for r in chunk]
         nu = _stack([weights.uniform_norm_offset(w, xi, gen) for gen in gens])
         rows = [(_tile(x[i], g, device), _tile(y[i], g, device)) for i in batches]
         deltas = [
             None if starts is None else _interleave(starts[chunk.start : chunk.stop, i].to(device))
             for i in batches
         ]
-        for _ in range(iterations):
+        for _ in range(ascent.iterations):
             for b, (xb, yb) in enumerate(rows):
                 nu, deltas[b] = _joint_step(
-                    call, model, names, w, ball, nu, weight_lr, xb, yb, threat, deltas[b], step, g
+                    call, model, names, w, ball, nu, ascent.weight_lr, xb, yb, threat, deltas[b],
+                    step, g,
                 )
         value, wrong = _final_value(call, model, names, w, nu, rows, deltas, g)
         wrong = wrong.tolist()
@@ -323,8 +317,8 @@ def worst_paper(
         reattack_loss=None,
         err=err,
         perturbed_err=best_err,
-        iterations=iterations,
-        restarts=restarts,
+        iterations=ascent.iterations,
+        restarts=ascent.restarts,
         note=note,
         nu=best_nu,
         per_restart=[a - loss for a in attempts],
@@ -333,24 +327,21 @@ def worst_paper(
 
 
 def _joint_step(call, model, names, w, ball, nu, weight_lr, xb, yb, threat, delta, step, g):
-    """One joint step of G settings (interleaved rows) on each setting's batch-mean loss: nu by
-    the ball's normalized relative step, delta by the threat's signed step, both projected."""
-    nu = [t.detach().requires_grad_(True) for t in nu]
-    leaves = list(nu)
+    """One joint step of G settings (interleaved rows) on each setting's batch-mean loss, by the
+    one `ascend` loop (one step, the new iterate not evaluated): nu by the ball's normalized
+    relative step, delta by the threat's signed step, both projected."""
+    variables = [Variable(nu, ball, w, weight_lr)]
     if delta is not None:
-        delta = delta.detach().requires_grad_(True)
-        leaves.append(delta)
-    with torch.enable_grad():
-        inputs = xb if delta is None else xb + delta
-        logits = _logits_at(call, model, names, w, nu, inputs)
-        # the sum of the settings' batch means: each setting's gradients as if it ran alone
-        loss = ce_per_example(logits, yb).view(-1, g).mean(0).sum()
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
-    with torch.no_grad():
-        nu = ball.project(ball.step([t.detach() for t in nu], grads[: len(nu)], weight_lr), w)
-        if delta is not None:
-            delta = threat.project(threat.step(delta.detach(), grads[-1], step), xb)
-    return nu, delta
+        variables.append(Variable(delta, threat, xb, step))
+    rows = len(yb) // g  # per setting
+
+    def objective(nu, delta=None):
+        logits = _logits_at(call, model, names, w, nu, xb if delta is None else xb + delta)
+        # summed: the settings' batch means, so each setting's gradients are as if it ran alone
+        return ce_per_example(logits, yb) / rows, logits
+
+    values = ascend(objective, variables, 1, evaluate_final=False)
+    return values[0], values[1] if delta is not None else None
 
 
 def _final_value(call, model, names, w, nu, rows, deltas, g) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,11 +376,11 @@ def worst_per_batch(
     `reference` as in `worst_paper`; `attack` (the engine's, drawn with seed_keys) is required
     for eps > 0."""
     xi = weights.check_xi(xi)
-    eps, iterations, restarts, weight_lr, weight_batch, seed_keys = ascent.checked()
+    ascent = ascent.checked()
     ref_loss, ref_correct = _reference(reference, y)
     _, w = weights.named_weights(model)
     ball = weights.ball_named(weight_norm)(xi).around(w)
-    robust = eps > 0
+    robust = ascent.eps > 0
     if robust and attack is None:
         raise UsageError("the per-batch worst case needs the attack behind RCE(w)")
     device = w[0].device
@@ -397,20 +388,21 @@ def worst_per_batch(
     threat, step, starts = _input_ascent(ascent, x)
     attack_starts = None
     if robust:
-        attack_starts = attack.draw_starts(x.cpu(), runtime.generator(*seed_keys, attack.name))
+        generator = runtime.generator(*ascent.seed_keys, attack.name)
+        attack_starts = attack.draw_starts(x.cpu(), generator)
     n = len(y)
     totals = {"joint": 0.0, "again": 0.0, "value": 0.0, "wrong": 0}
     bad = 0
     per_restart: list[float] = []  # each restart's example-weighted sum of its batch values
     passes = _passes(model, x, ascent)
-    for b, begin in enumerate(range(0, n, weight_batch)):
-        index = slice(begin, min(n, begin + weight_batch))
+    for b, begin in enumerate(range(0, n, ascent.weight_batch)):
+        index = slice(begin, min(n, begin + ascent.weight_batch))
         xb, yb = x[index].to(device), y[index].to(device)
         best: dict = {}
         tried: list[float] = []
         for chunk in passes:
             nu0s = [
-                ball.random_start(w, runtime.generator(*seed_keys, "worst-weights", b, r))
+                ball.random_start(w, runtime.generator(*ascent.seed_keys, "worst-weights", b, r))
                 for r in chunk
             ]
             delta0s = (
@@ -419,8 +411,8 @@ def worst_per_batch(
                 else slice_starts(starts[chunk.start : chunk.stop], index, device)
             )
             values, nus = joint_ascent_stacked(
-                model, xb, yb, ball, nu0s, weight_lr, iterations, threat, delta0s, step,
-                ascent.call(device),
+                model, xb, yb, ball, nu0s, ascent.weight_lr, ascent.iterations, threat, delta0s,
+                step, ascent.call(device),
             )
             tried += values.tolist()
             if _keep(best, values.tolist(), lambda i, nus=nus: [t[i] for t in nus]):
@@ -461,8 +453,8 @@ def worst_per_batch(
         reattack_loss=reattack,
         err=_err(ref_correct),
         perturbed_err=totals["wrong"] / n if robust else None,
-        iterations=iterations,
-        restarts=restarts,
+        iterations=ascent.iterations,
+        restarts=ascent.restarts,
         note=note,
         per_restart=[t / n - loss for t in per_restart],
         loss_se=uncertainty.loss_se(ref_loss),

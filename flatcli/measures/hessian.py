@@ -1,6 +1,6 @@
 """The Hessian of the cross-entropy w.r.t. the weights: λmax (Lanczos), trace (Hutchinson) and top
-eigenvectors, in the variants `flatcli` and `paper` (docs/method.md, "Other sharpness measures").
-Shared by `flatcli.flatness` and `flatcli.landscape`.
+eigenvectors, in the variants `flatcli` and `paper` (docs/method.md, "Other sharpness measures"):
+the measures hessian, clean-hessian and paper-hessian, and the landscape's Hessian directions.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flatcli import runtime, weights
-from flatcli.attacks.base import ce_per_example, slice_starts
+from flatcli import engine, evaluation, runtime, weights
+from flatcli.attacks.base import ce_per_example
 from flatcli.config import EVAL_BATCH, ITERATIONS, SAMPLES
 from flatcli.errors import UsageError
+from flatcli.measures import register
+from flatcli.measures.flatness import HESSIAN_MEASURES, FlatnessInputs, finite_or_none
 
 VARIANTS = ("flatcli", "paper")
 PAPER_BATCH = 128  # the paper's code sums Hessian-vector products over batches of 128
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HessianResult:
     """Largest eigenvalue and trace of the Hessian of the cross-entropy w.r.t. the layers."""
 
@@ -48,20 +50,13 @@ def adversarial_points(
     seed_keys: tuple = (0,),
     batch_size: int = EVAL_BATCH,
 ) -> torch.Tensor:
-    """x + delta where the one PGD (`attack`, keep_points) found each example's robust loss, with
-    the starts the engine draws for `seed_keys`: exactly the points behind RCE. On x's device."""
+    """x + delta where the one PGD (`attack`) found each example's robust loss, through the
+    engine (`keep_points`) with its starts for `seed_keys`: exactly the points behind RCE. On x's
+    device."""
     if not getattr(attack, "step_size", None):
         raise UsageError(f"attack {attack.name!r} is not PGD: the Hessian needs a pgd preset")
-    device = next(model.parameters()).device
-    model.eval()
-    starts = attack.draw_starts(x.cpu(), runtime.generator(*seed_keys, attack.name))
-    out = torch.empty_like(x)
-    for begin in range(0, len(y), batch_size):
-        index = slice(begin, min(len(y), begin + batch_size))
-        xb, yb = x[index].to(device), y[index].to(device)
-        found = attack(model, xb, yb, slice_starts(starts, index, device), keep_points=True)
-        out[index] = found.points.detach().to(out.device)
-    return out
+    found = engine.robust_losses(model, x, y, [attack], seed_keys, batch_size, keep_points=True)
+    return found.robust[attack.name].points
 
 
 def paper_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -197,19 +192,56 @@ def hessian_eigen(
     std = statistics.stdev(samples) if len(samples) > 1 and finite else None
     default_name = "hessian" if use_attack is not None else "clean-hessian"
     return HessianResult(
-        measure or default_name,
-        loss,
-        values[-1],
-        trace,
-        std,
-        samples,
-        values,
-        len(values),
-        probes,
-        variant,
-        None if finite else "non-finite Hessian",
-        len(y),
+        measure=measure or default_name,
+        loss=loss,
+        lambda_max=values[-1],
+        trace=trace,
+        trace_std=std,
+        trace_samples=samples,
+        ritz_values=values,
+        iterations=len(values),
+        probes=probes,
+        variant=variant,
+        note=None if finite else "non-finite Hessian",
+        examples=len(y),
     )
+
+
+@register(*HESSIAN_MEASURES)
+def hessian_rows(
+    ctx: evaluation.Context, config, inputs: FlatnessInputs
+) -> list[dict]:
+    """The requested Hessian measures of one checkpoint: hessian (at the PGD points), clean-hessian,
+    paper-hessian (on the held-out split)."""
+    rows = []
+    for m in (m for m in HESSIAN_MEASURES if m in config.measures):
+        x, y = inputs.heldout if m == "paper-hessian" else (ctx.x, ctx.y)
+        r = hessian_eigen(
+            ctx.model,
+            x,
+            y,
+            attack=inputs.attack if m == "hessian" else None,
+            iterations=config.iterations,
+            probes=config.samples,
+            seed_keys=ctx.keys,
+            batch_size=config.batch_size,
+            variant="paper" if m == "paper-hessian" else "flatcli",
+            measure=m,
+        )
+        rows.append({
+            "measure": r.measure,
+            "note": r.note,
+            "split": "heldout" if r.variant == "paper" else config.split,
+            "n_examples": r.examples,
+            "estimator": r.variant,
+            "samples": r.probes,
+            "iterations": r.iterations,
+            "robust_loss": r.loss,
+            "lambda_max": r.lambda_max,
+            "hessian_trace": r.trace,
+            "per_sample": finite_or_none(r.trace_samples),
+        })  # fmt: skip
+    return rows
 
 
 def top_eigenvectors(

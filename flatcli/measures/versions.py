@@ -52,7 +52,7 @@ def row_version(table: str, row: dict) -> int | None:
     if key is None:
         return None
     if key not in VERSIONS:
-        raise KeyError(f"estimator {key!r} has no version in flatcli.versions.VERSIONS")
+        raise KeyError(f"estimator {key!r} has no version in flatcli.measures.versions.VERSIONS")
     return VERSIONS[key]
 
 
