@@ -13,7 +13,7 @@ import pytest
 import typer
 
 import flatcli
-from flatcli import config
+from flatcli import config, fields
 
 PACKAGE = Path(flatcli.__file__).parent
 TERMINAL = {"typer", "rich", "click"}
@@ -111,7 +111,7 @@ def test_the_configs_choices_are_the_engines():
     from flatcli.attacks import precision
 
     assert config.PRECISIONS == precision.PRECISIONS
-    assert config.COMPILE_POLICIES == compilation.COMPILE_CHOICES
+    assert fields.COMPILE_POLICIES == compilation.COMPILE_CHOICES
 
 
 @pytest.mark.parametrize(
