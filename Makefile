@@ -22,6 +22,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check flatcli tests benchmarks
+	$(BIN)/ruff format --check flatcli tests benchmarks  # all but pyproject's format exclude list
 
 # Speed against the peer libraries on the same model and data (not part of `make test`).
 bench: install

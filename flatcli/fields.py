@@ -1,5 +1,6 @@
 """Config fields that carry their own command-line option: help text, panel, parser and checks
-sit next to the default in flatcli.config. Torch- and typer-free: flatcli.cli.options builds the
+sit next to the default in flatcli.config (flatcli.training.defaults for train), and the options
+every command has are declared once here. Torch- and typer-free: flatcli.cli.options builds the
 Typer options from this metadata, and the CLI and flatcli.api both build configs with `make`.
 """
 
@@ -13,6 +14,7 @@ import typing
 from enum import Enum
 from fractions import Fraction
 
+from flatcli import registries
 from flatcli.errors import UsageError
 
 # Help panels, spelled the same in every command (train adds Method, Optimization, Data).
@@ -21,9 +23,12 @@ OUTPUT, RUNTIME = "Output", "Runtime"
 METHOD, OPTIMIZATION, DATA = "Method", "Optimization", "Data"
 
 
-def option(default, help: str, panel: str, *, runtime=False, added=False, **cli):
-    """A config field with its option. `runtime`: never hashed (must not change results);
-    `added`: hashed only when it differs from `default` (rows written before it keep their hash).
+def option(help: str, panel: str, *, default=None, runtime=False, added=False, **cli):
+    """A config field with its option: the help text and the --help panel it is listed under,
+    then keywords only, so that a declaration reads the same whether ruff format keeps it on one
+    line or gives each argument its own. `default` None means "resolved later" (the help says
+    how). `runtime`: never hashed (must not change results); `added`: hashed only when it
+    differs from `default` (rows written before it keep their hash).
 
     `cli` keys: flags (names, default --field-name), param (the CLI parameter's name where it is
     not the field's), metavar, show_default, envvar, menu (click shows and checks `choices`),
@@ -37,6 +42,61 @@ def option(default, help: str, panel: str, *, runtime=False, added=False, **cli)
     if added:
         meta["hash_unless"] = default
     return dataclasses.field(default=default, metadata=meta)
+
+
+def named(registry: dict, panel: str, *, before: str = "", after: str = "", **keywords):
+    """A field whose value is a name in `registry` (flatcli.registries): its choices, and a help
+    text that lists them between `before` and `after`."""
+    help_text = f"{before}{registries.describe(registry)}.{after}"
+    return option(help_text, panel, choices=tuple(registry), **keywords)
+
+
+# -- the options every command has: functions, since each config class needs its own Field --
+
+NORMS = ("linf", "l2")
+COMPILE_POLICIES = ("auto", "on", "off")  # flatcli.compilation.COMPILE_CHOICES
+
+
+def seed():
+    return option(
+        "Seed; every checkpoint derives its own generator from it.", RUNTIME, default=0, metavar="N"
+    )
+
+
+def data_dir():
+    return option(
+        "Root of the torchvision-layout data folders (never downloaded).",
+        INPUTS,
+        runtime=True,
+        flags=("--data-dir",),
+        envvar="FLATCLI_DATA_DIR",
+        metavar="PATH",
+        parse="path",
+    )
+
+
+def device():
+    return option(
+        "auto | cpu | cuda | cuda:N.",
+        RUNTIME,
+        default="auto",
+        runtime=True,
+        envvar="FLATCLI_DEVICE",
+        metavar="DEVICE",
+    )
+
+
+def compile_policy():
+    return option(
+        "torch.compile the model: auto (on CUDA only), on, off. Results equal eager up to "
+        "float rounding; compile time is reported on stderr. Not part of the configuration.",
+        RUNTIME,
+        default="auto",
+        runtime=True,
+        flags=("--compile",),
+        menu=True,
+        choices=COMPILE_POLICIES,
+    )
 
 
 def parameters(config_type) -> dict[str, str]:

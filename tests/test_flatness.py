@@ -604,8 +604,13 @@ def test_stacked_worst_restarts_equal_one_at_a_time(sample_model, examples, esti
     estimate = getattr(worst_estimators, name)
     results = [
         estimate(
-            sample_model, x, y, 0.01, ref,
-            worst_estimators.Ascent(**run, restarts_per_pass=k), **extra,
+            sample_model,
+            x,
+            y,
+            0.01,
+            ref,
+            worst_estimators.Ascent(**run, restarts_per_pass=k),
+            **extra,
         )
         for k in (1, 3)
     ]

@@ -126,9 +126,7 @@ def average_flatness(
     errs = {m: {v: [] for v in xis} for m in refs_err}
     per_pass = settings_per_pass
     if per_pass is None:
-        per_pass = runtime.attack_settings_per_pass(
-            model, x, per, batch_size, len(xis) * samples
-        )
+        per_pass = runtime.attack_settings_per_pass(model, x, per, batch_size, len(xis) * samples)
     settings = [(s, v) for s in range(samples) for v in xis]
     units: dict[int, list[torch.Tensor]] = {}
     for begin in range(0, len(settings), per_pass):

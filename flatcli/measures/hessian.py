@@ -208,9 +208,7 @@ def hessian_eigen(
 
 
 @register(*HESSIAN_MEASURES)
-def hessian_rows(
-    ctx: evaluation.Context, config, inputs: FlatnessInputs
-) -> list[dict]:
+def hessian_rows(ctx: evaluation.Context, config, inputs: FlatnessInputs) -> list[dict]:
     """The requested Hessian measures of one checkpoint: hessian (at the PGD points), clean-hessian,
     paper-hessian (on the held-out split)."""
     rows = []

@@ -1,5 +1,6 @@
 """`resolve_config`: a `TrainConfig` with every default filled in (per dataset, method and
-option) and checked, before any work; the field checks live with TrainConfig (flatcli.config)."""
+option) and checked, before any work; the field checks live with TrainConfig
+(flatcli.training.defaults)."""
 
 from __future__ import annotations
 
