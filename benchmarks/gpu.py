@@ -355,7 +355,7 @@ class Bench:
     # -- train
 
     def train_row(self, variant) -> dict:
-        from flatcli.config import TrainConfig
+        from flatcli.config.commands import TrainConfig
         from flatcli.training import train
 
         precision, compile_ = variant

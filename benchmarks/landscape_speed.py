@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import speed  # noqa: E402  (benchmarks/speed.py, beside this script)
 
 from flatcli import checkpoints  # noqa: E402
-from flatcli.config import LandscapeConfig  # noqa: E402
+from flatcli.config.commands import LandscapeConfig  # noqa: E402
 from flatcli.measures import landscape  # noqa: E402
 
 

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flatcli.config import TrainConfig  # noqa: E402
+from flatcli.config.commands import TrainConfig  # noqa: E402
 from flatcli.training import train  # noqa: E402
 
 

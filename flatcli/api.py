@@ -13,8 +13,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flatcli import checkpoints, data, fields, tables
-from flatcli.config import config_hash
+from flatcli import checkpoints, data, tables
+from flatcli.config import fields
+from flatcli.config.commands import config_hash
 from flatcli.errors import CheckpointError, UsageError
 
 PathLike = str | os.PathLike

@@ -20,7 +20,7 @@ from flatcli.attacks.base import (
     slice_starts,
     tile_starts,
 )
-from flatcli.config import EVAL_BATCH
+from flatcli.config.commands import EVAL_BATCH
 from flatcli.errors import UsageError
 
 

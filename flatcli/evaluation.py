@@ -16,7 +16,7 @@ from flatcli import checkpoints, compilation, data, models, runtime, tables
 from flatcli.attacks import precision
 from flatcli.attacks.precision import DTYPE_COLUMN
 from flatcli.attacks.presets import build_attack
-from flatcli.config import config_hash
+from flatcli.config.commands import config_hash
 from flatcli.errors import CheckpointError, UsageError
 
 

@@ -9,7 +9,7 @@ import torch
 from flatcli import api, models, tables
 from flatcli.checkpoints import save_checkpoint
 from flatcli.cli import main
-from flatcli.config import AttackConfig, FlatnessConfig
+from flatcli.config.commands import AttackConfig, FlatnessConfig
 from flatcli.errors import UsageError
 
 CKPT = (
@@ -105,7 +105,7 @@ def test_bad_input_is_a_usage_error_before_any_work(tmp_path):
 
 
 def test_configs_are_validated_by_their_fields_with_one_line_naming_the_option():
-    from flatcli.config import LandscapeConfig, TrainConfig
+    from flatcli.config.commands import LandscapeConfig, TrainConfig
 
     cases = [
         (AttackConfig, {"n_examples": 0}, "--n-examples must be positive, got 0"),

@@ -15,7 +15,7 @@ from flatcli import compilation, data, engine
 from flatcli.attacks.apgd import APGDCE
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import discover
-from flatcli.config import AttackConfig
+from flatcli.config.commands import AttackConfig
 from flatcli.errors import UsageError
 from flatcli.evaluation import SharedModels, load_for_eval
 

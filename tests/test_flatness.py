@@ -24,13 +24,13 @@ from flatcli import (
     data,
     engine,
     models,
-    registries,
     runtime,
     tables,
     weights,
 )
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
+from flatcli.config import registries
 from flatcli.errors import UsageError
 from flatcli.measures import average, hessian, worst_estimators
 from flatcli.measures import flatness as flatness_table
@@ -521,7 +521,7 @@ def test_help_lists_every_registered_measure_and_estimator_and_defaults_are_the_
     import inspect
 
     from flatcli.cli import flatness as cli_flatness
-    from flatcli.config import FlatnessConfig
+    from flatcli.config.commands import FlatnessConfig
 
     helped = subprocess.run(
         [sys.executable, "-m", "flatcli", "flatness", "--help"],
@@ -662,7 +662,7 @@ def test_average_case_attacks_each_offset_once_and_subtracts_the_full_reference(
 
 
 def test_sample_attack_defaults_to_the_reference_with_one_restart():
-    from flatcli.config import FlatnessConfig
+    from flatcli.config.commands import FlatnessConfig
     from flatcli.evaluation import sample_attack_name
 
     def name(**kw):

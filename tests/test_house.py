@@ -15,7 +15,8 @@ import pytest
 import typer
 
 import flatcli
-from flatcli import config, fields
+from flatcli.config import commands as config
+from flatcli.config import fields
 
 PACKAGE = Path(flatcli.__file__).parent
 TERMINAL = {"typer", "rich", "click"}
@@ -93,7 +94,7 @@ def test_every_config_field_is_an_option_with_the_fields_help_and_default(comman
     default, parsed as the command parses it, is the field's default, so --help, the config
     hash and the README cannot disagree."""
     from flatcli.cli import _prose
-    from flatcli.fields import coerce
+    from flatcli.config.fields import coerce
 
     param = _params(command).get(field.metadata.get("param", field.name))
     assert param is not None, f"{command}: {field.name} is no option (or name it in NOT_OPTIONS)"
@@ -250,7 +251,7 @@ def test_the_modules_import_each_other_without_a_cycle():
         visit(name)
 
 
-# Evaluation defaults written as literals outside config.py drift from the CLI's options.
+# Evaluation defaults written as literals outside config/commands.py drift from the CLI's options.
 _LITERAL_DEFAULTS = re.compile(
     r"\bbatch_size: int = 512\b|\bsamples: int = 10\b|\biterations: int = 20\b|^SPLITS = ", re.M
 )
@@ -260,7 +261,7 @@ def test_evaluation_defaults_are_written_only_in_config():
     written = [
         f"{path.relative_to(PACKAGE)}: {match.group(0)}"
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path.name != "config.py"
+        if path != PACKAGE / "config" / "commands.py"
         for match in _LITERAL_DEFAULTS.finditer(path.read_text())
     ]
     assert not written, written
@@ -330,7 +331,8 @@ def test_every_reference_points_into_this_repository():
 
 def test_every_flatness_measure_is_registered_beside_its_implementation():
     """The torch-free names --help lists are the measures' own registrations, one module each."""
-    from flatcli import measures, registries
+    from flatcli import measures
+    from flatcli.config import registries
 
     registered = measures.registered()
     assert set(registered) == set(registries.MEASURES)
@@ -344,7 +346,7 @@ def test_every_flatness_measure_is_registered_beside_its_implementation():
 
 # The modules that declare config fields are the formatter's: a `fmt: skip` or a hand layout
 # would let the declarations drift back into lines that only their author can read.
-FORMATTED = ("config.py", "fields.py", "training/defaults.py")
+FORMATTED = ("config/commands.py", "config/fields.py", "training/defaults.py")
 
 
 @pytest.mark.parametrize("relative", FORMATTED)

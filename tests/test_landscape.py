@@ -13,9 +13,10 @@ import torch
 from conftest import flatcli
 from torch import nn
 
-from flatcli import data, models, registries, runtime, tables, weights
+from flatcli import data, models, runtime, tables, weights
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import save_checkpoint
+from flatcli.config import registries
 from flatcli.measures import hessian, landscape
 
 EPS = 0.1
@@ -175,7 +176,7 @@ def test_registries_are_the_cli_choices_and_defaults_are_the_configs():
     import inspect
 
     from flatcli.cli import landscape as cli_landscape
-    from flatcli.config import LandscapeConfig
+    from flatcli.config.commands import LandscapeConfig
 
     assert landscape.KINDS == tuple(registries.DIRECTIONS)
     assert [m.value for m in cli_landscape.Kind] == list(registries.DIRECTIONS)
@@ -376,7 +377,7 @@ def test_adversarial_directions_attack_the_weights_at_pgd10_points_fixed_at_w(
     at w (starts from the landscape's own generator), inside the ball, the same for every
     direction; the rows say `robust-fixed`."""
     from flatcli import checkpoints, evaluation
-    from flatcli.config import LandscapeConfig
+    from flatcli.config.commands import LandscapeConfig
 
     ckpt = run_dir / "at" / "epoch_0002.safetensors"
     seen = []

@@ -12,7 +12,7 @@ from flatcli.api import load_model
 from flatcli.attacks.precision import LowPrecisionSearch
 from flatcli.attacks.presets import build_attack
 from flatcli.cli import main
-from flatcli.config import AttackConfig, FlatnessConfig, config_hash, hashed_fields
+from flatcli.config.commands import AttackConfig, FlatnessConfig, config_hash, hashed_fields
 from flatcli.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from conftest import flatcli
 from safetensors.torch import load_file
 
 from flatcli import checkpoints, models, tables, weights
-from flatcli.config import TrainConfig
+from flatcli.config.commands import TrainConfig
 from flatcli.training import TrainingDiverged, methods, regularizers, schedules, train
 from flatcli.training.loop import STATE_FILE, read_run, resolve_config
 

@@ -13,7 +13,7 @@ import torch
 from flatcli import checkpoints, data, engine, evaluation, runtime, uncertainty, weights
 from flatcli.attacks.pgd import PGD
 from flatcli.attacks.presets import build_attack
-from flatcli.config import AttackConfig
+from flatcli.config.commands import AttackConfig
 from flatcli.measures import attack as attack_table
 from flatcli.measures import average, worst
 from flatcli.measures.landscape import _grid_row
@@ -130,7 +130,7 @@ def test_worst_case_keeps_each_restart_and_its_spread(model, examples, estimator
 
 
 def _flatness_config():
-    from flatcli.config import FlatnessConfig
+    from flatcli.config.commands import FlatnessConfig
 
     return FlatnessConfig(eps=EPS)
 

@@ -15,8 +15,8 @@ import torch
 from flatcli import api
 from flatcli.attacks.presets import PRESETS
 from flatcli.cli import main
+from flatcli.config.registries import MEASURES, WORST_ESTIMATORS
 from flatcli.measures import versions
-from flatcli.registries import MEASURES, WORST_ESTIMATORS
 
 ROOT = Path(__file__).resolve().parent.parent
 # The fixed case: a committed checkpoint (regenerating sample_checkpoints changes every

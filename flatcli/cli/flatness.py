@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flatcli.cli import options as o
 from flatcli.cli.runner import examples_line, run_command
-from flatcli.config import FlatnessConfig
+from flatcli.config.commands import FlatnessConfig
 
 SUMMARY = [
     "run",

@@ -8,8 +8,8 @@ import typer
 
 from flatcli.cli import options as o
 from flatcli.cli.runner import examples_line, run_command
-from flatcli.config import LandscapeConfig
-from flatcli.fields import OUTPUT
+from flatcli.config.commands import LandscapeConfig
+from flatcli.config.fields import OUTPUT
 
 SUMMARY = [
     "run",

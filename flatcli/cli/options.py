@@ -1,4 +1,4 @@
-"""The commands' options: built from the config fields' metadata (flatcli.fields.option) by
+"""The commands' options: built from the config fields' metadata (flatcli.config.fields.option) by
 `command`, plus the sweep options every evaluation command shares, declared once here.
 
 Nothing here imports torch: `flatcli --help` must stay fast.
@@ -17,8 +17,8 @@ from typing import Annotated
 
 import typer
 
-from flatcli import fields
-from flatcli.fields import OUTPUT
+from flatcli.config import fields
+from flatcli.config.fields import OUTPUT
 
 
 class Format(str, Enum):

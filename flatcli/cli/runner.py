@@ -43,7 +43,7 @@ def run_command(
     """
     from flatcli import checkpoints, measures, runtime, sweep, tables
     from flatcli.attacks import precision
-    from flatcli.config import config_hash
+    from flatcli.config.commands import config_hash
 
     entry = measures.table(table)
     refs = checkpoints.discover(args.paths)

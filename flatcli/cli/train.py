@@ -10,8 +10,8 @@ from typer import Exit
 
 from flatcli.cli import options as o
 from flatcli.cli.output import EpochProgress, render
-from flatcli.config import TrainConfig
-from flatcli.fields import OUTPUT
+from flatcli.config.commands import TrainConfig
+from flatcli.config.fields import OUTPUT
 
 SUMMARY = [
     "epoch",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flatcli.config import SPLITS
+from flatcli.config.commands import SPLITS
 from flatcli.data.readers import RawData, image_geometry, labels_array
 from flatcli.data.registry import DatasetSpec, data_dir, get_spec
 from flatcli.errors import DataError, UsageError

@@ -4,7 +4,7 @@
 hessian into one table; versions numbers each estimator. A measure registers its names beside
 its implementation (`register`, as timm registers models), and each table its sweep
 (`register_table`); looking one up imports the measure modules. The torch-free names and help
-that --help lists (`flatcli.registries`) are checked against these entries by the tests.
+that --help lists (`flatcli.config.registries`) are checked against these entries by the tests.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import torch
 
 from flatcli import engine, evaluation, measures, uncertainty
 from flatcli.attacks.presets import build_attack
-from flatcli.config import AttackConfig
+from flatcli.config.commands import AttackConfig
 
 
 def resolve_attack_config(config: AttackConfig, refs: Sequence) -> AttackConfig:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from flatcli import engine, evaluation, runtime, weights
-from flatcli.config import EVAL_BATCH, SAMPLES, FlatnessConfig
+from flatcli.config.commands import EVAL_BATCH, SAMPLES, FlatnessConfig
 from flatcli.errors import UsageError
 from flatcli.measures import register
 from flatcli.measures.flatness import (

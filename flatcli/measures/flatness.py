@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from flatcli import data, engine, evaluation, measures, registries, weights
+from flatcli import data, engine, evaluation, measures, weights
 from flatcli.attacks.presets import preset
-from flatcli.config import AVERAGE_XI, WORST_XI, FlatnessConfig
+from flatcli.config import registries
+from flatcli.config.commands import AVERAGE_XI, WORST_XI, FlatnessConfig
 from flatcli.errors import CheckpointError, UsageError
 
 MEASURES = registries.MEASURES

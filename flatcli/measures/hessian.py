@@ -15,7 +15,7 @@ from torch import nn
 
 from flatcli import engine, evaluation, runtime, weights
 from flatcli.attacks.base import ce_per_example
-from flatcli.config import EVAL_BATCH, ITERATIONS, SAMPLES
+from flatcli.config.commands import EVAL_BATCH, ITERATIONS, SAMPLES
 from flatcli.errors import UsageError
 from flatcli.measures import register
 from flatcli.measures.flatness import HESSIAN_MEASURES, FlatnessInputs, finite_or_none

@@ -20,13 +20,18 @@ from flatcli import (
     engine,
     evaluation,
     measures,
-    registries,
     runtime,
     uncertainty,
     weights,
 )
 from flatcli.attacks.presets import PAPER_STEP_RATIO
-from flatcli.config import EVAL_BATCH, LANDSCAPE_SCALE, LANDSCAPE_SCALE_MAXABS, LandscapeConfig
+from flatcli.config import registries
+from flatcli.config.commands import (
+    EVAL_BATCH,
+    LANDSCAPE_SCALE,
+    LANDSCAPE_SCALE_MAXABS,
+    LandscapeConfig,
+)
 from flatcli.errors import CheckpointError, UsageError
 from flatcli.measures import hessian, worst_estimators
 

@@ -11,9 +11,10 @@ import dataclasses
 import torch
 from torch import nn
 
-from flatcli import engine, evaluation, registries, weights
+from flatcli import engine, evaluation, weights
 from flatcli.attacks.presets import PAPER_STEP_RATIO
-from flatcli.config import EVAL_BATCH, FlatnessConfig
+from flatcli.config import registries
+from flatcli.config.commands import EVAL_BATCH, FlatnessConfig
 from flatcli.errors import UsageError
 from flatcli.measures import register
 from flatcli.measures.flatness import (

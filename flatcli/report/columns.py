@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from flatcli.config import AVERAGE_XI, WORST_XI
+from flatcli.config.commands import AVERAGE_XI, WORST_XI
 
 SELECTIONS = ("last", "best", "all")
 PLOTS = "report_plots"

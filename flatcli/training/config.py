@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 
 from flatcli import data, runtime
-from flatcli.config import METHOD_DEFAULTS, TRAIN_DEFAULTS, TRAIN_FALLBACK, TrainConfig
-from flatcli.fields import require
+from flatcli.config.commands import METHOD_DEFAULTS, TRAIN_DEFAULTS, TRAIN_FALLBACK, TrainConfig
+from flatcli.config.fields import require
 from flatcli.training import schedules
 from flatcli.training.registry import METHODS
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from flatcli import fields, registries
-from flatcli.fields import (
+from flatcli.config import fields, registries
+from flatcli.config.fields import (
     ATTACK,
     DATA,
     MEASURE,

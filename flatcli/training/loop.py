@@ -18,7 +18,7 @@ import torch
 
 from flatcli import checkpoints, data, runtime, tables
 from flatcli.attacks import precision
-from flatcli.config import TrainConfig, config_hash
+from flatcli.config.commands import TrainConfig, config_hash
 from flatcli.errors import FlatcliError
 from flatcli.models import arch_defaults
 from flatcli.training import methods, regularizers, rundir, schedules

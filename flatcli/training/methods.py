@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatcli import registries
 from flatcli.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example
+from flatcli.config import registries
 from flatcli.training.registry import METHODS as INFO
 
 ATTACK_POINTS = tuple(registries.ATTACK_POINTS)

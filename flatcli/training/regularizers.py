@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flatcli import registries
+from flatcli.config import registries
 from flatcli.errors import DataError
 
 AUGMENTATIONS = tuple(registries.AUGMENTATIONS)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from flatcli import __version__, data, runtime, tables
-from flatcli.config import TrainConfig, hashed_fields
+from flatcli.config.commands import TrainConfig, hashed_fields
 from flatcli.errors import UsageError
 from flatcli.files import atomic_write, atomic_write_text, ensure_writable
 from flatcli.training.config import config_dict

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from flatcli import registries
+from flatcli.config import registries
 from flatcli.errors import UsageError
 
 SCHEDULES = tuple(registries.SCHEDULES)

@@ -1,7 +1,7 @@
 """Frozen configurations per command: every default, help text and check lives here, once
 (`flatcli train`'s: TrainConfig in flatcli.training.defaults, beside the defaults it resolves).
 
-Each field carries its option (flatcli.fields.option: help, panel, parser, checks); the CLI's
+Each field carries its option (flatcli.config.fields.option: help, panel, parser, checks); the CLI's
 options are built from them. `config_hash` covers the result-affecting fields only (docs/method.md).
 """
 
@@ -13,10 +13,10 @@ import json
 import math
 from dataclasses import dataclass
 
-from flatcli import fields, registries
 from flatcli.attacks.presets import PRESETS
 from flatcli.checkpoints import zoos
-from flatcli.fields import (
+from flatcli.config import fields, registries
+from flatcli.config.fields import (
     ATTACK,
     INPUTS,
     MEASURE,

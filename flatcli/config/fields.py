@@ -1,7 +1,8 @@
 """Config fields that carry their own command-line option: help text, panel, parser and checks
-sit next to the default in flatcli.config (flatcli.training.defaults for train), and the options
-every command has are declared once here. Torch- and typer-free: flatcli.cli.options builds the
-Typer options from this metadata, and the CLI and flatcli.api both build configs with `make`.
+sit next to the default in flatcli.config.commands (flatcli.training.defaults for train), and the
+options every command has are declared once here. Torch- and typer-free: flatcli.cli.options
+builds the Typer options from this metadata, and the CLI and flatcli.api both build configs with
+`make`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typing
 from enum import Enum
 from fractions import Fraction
 
-from flatcli import registries
+from flatcli.config import registries
 from flatcli.errors import UsageError
 
 # Help panels, spelled the same in every command (train adds Method, Optimization, Data).
@@ -45,8 +46,8 @@ def option(help: str, panel: str, *, default=None, runtime=False, added=False, *
 
 
 def named(registry: dict, panel: str, *, before: str = "", after: str = "", **keywords):
-    """A field whose value is a name in `registry` (flatcli.registries): its choices, and a help
-    text that lists them between `before` and `after`."""
+    """A field whose value is a name in `registry` (flatcli.config.registries): its choices, and a
+    help text that lists them between `before` and `after`."""
     help_text = f"{before}{registries.describe(registry)}.{after}"
     return option(help_text, panel, choices=tuple(registry), **keywords)
 
