@@ -58,6 +58,29 @@ def _adversarial_delta(model, x, y, attack, starts):
     return delta
 
 
+def assert_flips(a: torch.Tensor, b: torch.Tensor, max_flips: int, what: str) -> None:
+    """Per-example boolean outcomes (`correct`) of two computations that are equal only up to
+    float rounding (inductor vs eager, another batch size, stacked vs one weight setting at a
+    time) disagree on at most `max_flips` examples. An example whose margin (true-class logit
+    minus the best other) is within rounding of zero may be classified either way, so exact
+    equality could fail on a correct implementation; a real bug flips many more."""
+    assert a.dtype == b.dtype == torch.bool and a.shape == b.shape, (what, a.dtype, b.dtype)
+    flips = int((a != b).sum())
+    assert flips <= max_flips, (
+        f"{what}: {flips} of {a.numel()} outcomes differ (at most {max_flips} may flip)"
+    )
+
+
+def assert_error_flips(a: float, b: float, n: int, max_flips: int, what: str) -> None:
+    """Error rates over the same `n` examples from two such computations (see `assert_flips`)
+    are at most `max_flips` examples apart."""
+    flips = abs(a - b) * n
+    assert flips <= max_flips + 1e-6, (
+        f"{what}: error rates {a} and {b} differ by {flips:g} of {n} examples "
+        f"(at most {max_flips} may flip)"
+    )
+
+
 @pytest.fixture(scope="session")
 def trained_digits_model() -> torch.nn.Module:
     """small-cnn after 6 epochs of PGD-3 AT (eps 0.1) on digits; eval mode. Do not modify it."""

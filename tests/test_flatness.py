@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import flatcli, quick_adversarial_training
+from conftest import assert_error_flips, flatcli, quick_adversarial_training
 from torch import nn
 
 from flatcli import (
@@ -589,7 +589,8 @@ def test_stacked_average_samples_equal_one_at_a_time(sample_model, examples):
     for a, b in zip(one, stacked, strict=True):
         assert (a.measure, a.xi, a.loss, a.err) == (b.measure, b.xi, b.loss, b.err)
         assert b.per_sample == pytest.approx(a.per_sample, abs=1e-5)
-        assert b.perturbed_err == pytest.approx(a.perturbed_err, abs=1 / 24 + 1e-9)
+        # Stacked passes round differently: at most one of the 24 examples may flip.
+        assert_error_flips(b.perturbed_err, a.perturbed_err, 24, 1, f"perturbed_err, xi {a.xi}")
     assert len({round(v, 6) for v in one[0].per_sample}) == 3  # the samples differ
 
 
@@ -617,7 +618,8 @@ def test_stacked_worst_restarts_equal_one_at_a_time(sample_model, examples, esti
     one, stacked = results
     assert stacked.perturbed_loss == pytest.approx(one.perturbed_loss, abs=1e-5)
     assert stacked.joint_loss == pytest.approx(one.joint_loss, abs=1e-5)
-    assert stacked.perturbed_err == one.perturbed_err
+    # Stacked restarts round differently: at most one of the 20 examples may flip.
+    assert_error_flips(stacked.perturbed_err, one.perturbed_err, 20, 1, "perturbed_err")
     if estimator == "paper":  # the kept offset is the same restart's
         for a, b in zip(one.nu, stacked.nu, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -1,10 +1,15 @@
-"""Tables and sweeps: schemas, atomic parts, skip/force/shard, failures, resume."""
+"""Tables and sweeps: schemas, atomic parts, skip/force/shard, failures, resume.
+
+The mechanics use a stub measure; that shards and a resumed sweep write the rows of one
+uninterrupted pass is checked with the real attack measure on the sample checkpoints.
+"""
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from flatcli import sweep, tables
 from flatcli.errors import CheckpointError, UsageError
@@ -79,7 +84,7 @@ def test_one_bad_checkpoint_is_reported_and_the_others_written(tmp_path):
     assert sorted(tables.read_table(tmp_path, "attack").epoch) == [1, 3]
 
 
-def test_killed_sweep_resumes_with_identical_rows(tmp_path):
+def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     def killed_at_3(ref):
         if ref.epoch == 3:
             raise KeyboardInterrupt
@@ -90,19 +95,48 @@ def test_killed_sweep_resumes_with_identical_rows(tmp_path):
     assert not any(p.name.startswith(".") for p in (tmp_path / "a" / "attack").iterdir())
     resumed = sweep.run(_refs(4), _measure, "attack", tmp_path / "a", "d" * 16)
     assert len(resumed.skipped) == 2 and len(resumed.done) == 2
-    sweep.run(_refs(4), _measure, "attack", tmp_path / "b", "d" * 16)
-    keep = ["run", "epoch", "robust_loss"]
-    a = (
-        tables.read_table(tmp_path / "a", "attack")[keep]
-        .sort_values("epoch")
-        .reset_index(drop=True)
-    )
-    b = (
-        tables.read_table(tmp_path / "b", "attack")[keep]
-        .sort_values("epoch")
-        .reset_index(drop=True)
-    )
-    pd.testing.assert_frame_equal(a, b)
+    assert sorted(tables.read_table(tmp_path / "a", "attack").epoch) == [1, 2, 3, 4]
+
+
+def test_shards_and_a_resumed_shard_write_the_rows_of_one_uninterrupted_sweep(tmp_path):
+    """The real attack measure (PGD with random starts, 32 digits examples) over four checkpoints
+    of the sample run: two shards, the first killed after one checkpoint and resumed, each part
+    measured by a fresh measure as a separate process would be, write exactly the rows (every
+    number) of one uninterrupted sweep, whose measure reuses one model across checkpoints. The
+    random starts derive from each checkpoint's content and the configured seed, never from
+    which shard, position or process measured it."""
+    from flatcli.checkpoints import discover
+    from flatcli.config import AttackConfig, config_hash
+    from flatcli.evaluation import attack_measure
+
+    samples = Path(__file__).resolve().parents[1] / "sample_checkpoints" / "at"
+    refs = [ref for ref in discover([samples]) if ref.epoch in (1, 9, 17, 25)]
+    config = AttackConfig(dataset="digits", n_examples=32, eps=0.15, attacks=("pgd3x2",))
+    chash, cpu = config_hash(config), torch.device("cpu")
+
+    def killed_at_17(ref):
+        if ref.epoch == 17:
+            raise KeyboardInterrupt
+        return measure(ref)
+
+    sweep.run(refs, attack_measure(config, cpu), "attack", tmp_path / "whole", chash)
+    measure = attack_measure(config, cpu)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(refs, killed_at_17, "attack", tmp_path / "shards", chash, sweep.Shard(0, 2))
+    done = [
+        sweep.run(refs, attack_measure(config, cpu), "attack", tmp_path / "shards", chash, shard)
+        for shard in (sweep.Shard(0, 2), sweep.Shard(1, 2))
+    ]
+    assert [(len(s.skipped), len(s.done)) for s in done] == [(1, 1), (0, 2)]
+
+    def rows(out):
+        table = tables.read_table(out, "attack").drop(columns=["wall_time_s", "created_at"])
+        return table.sort_values("epoch").reset_index(drop=True)
+
+    whole, shards = rows(tmp_path / "whole"), rows(tmp_path / "shards")
+    assert whole.epoch.tolist() == [1, 9, 17, 25]
+    assert whole.robust_loss.nunique() == 4 and (whole.robust_err > whole.clean_err).any()
+    pd.testing.assert_frame_equal(shards, whole, check_exact=True)
 
 
 def test_schema_is_applied_so_all_null_columns_read_back(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import flatcli
+from conftest import assert_error_flips, flatcli
 from safetensors.torch import load_file
 
 from flatcli import checkpoints, models, tables, weights
@@ -993,7 +993,8 @@ def test_compiled_training_traces_full_batches_only_and_equals_eager(tmp_path, m
     off = train(dataclasses.replace(config, compile="off"), tmp_path / "off").rows
     assert batch_sizes and set(batch_sizes) == {32}  # 80 = 32 + 32 + 16: the 16 ran eagerly
     assert on[0]["train_loss"] == pytest.approx(off[0]["train_loss"], rel=1e-6)
-    assert on[0]["train_robust_err"] == off[0]["train_robust_err"]
+    # A compiled graph may round differently from eager: at most one of the 80 examples may flip.
+    assert_error_flips(on[0]["train_robust_err"], off[0]["train_robust_err"], 80, 1, "train err")
 
 
 def test_inductor_compiled_training_step_equals_the_eager_step():
