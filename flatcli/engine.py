@@ -1,6 +1,8 @@
-"""The robust-loss engine: per-example clean and robust loss and correctness of a model, in
-batches on its device, eager or compiled (`flatcli.compilation`). Random starts are drawn once
-per work unit and moved to the device once; results do not depend on the batch size.
+"""The robust-loss engine: per-example clean and robust loss and correctness of a model.
+
+In batches on its device, eager or compiled (`flatcli.runtime`), halved on out-of-memory. Random
+starts are drawn once per work unit and moved to the device once; results do not depend on the
+batch size.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flatcli import compilation, runtime, weights
+from flatcli import runtime, weights
 from flatcli.attacks.base import (
     AttackOutcome,
     ce_per_example,
@@ -71,7 +73,7 @@ def robust_losses(
     Each attack draws its random starts for all N examples from its own generator
     `runtime.generator(*seed_keys, attack.name)`, so adding an attack does not change the others.
     `on_batch(done, total)` reports progress in examples. `compile` is the policy (auto | on |
-    off, `compilation.enabled`); a model compiled already is used as it is. `keep_points`: each
+    off, `runtime.enabled`); a model compiled already is used as it is. `keep_points`: each
     outcome also holds `points`, the inputs behind its loss ([N, C, H, W] on x's device; attacks
     that return points: PGD, APGD-CE).
     """
@@ -122,7 +124,7 @@ def robust_losses_at(
     starts = {name: tile_starts(s, g) for name, s in starts.items()}
     # Compiled: the stacked call (vmap over the settings) is what compiles; new offsets are new
     # inputs to the same graph, not a recompile.
-    stacked = compilation.compiled_like(weights.Stacked(compilation.eager(model), offsets), model)
+    stacked = runtime.compiled_like(weights.Stacked(runtime.eager(model), offsets), model)
     tiled = _losses(
         stacked,
         x.repeat_interleave(g, 0),
@@ -190,9 +192,9 @@ def _losses(
     """
     device = _device(model)
     model.eval()
-    model = compilation.compiled(model, compile, device)
-    static = compilation.is_compiled(model)
-    compile_start = compilation.compile_seconds() if static else 0.0
+    model = runtime.compiled(model, compile, device)
+    static = runtime.is_compiled(model)
+    compile_start = runtime.compile_seconds() if static else 0.0
     n = len(y)
     clean_loss = torch.empty(n)
     clean_correct = torch.empty(n, dtype=torch.bool)
@@ -239,5 +241,5 @@ def _losses(
         begin = end
         if on_batch is not None:
             on_batch(begin, n)
-    seconds = compilation.compile_seconds() - compile_start if static else 0.0
+    seconds = runtime.compile_seconds() - compile_start if static else 0.0
     return ExampleLosses(clean_loss, clean_correct, robust, seconds)

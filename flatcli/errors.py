@@ -1,4 +1,6 @@
-"""Errors that carry a one-line message for the user. The CLI maps them to exit codes:
+"""Errors that carry a one-line message for the user, and their exit codes.
+
+The CLI maps them to exit codes:
 `UsageError` (and `DataError`) -> 2; `CheckpointError` -> that checkpoint fails, the sweep goes
 on (exit 1 at the end), or 2 for a single explicit load; `WriteError` (disk full, read-only,
 quota) -> 1; `SweepStopped` (an unexpected error, its traceback in a log file) -> 3."""

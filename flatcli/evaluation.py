@@ -1,7 +1,9 @@
-"""The evaluation context every measure receives: a config resolved against the checkpoints,
-then, built once per sweep (`Evaluation`), the examples, the device, one shared model per
-architecture, and per checkpoint (`Context`) its model, seed keys and key columns. The measures
-(`flatcli.measures`) compute rows from a context.
+"""The evaluation context every measure receives, and the resolving of an evaluation config.
+
+A config is resolved against the checkpoints (`resolve_common`); then, built once per sweep
+(`Evaluation`), come the examples, the device and one shared model per architecture, and per
+checkpoint (`Context`) its model, seed keys and key columns. The measures (`flatcli.measures`)
+compute rows from a context.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flatcli import checkpoints, compilation, data, models, runtime, tables
+from flatcli import checkpoints, data, models, runtime, tables
 from flatcli.attacks import precision
 from flatcli.attacks.precision import DTYPE_COLUMN
 from flatcli.attacks.presets import build_attack
@@ -186,13 +188,13 @@ def compile_note(seconds: float, ref) -> str | None:
 def noting_compile(measure, policy: str, device: torch.device, on_note):
     """`measure(unit) -> rows` that also passes `on_note` the line of any torch.compile time
     spent in a call (compiling happens inside the engine, on the first unit of an architecture)."""
-    if on_note is None or not compilation.enabled(policy, device):
+    if on_note is None or not runtime.enabled(policy, device):
         return measure
 
     def noted(unit) -> list[dict]:
-        start = compilation.compile_seconds()
+        start = runtime.compile_seconds()
         rows = measure(unit)
-        line = compile_note(compilation.compile_seconds() - start, unit)
+        line = compile_note(runtime.compile_seconds() - start, unit)
         if line is not None:
             on_note(line)
         return rows

@@ -1,5 +1,7 @@
-"""Atomic file writes: every table part, checkpoint, sidecar and run.json is written to a hidden
-temp file beside its target and renamed over it, so nothing flatcli writes is seen half-written."""
+"""Atomic file writes, and the one-line errors of a write that fails.
+
+Every table part, checkpoint, sidecar and run.json is written to a hidden temp file beside its
+target and renamed over it, so nothing flatcli writes is seen half-written."""
 
 from __future__ import annotations
 

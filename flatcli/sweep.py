@@ -1,6 +1,7 @@
-"""One measure over many checkpoints: shard, plan (skip, recompute, replace or refuse each unit),
-compute, write each unit's part, report failures through `on_event` and go on. The rules:
-docs/method.md, "Implementation notes"."""
+"""One measure over many checkpoints: shard, plan, compute, write, and report failures.
+
+Shard, plan (skip, recompute, replace or refuse each unit), compute, write each unit's part,
+report failures through `on_event` and go on. The rules: docs/method.md, "Implementation notes"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Table schemas (one explicit pyarrow schema per table), part files (atomic writes), and reading.
+"""Table schemas (one explicit pyarrow schema per table), part files, and reading.
+
 Part names, atomicity and why every write applies the schema: docs/method.md, "Implementation
 notes"."""
 

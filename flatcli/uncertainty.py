@@ -1,5 +1,7 @@
-"""Standard errors of the numbers flatcli reports: every estimate is a mean over a finite sample
-(examples, weight offsets, restarts, seeds), and these say how far it could move on another.
+"""Standard errors of the numbers flatcli reports.
+
+Every estimate is a mean over a finite sample (examples, weight offsets, restarts, seeds), and
+these say how far it could move on another.
 
 - An error rate over n examples: the binomial SE sqrt(p (1 - p) / n).
 - A mean loss over n examples: the sample standard deviation (ddof 1) over sqrt(n).

@@ -16,7 +16,7 @@ import torch
 from conftest import assert_error_flips, assert_flips
 from torch._dynamo.utils import counters
 
-from flatcli import compilation, data, engine
+from flatcli import data, engine, runtime
 from flatcli.attacks.apgd import APGDCE
 from flatcli.attacks.pgd import PGD
 from flatcli.checkpoints import discover
@@ -146,15 +146,15 @@ def test_channels_last_model_through_the_compiled_path(examples):
 
 
 def test_policy():
-    assert not compilation.enabled("auto", CPU) and compilation.enabled("on", CPU)
-    assert compilation.enabled("auto", torch.device("cuda"))
+    assert not runtime.enabled("auto", CPU) and runtime.enabled("on", CPU)
+    assert runtime.enabled("auto", torch.device("cuda"))
     model = torch.nn.Linear(2, 2)
-    assert compilation.compiled(model, "auto", CPU) is model  # default: eager on CPU
-    assert not compilation.is_compiled(model)
-    wrapped = compilation.compiled(model, "on", CPU)
-    assert compilation.is_compiled(wrapped) and compilation.compiled(wrapped, "on", CPU) is wrapped
+    assert runtime.compiled(model, "auto", CPU) is model  # default: eager on CPU
+    assert not runtime.is_compiled(model)
+    wrapped = runtime.compiled(model, "on", CPU)
+    assert runtime.is_compiled(wrapped) and runtime.compiled(wrapped, "on", CPU) is wrapped
     with pytest.raises(UsageError, match="--compile 'maybe'"):
-        compilation.enabled("maybe", CPU)
+        runtime.enabled("maybe", CPU)
 
 
 def test_stacked_weight_settings_and_bf16_through_the_compiled_path(examples):
@@ -170,7 +170,7 @@ def test_stacked_weight_settings_and_bf16_through_the_compiled_path(examples):
     gen = torch.Generator().manual_seed(0)
     layers = [p for _, p in weights.layers(eager)]
     offsets = [[1e-2 * torch.randn(p.shape, generator=gen) for p in layers] for _ in range(2)]
-    model = compilation.compiled(eager, "on", CPU)  # inductor
+    model = runtime.compiled(eager, "on", CPU)  # inductor
     try:
         want = engine.robust_losses_at(eager, offsets, x, y, [pgd], (3,), 8)
         got = engine.robust_losses_at(model, offsets, x, y, [pgd], (3,), 8)
@@ -239,9 +239,9 @@ def test_every_measure_takes_the_compiled_path_and_says_so(
     def chosen(asked: str) -> str:  # what flatcli asked for (inductor), or the test's backend
         return asked if backend == "inductor" else backend
 
-    original, original_function = compilation.compiled, compilation.compiled_function
-    monkeypatch.setattr(compilation, "compiled", recorded)
-    monkeypatch.setattr(compilation, "compiled_function", recorded_function)
+    original, original_function = runtime.compiled, runtime.compiled_function
+    monkeypatch.setattr(runtime, "compiled", recorded)
+    monkeypatch.setattr(runtime, "compiled_function", recorded_function)
     torch._dynamo.reset()
     tables, stderr = {}, ""
     for policy in ("off", "on"):

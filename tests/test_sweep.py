@@ -106,8 +106,8 @@ def test_shards_and_a_resumed_shard_write_the_rows_of_one_uninterrupted_sweep(tm
     random starts derive from each checkpoint's content and the configured seed, never from
     which shard, position or process measured it."""
     from flatcli.checkpoints import discover
-    from flatcli.config import AttackConfig, config_hash
-    from flatcli.evaluation import attack_measure
+    from flatcli.config.commands import AttackConfig, config_hash
+    from flatcli.measures.attack import attack_measure
 
     samples = Path(__file__).resolve().parents[1] / "sample_checkpoints" / "at"
     refs = [ref for ref in discover([samples]) if ref.epoch in (1, 9, 17, 25)]

@@ -20,8 +20,8 @@ from flatcli.attacks.base import (
     padded_index,
     slice_starts,
 )
-from flatcli.compilation import is_compiled
 from flatcli.errors import UsageError
+from flatcli.runtime import is_compiled
 
 MOMENTUM = 0.75  # alpha: weight of the new step against the previous update
 RHO = 0.75  # condition 1: the loss must have increased in more than rho of the steps

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from flatcli.attacks.base import AttackOutcome
-from flatcli.compilation import eager
 from flatcli.errors import UsageError
+from flatcli.runtime import eager
 
 _NORMS = {"linf": "Linf", "l2": "L2"}
 _MISSING = "aa-standard needs the official AutoAttack: pip install 'flatcli[autoattack]'"

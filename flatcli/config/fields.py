@@ -55,7 +55,7 @@ def named(registry: dict, panel: str, *, before: str = "", after: str = "", **ke
 # -- the options every command has: functions, since each config class needs its own Field --
 
 NORMS = ("linf", "l2")
-COMPILE_POLICIES = ("auto", "on", "off")  # flatcli.compilation.COMPILE_CHOICES
+COMPILE_POLICIES = ("auto", "on", "off")  # flatcli.runtime.COMPILE_CHOICES
 
 
 def seed():

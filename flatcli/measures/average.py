@@ -98,7 +98,7 @@ def average_flatness(
     (`engine.robust_losses_at`; default sized from free device memory, `runtime.settings_per_pass`)
     or one at a time in place (restored bitwise); both give the same draws, so the same results
     up to float rounding. An attack that does not keep its rows runs one setting at a time.
-    `compile`: the engine's policy (`flatcli.compilation`).
+    `compile`: the engine's policy (`flatcli.runtime`).
     """
     xis = xi_list(xi)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:

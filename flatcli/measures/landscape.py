@@ -193,7 +193,7 @@ def evaluate_grid(
     `point_batch` > 1 evaluates that many points in one stacked pass
     (`engine.robust_losses_at`), equal up to float rounding (the attack must keep its rows);
     None: what fits in free device memory (`runtime.settings_per_pass`; 1 on CPU). `compile`:
-    the engine's policy (`flatcli.compilation`).
+    the engine's policy (`flatcli.runtime`).
     """
     attacks = [attack] if attack is not None else []
     n_layers = len(directions[0])

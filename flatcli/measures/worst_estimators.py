@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flatcli import compilation, engine, runtime, uncertainty, weights
+from flatcli import engine, runtime, uncertainty, weights
 from flatcli.ascent import Variable, ascend
 from flatcli.attacks.base import ce_per_example, restart_starts, slice_starts
 from flatcli.attacks.presets import PAPER_STEP_RATIO
@@ -60,7 +60,7 @@ class Ascent:
     step `weight_lr`, `iterations` x `restarts` (restart r's draws from `seed_keys`, whatever
     the stacking), batches of `weight_batch` examples; `restarts_per_pass` (runtime) restarts
     run stacked, None: what fits on the device; `compile` (runtime): the policy of
-    `flatcli.compilation` for the stacked model call."""
+    `flatcli.runtime` for the stacked model call."""
 
     eps: float
     norm: str
@@ -75,7 +75,7 @@ class Ascent:
 
     def call(self, device: torch.device):
         """`weights.call_stacked`, compiled when `compile` says so on `device`."""
-        return compilation.compiled_function(weights.call_stacked, self.compile, device)
+        return runtime.compiled_function(weights.call_stacked, self.compile, device)
 
     def checked(self) -> Ascent:
         """This ascent, or a one-line `UsageError` for a count below 1 or a step that is not

@@ -8,7 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
-from flatcli import compilation, weights
+from flatcli import runtime, weights
 from flatcli.training import methods
 
 
@@ -25,7 +25,7 @@ class Step:
     """The gradient of a method's training loss at one batch.
 
     Batches of `full` examples run through `torch.compile`d models when the compile `policy`
-    (`flatcli.compilation`) says so; a shorter last batch of an epoch runs eagerly on the same
+    (`flatcli.runtime`) says so; a shorter last batch of an epoch runs eagerly on the same
     weights. Compiled graphs thus keep one static shape (no recompile), and every example is
     trained on whatever the policy: results equal the eager ones up to float rounding."""
 
@@ -33,10 +33,10 @@ class Step:
         self.net, self.model, self.method, self.optimizer = net, model, method, optimizer
         self.amp_dtype, self.full = amp_dtype, full
         self.awp = awp  # (gamma, layers, mode) of `methods.awp_offset`
-        self.fast_net = compilation.compiled(net, policy, device)
+        self.fast_net = runtime.compiled(net, policy, device)
         self.compiled = self.fast_net is not net
         self.fast_model = (
-            self.fast_net if model is net else compilation.compiled(model, policy, device)
+            self.fast_net if model is net else runtime.compiled(model, policy, device)
         )
 
     def models(self, n: int) -> tuple[nn.Module, nn.Module]:
