@@ -665,7 +665,7 @@ def test_average_case_attacks_each_offset_once_and_subtracts_the_full_reference(
 
 def test_sample_attack_defaults_to_the_reference_with_one_restart():
     from flatcli.config.commands import FlatnessConfig
-    from flatcli.evaluation import sample_attack_name
+    from flatcli.measures.flatness import sample_attack_name
 
     def name(**kw):
         return sample_attack_name(FlatnessConfig(**kw))
