@@ -1,8 +1,9 @@
 """How and where the work runs: device, stacking, seeded generators, provenance, compiling.
 
 Device choice and sizing of stacked passes, per-work-unit seeded generators, provenance columns,
-and the compile policy (when `torch.compile` wraps a model, decided in one place). `auto` compiles on CUDA only (on CPU the one-off compile, tens of seconds, outweighs what
-the small models of the tests and the demo gain); `on` on any device; `off` never. Compiled
+and the compile policy (when `torch.compile` wraps a model, decided in one place). `auto`
+compiles on CUDA only (on CPU the one-off compile, tens of seconds, outweighs what the small
+models of the tests and the demo gain); `on` on any device; `off` never. Compiled
 results equal eager up to float rounding, so the choice is runtime (not in `config_hash`);
 docs/method.md."""
 

@@ -28,7 +28,7 @@ from flatcli.measures.flatness import (
 from flatcli.uncertainty import average_flatness_se, loss_se
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FlatnessResult:
     """Average case at one xi. Losses in nats, errors as fractions; `loss`/`err` at w.
 
@@ -176,8 +176,8 @@ def average_flatness(
             mean = sum(values[v]) / len(values[v])
             results.append(
                 FlatnessResult(
-                    measure,
-                    v,
+                    measure=measure,
+                    xi=v,
                     loss=ref,
                     perturbed_loss=mean,
                     flatness=mean - ref,

@@ -102,9 +102,8 @@ class FlatnessMeasure:
     (`resolve_flatness_config`). `config.compile` compiles the attacks (reference, average-case
     samples, re-attack) and the worst-case ascent's stacked model call (the Hessian runs eager)."""
 
-    def __init__(self, config: FlatnessConfig, evaluation_: evaluation.Evaluation):
+    def __init__(self, config: FlatnessConfig):
         self.config = config
-        self.evaluation = evaluation_
         robust = _robust_measures(config.measures)
         self.attack = evaluation.eval_attack(config, config.attack) if robust else None
         sample_name = sample_attack_name(config)
@@ -147,7 +146,7 @@ def flatness_measure(
     """`measure(ref) -> rows` for the flatness table (`FlatnessMeasure` over an `Evaluation`);
     `on_note(line)` gets the compile time."""
     prepared = evaluation.Evaluation(config, device, on_batch, on_note)
-    return prepared.measure(FlatnessMeasure(config, prepared))
+    return prepared.measure(FlatnessMeasure(config))
 
 
 def _conv_scale_note(ctx: evaluation.Context, config: FlatnessConfig) -> str | None:

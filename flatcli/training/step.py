@@ -35,9 +35,7 @@ class Step:
         self.awp = awp  # (gamma, layers, mode) of `methods.awp_offset`
         self.fast_net = runtime.compiled(net, policy, device)
         self.compiled = self.fast_net is not net
-        self.fast_model = (
-            self.fast_net if model is net else runtime.compiled(model, policy, device)
-        )
+        self.fast_model = self.fast_net if model is net else runtime.compiled(model, policy, device)
 
     def models(self, n: int) -> tuple[nn.Module, nn.Module]:
         """(attack model, loss model) for a batch of n examples: compiled ones for full batches."""
