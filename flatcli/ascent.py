@@ -1,8 +1,8 @@
 """The one projected-gradient ascent loop, over inputs, weights, or both jointly.
 
-PGD, APGD's steps, the weight attacks, AWP and both worst-case estimators run on it; they differ
-only in the variables, their balls (`step`, `project`) and the objective (docs/method.md). No
-host sync per step.
+PGD, the weight attacks, AWP and both worst-case estimators run on it (APGD keeps its own
+momentum step); they differ only in the variables, their balls (`step`, `project`) and the
+objective (docs/method.md). No host sync per step.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def _losses(
         )
         for a in attacks
     }
-    found = {"keep_points": True} if keep_points else {}  # only attacks that return points
+    options = {"keep_points": True} if keep_points else {}  # only attacks that return points
     begin = 0
     while begin < n:
         end = min(n, begin + batch_size * group)
@@ -221,7 +221,7 @@ def _losses(
                 logits = model(xb)
             batch_clean = (ce_per_example(logits, yb), logits.argmax(1) == yb)
             batch_robust = {
-                a.name: a(model, xb, yb, slice_starts(starts[a.name], rows, device), **found)
+                a.name: a(model, xb, yb, slice_starts(starts[a.name], rows, device), **options)
                 for a in attacks
             }
         except RuntimeError as err:

@@ -18,6 +18,11 @@ _MEASURES: dict[str, Callable] = {}
 _TABLES: dict[str, Table] = {}
 
 
+def _checkpoints(config, refs):
+    """The default work units: one per checkpoint."""
+    return refs
+
+
 @dataclass(frozen=True)
 class Table:
     """How a table is measured: its config type, `resolve(config, refs)` (defaults filled, every
@@ -28,7 +33,7 @@ class Table:
     config_type: type
     resolve: Callable
     measure: Callable
-    units: Callable = staticmethod(lambda config, refs: refs)
+    units: Callable = _checkpoints
 
 
 def register(*names: str) -> Callable[[Callable], Callable]:
@@ -48,7 +53,7 @@ def register(*names: str) -> Callable[[Callable], Callable]:
 def register_table(name: str, config_type: type, resolve: Callable, measure: Callable,
                    units: Callable | None = None) -> None:  # fmt: skip
     """Register how the table `name` is measured (`Table`)."""
-    _TABLES[name] = Table(name, config_type, resolve, measure, *([units] if units else []))
+    _TABLES[name] = Table(name, config_type, resolve, measure, units or _checkpoints)
 
 
 def _import_all() -> None:
