@@ -5,7 +5,9 @@
 
 flatcli's PGD stacks an attack's restarts into one pass (batch size x restarts rows); torchattacks
 runs one restart per call on batches of 128. Prints, per run, the wall time, the process's user
-and system CPU time, and the robust error (the same examples, so comparable ones).
+and system CPU time, and the robust error (the same examples, so comparable ones). Under glibc's
+defaults (`--malloc system`, the CLI's default) every large tensor is freshly mapped (page
+faults); `--malloc kept` keeps freed memory, as FLATCLI_MALLOC=kept does for the CLI.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flatcli import checkpoints, data, engine  # noqa: E402
+from flatcli import checkpoints, data, engine, runtime  # noqa: E402
 from flatcli.attacks.presets import build_attack  # noqa: E402
 
 
@@ -48,7 +50,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="512,128,32")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--restarts", type=int, default=10)
+    parser.add_argument("--malloc", choices=["system", "kept"], default="system",
+                        help="system: glibc's defaults, as the CLI runs by default; kept: as "
+                        "FLATCLI_MALLOC=kept (runtime.keep_freed_memory)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.malloc == "kept":
+        os.environ["FLATCLI_MALLOC"] = "kept"
+        assert runtime.keep_freed_memory(), "FLATCLI_MALLOC=kept needs glibc"
     model = checkpoints.load_model(args.checkpoint, device=torch.device("cpu"))[0].eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -321,3 +321,29 @@ def test_arch_arguments_load_a_foreign_checkpoint_of_another_width(tmp_path, cap
     code, stdout, err = flatcli(capsys, "attack", *common, "--arch", "small-cnn:widht=8")
     assert code == 2 and stdout == "" and "'widht=8' is not key=value" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_kept_freed_memory_changes_no_number(tmp_path, monkeypatch):
+    """FLATCLI_MALLOC=kept keeps freed memory in glibc's heap (`runtime.keep_freed_memory`: no
+    fresh pages per large tensor); the default leaves glibc as it is. The rows are the same."""
+    import platform
+
+    from flatcli import runtime
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("keep_freed_memory acts on glibc only")
+    sample = Path(__file__).resolve().parent.parent / "sample_checkpoints" / "at"
+    tables = {}
+    for malloc in ("system", "kept"):
+        env = {**os.environ, "FLATCLI_MALLOC": malloc, "FLATCLI_QUIET": "1"}
+        out = tmp_path / malloc
+        done = subprocess.run(
+            [sys.executable, "-m", "flatcli", "attack", str(sample / "epoch_0025.safetensors"),
+             "--out", str(out), "--attacks", "pgd3x2", "--n-examples", "48", "--quiet"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        tables[malloc] = pd.read_parquet(out / "attack").drop(columns=["wall_time_s", "created_at"])
+    pd.testing.assert_frame_equal(tables["system"], tables["kept"], check_exact=True)
+    monkeypatch.delenv("FLATCLI_MALLOC", raising=False)
+    assert runtime.keep_freed_memory() is False  # opt-in: nothing without it

@@ -69,6 +69,7 @@ def run_command(
         render(rows, PLAN_COLUMNS, args.fmt.value, PLAN_COLUMNS)
         raise Exit(0)
     files.ensure_writable(args.out)
+    runtime.keep_freed_memory()
     progress = Progress(args.quiet, table)
     if precision_note is not None:
         progress.log(precision_note)

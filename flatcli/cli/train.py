@@ -57,9 +57,11 @@ def train(
     --epochs 150 --lr 0.05 --milestones 60,90,120 --eps 0.0314 --attack pgd7 --step-size 0.007
     --weight-decay 5e-4 --nesterov --augment crop-flip --out runs/cifar10-at
     """
+    from flatcli import runtime
     from flatcli.training import TrainEvent
     from flatcli.training import train as run_training
 
+    runtime.keep_freed_memory()
     progress = EpochProgress(quiet)
 
     def on_event(event: TrainEvent) -> None:
