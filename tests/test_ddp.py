@@ -44,6 +44,13 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err
 
 
+def _failure(err: str) -> str:
+    """What a failed launch printed: the ranks' own lines (they share torchrun's stderr, before
+    its summary) and the summary's end, which alone names only the signal."""
+    ranks, _, summary = err.partition("Traceback (most recent call last)")
+    return f"{ranks[-4000:]}\n...\n{summary[-1500:]}"
+
+
 def _weights(run: Path, epoch: int) -> dict:
     return load_file(run / f"epoch_{epoch:04d}.safetensors")
 
@@ -52,7 +59,7 @@ def _weights(run: Path, epoch: int) -> dict:
 def ddp_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "run"
     code, err = _finish(_torchrun(out))
-    assert code == 0, err[-2000:]
+    assert code == 0, _failure(err)
     return out
 
 
@@ -99,7 +106,7 @@ def test_a_killed_worker_then_the_same_command_resumes(ddp_run, tmp_path):
     kept = {e: (out / f"epoch_{e:04d}.safetensors").stat().st_mtime_ns for e in written}
 
     code, err = _finish(_torchrun(out))  # the same command again
-    assert code == 0, err[-2000:]
+    assert code == 0, _failure(err)
     assert [r.epoch for r in checkpoints.discover([out])] == [1, 2, 3, 4]
     assert read_run(out)["status"] == "done"
     for epoch, mtime in kept.items():  # the epochs done before the kill are not trained again

@@ -60,7 +60,7 @@ def device_for(dist_info: Distributed, device: torch.device) -> torch.device:
 @contextlib.contextmanager
 def process_group(dist_info: Distributed, device: torch.device):
     """The process group for the training (nccl on GPUs, gloo on CPUs), destroyed after if this
-    call created it."""
+    call created it, once every rank has finished."""
     created = False
     if dist_info.active:
         import torch.distributed as dist
@@ -70,6 +70,8 @@ def process_group(dist_info: Distributed, device: torch.device):
             created = True
     try:
         yield
+        if created:  # every rank done before any tears its connections down (not after an error:
+            barrier(dist_info)  # a failed rank never arrives, and torchrun ends the others)
     finally:
         if created:
             import torch.distributed as dist

@@ -240,7 +240,9 @@ def awp_offset(
     model.train(mode == "train")
     try:
         with frozen_buffers(model):
-            (nu,) = ascend(objective, [Variable(weights.zeros_like(w), ball, w, gamma)], 1)
+            # one step; the offset's own loss is not needed, so the new iterate is not evaluated
+            variable = Variable(weights.zeros_like(w), ball, w, gamma)
+            (nu,) = ascend(objective, [variable], 1, evaluate_final=False)
     finally:
         model.train(was_training)
     by_name = dict(zip(names, nu, strict=True))
