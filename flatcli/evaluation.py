@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flatcli import checkpoints, data, models, runtime, tables
+from flatcli import checkpoints, data, models, runtime, tables, weights
 from flatcli.attacks import precision
 from flatcli.attacks.precision import DTYPE_COLUMN
 from flatcli.attacks.presets import build_attack
@@ -168,6 +168,15 @@ class SharedModels:
 def _tensors(model) -> list[tuple[str, torch.Tensor]]:
     """Every parameter and buffer (persistent or not, e.g. the input normalization)."""
     return list(model.named_parameters()) + list(model.named_buffers())
+
+
+def require_layers(ctx: Context) -> None:
+    """A `CheckpointError` (that checkpoint fails, the sweep goes on) when the context's model has
+    no layer a weight offset could move."""
+    if not weights.layers(ctx.model):
+        raise CheckpointError(
+            f"{ctx.unit.path}: no perturbable layers (weights or biases outside normalization)"
+        )
 
 
 def nonfinite_note(model) -> str | None:

@@ -18,13 +18,17 @@ from flatcli import data, engine, evaluation, measures, weights
 from flatcli.attacks.presets import preset
 from flatcli.config import registries
 from flatcli.config.commands import AVERAGE_XI, WORST_XI, FlatnessConfig
-from flatcli.errors import CheckpointError, UsageError
+from flatcli.errors import UsageError
 
 MEASURES = registries.MEASURES
-FAMILIES = tuple(dict.fromkeys(m.family for m in MEASURES.values()))  # average, worst, hessian
-AVERAGE_MEASURES = tuple(n for n, m in MEASURES.items() if m.family == "average")
-WORST_MEASURES = tuple(n for n, m in MEASURES.items() if m.family == "worst")
-HESSIAN_MEASURES = tuple(n for n, m in MEASURES.items() if m.family == "hessian")
+# family -> its measures, in the order their rows come: average, worst, hessian
+FAMILIES = {
+    family: tuple(n for n, m in MEASURES.items() if m.family == family)
+    for family in dict.fromkeys(m.family for m in MEASURES.values())
+}
+AVERAGE_MEASURES = FAMILIES["average"]
+WORST_MEASURES = FAMILIES["worst"]
+HESSIAN_MEASURES = FAMILIES["hessian"]
 ESTIMATORS = tuple(registries.WORST_ESTIMATORS)
 check_xi = weights.check_xi
 
@@ -117,10 +121,7 @@ class FlatnessMeasure:
 
     def __call__(self, ctx: evaluation.Context) -> list[dict]:
         config = self.config
-        if not weights.layers(ctx.model):
-            raise CheckpointError(
-                f"{ctx.unit.path}: no perturbable layers (weights or biases outside normalization)"
-            )
+        evaluation.require_layers(ctx)
         notes = (_conv_scale_note(ctx, config), evaluation.nonfinite_note(ctx.model))
         model_note = "; ".join(n for n in notes if n) or None
         reference = engine.robust_losses(
@@ -130,8 +131,7 @@ class FlatnessMeasure:
         inputs = FlatnessInputs(attack=self.attack, sample_attack=self.sample_attack,
                                 heldout=self.heldout, reference=reference)  # fmt: skip
         rows = []
-        for family in FAMILIES:
-            names = [n for n, m in MEASURES.items() if m.family == family]
+        for names in FAMILIES.values():
             if any(n in config.measures for n in names):
                 rows += measures.implementation(names[0])(ctx, config, inputs)
         return [_row(ctx.base, row, config, model_note) for row in rows]

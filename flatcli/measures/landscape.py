@@ -344,10 +344,7 @@ class LandscapeRows:
         if self.checkpoint is None or self.checkpoint.unit.path != unit.path:
             self.checkpoint = None
             ctx = self.evaluation.context(unit)
-            if not weights.layers(ctx.model):
-                raise CheckpointError(
-                    f"{unit.path}: no perturbable layers (weights or biases outside normalization)"
-                )
+            evaluation.require_layers(ctx)
             probe = ctx.x[:64].to(ctx.device)
             change = weights.scale_conv(ctx.model, self.config.conv_scale, probe)
             self.scale_note = None
